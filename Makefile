@@ -1,0 +1,36 @@
+# One-command entry points for a fresh machine:
+#   make test   -- virtualenv, CPU torch if none, build the extension, run the test suite
+#   make demo   -- same setup, then run the demo on the embedded defaults
+#   make bench  -- CPU benchmarks into bench/results/
+VENV ?= .venv
+PYTHON ?= python3
+PY := $(VENV)/bin/python
+TORCH_VERSION ?= 2.13.0
+PYTEST_ARGS ?=
+
+.PHONY: setup build test demo bench clean
+
+$(VENV)/.ready: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	@# a CPU build of torch, pinned, only if none is importable (never an unpinned torch)
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q torch==$(TORCH_VERSION)
+	$(PY) -m pip install -q "scikit-build-core>=0.10" "pybind11>=2.12" ninja numpy "pytest>=8" "pytest-benchmark>=4" "triton>=3.2"
+	touch $@
+
+setup: $(VENV)/.ready
+
+build: setup
+	$(PY) -m pip install -q --no-build-isolation --no-deps .
+
+test: build
+	$(PY) -m pytest -q -ra $(PYTEST_ARGS) tests
+
+demo: build
+	$(PY) -m sketchprune.demo
+
+bench: build
+	$(PY) bench/run_cpu_bench.py bench/results
+
+clean:
+	rm -rf build $(VENV)

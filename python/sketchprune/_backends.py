@@ -1,0 +1,145 @@
+"""Which implementation of each op runs, and why.
+
+Backends: ``cuda`` (the CUDA C++ module), ``triton`` (kernels/ through torch.library.triton_op),
+``cpu`` (the C++/OpenMP module) and ``torch`` (pure-torch reference, the last resort).
+
+The choice for a call is, in order:
+1. ``with sketchprune.use_backend(name):`` (innermost wins), else
+2. the environment variable ``SKETCHPRUNE_BACKEND=cuda|triton|cpu|torch``, else
+3. the fastest available implementation for the op on that device type, following
+   ``PREFERENCE`` (ordered from the benchmark results in bench/results/).
+
+An explicit choice that cannot run on the tensors' device is an error
+(:class:`BackendUnavailableError`), never a silent fallback.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import importlib.util
+import os
+import threading
+
+import torch
+
+from . import _native
+
+BACKENDS = ("cuda", "triton", "cpu", "torch")
+OPS = ("cov_accumulate_", "cross_accumulate_", "sparse_sign_sketch", "outer_sketch", "gather_slices")
+
+# Default order per (op, device type); first available wins.  Updated from measurements
+# (see bench/results/*.md); where no GPU measurement exists yet, compiled CUDA first.
+PREFERENCE: dict[str, dict[str, tuple[str, ...]]] = {
+    op: {"cuda": ("cuda", "triton", "torch"), "cpu": ("cpu", "torch")} for op in OPS
+}
+
+
+class BackendUnavailableError(RuntimeError):
+    """An explicitly requested backend cannot run here."""
+
+
+_local = threading.local()
+
+
+@contextlib.contextmanager
+def use_backend(name: str | None):
+    """Force ``name`` for ops called inside the block (None restores automatic choice)."""
+    if name is not None and name not in BACKENDS:
+        raise ValueError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
+    stack = getattr(_local, "stack", None)
+    if stack is None:
+        stack = _local.stack = []
+    stack.append(name)
+    try:
+        yield
+    finally:
+        stack.pop()
+
+
+def requested_backend() -> str | None:
+    stack = getattr(_local, "stack", None)
+    if stack:
+        return stack[-1]
+    env = os.environ.get("SKETCHPRUNE_BACKEND", "").strip().lower()
+    if not env or env == "auto":
+        return None
+    if env not in BACKENDS:
+        raise ValueError(
+            f"SKETCHPRUNE_BACKEND={env!r} is not a backend; choose one of {', '.join(BACKENDS)} (or unset it)"
+        )
+    return env
+
+
+@functools.lru_cache(maxsize=None)
+def triton_importable() -> bool:
+    return importlib.util.find_spec("triton") is not None
+
+
+def triton_interpreted() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def unavailable_reason(backend: str, device_type: str) -> str | None:
+    """None when ``backend`` can run on ``device_type``, else the reason it cannot."""
+    if backend == "torch":
+        return None
+    if backend == "cpu":
+        if device_type != "cpu":
+            return f"the 'cpu' backend runs on CPU tensors only (got {device_type} tensors)"
+        if _native.cpu_module() is None:
+            return f"the C++ CPU module was not built ({_native.load_error('_C_cpu')})"
+        return None
+    if backend == "cuda":
+        if device_type != "cuda":
+            return f"the 'cuda' backend runs on CUDA tensors only (got {device_type} tensors)"
+        if _native.cuda_module() is None:
+            return f"the CUDA module was not built ({_native.load_error('_C_cuda')})"
+        return None
+    if backend == "triton":
+        if not triton_importable():
+            return "triton is not installed (pip install 'sketchprune[triton]')"
+        if device_type == "cpu" and not triton_interpreted():
+            return "triton runs on CPU tensors only under the interpreter (set TRITON_INTERPRET=1 before importing triton)"
+        if device_type not in ("cpu", "cuda"):
+            return f"triton kernels are not available for {device_type} tensors"
+        from .ops import _triton_reg
+
+        if not _triton_reg.registered():
+            return f"the triton kernels failed to load ({_triton_reg.load_error()})"
+        return None
+    raise ValueError(f"unknown backend {backend!r}")
+
+
+def available(device_type: str) -> list[str]:
+    return [b for b in BACKENDS if unavailable_reason(b, device_type) is None]
+
+
+def select(op: str, device: torch.device, warn: bool = True) -> str:
+    """The backend that runs ``op`` on ``device`` for this call."""
+    want = requested_backend()
+    if want is not None:
+        why = unavailable_reason(want, device.type)
+        if why is not None:
+            raise BackendUnavailableError(f"sketchprune::{op}: backend {want!r} was requested but {why}")
+        return want
+    order = PREFERENCE[op].get(device.type, ("torch",))
+    for b in order:
+        if unavailable_reason(b, device.type) is None:
+            if warn and b == "torch" and len(order) > 1:
+                _warn_fallback(op, device.type, order[0])
+            return b
+    return "torch"
+
+
+@functools.lru_cache(maxsize=None)
+def _warn_fallback(op: str, device_type: str, best: str) -> None:
+    import warnings
+
+    warnings.warn(
+        f"sketchprune::{op} on {device_type}: no compiled backend is available "
+        f"({unavailable_reason(best, device_type)}); running the slow pure-torch reference. "
+        "See `python -m sketchprune.info`.",
+        RuntimeWarning,
+        stacklevel=3,
+    )

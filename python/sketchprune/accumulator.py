@@ -1,0 +1,198 @@
+"""CovarianceAccumulator: streaming second moments (and cross moments) of activations."""
+
+from __future__ import annotations
+
+import torch
+
+from .budget import Budget, BudgetError, format_bytes
+from .ops import cov_accumulate_, cross_accumulate_
+
+_IN_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+class CovarianceAccumulator:
+    """Accumulate Sigma = X^T X (and C = X^T Y) over a stream of row chunks.
+
+    Parameters
+    ----------
+    dim: feature dimension d of x.
+    device: where the statistics live (and where the kernels run).
+    dtype: accumulator dtype, float32 (default) or float64.
+    cross_dim: if given, also accumulate C = X^T Y for targets y with this many columns.
+    budget: a :class:`~sketchprune.Budget` (or "2GiB", bytes, None = free memory) capping the
+        accumulator's memory: the statistics themselves plus the staging buffer.
+    stage_rows: small chunks are copied into a staging buffer and flushed in launches of at
+        least this many rows (when the budget allows), because for short chunks reading and
+        writing Sigma costs as much as the arithmetic.
+
+    ``update(x, y=None, mask=None)`` takes x of shape (..., d) (any leading dims are flattened
+    into rows), y of shape (..., cross_dim) and a boolean mask of the leading shape (rows where it
+    is False are skipped).  Results: ``covariance(centered=False)`` (X^T X / count, or the
+    covariance about the mean), ``cross()`` (X^T Y / count), ``diag()``, ``mean()``, ``count``.
+    """
+
+    def __init__(self, dim: int, device="cpu", dtype=torch.float32, cross_dim: int | None = None,
+                 budget: Budget | int | str | None = None, stage_rows: int = 8192):
+        if dim < 1:
+            raise ValueError(f"CovarianceAccumulator: dim must be >= 1, got {dim}")
+        if dtype not in (torch.float32, torch.float64):
+            raise TypeError(f"CovarianceAccumulator: dtype must be float32 or float64, got {dtype}")
+        if cross_dim is not None and cross_dim < 1:
+            raise ValueError(f"CovarianceAccumulator: cross_dim must be >= 1, got {cross_dim}")
+        self.dim, self.cross_dim = dim, cross_dim
+        self.device, self.dtype = torch.device(device), dtype
+        self.budget = Budget.of(budget)
+        esize = torch.finfo(dtype).bits // 8
+        stat_bytes = esize * dim * (dim + (cross_dim or 0)) + 8 * dim
+        self.budget.check(self.device, stat_bytes, what=f"CovarianceAccumulator(dim={dim}, cross_dim={cross_dim})")
+        self._stat_bytes = stat_bytes
+        self._stage_target = int(stage_rows)
+        self.sigma = torch.zeros(dim, dim, dtype=dtype, device=self.device)
+        self._cross = None if cross_dim is None else torch.zeros(dim, cross_dim, dtype=dtype, device=self.device)
+        self._sum = torch.zeros(dim, dtype=torch.float64, device=self.device)
+        self._count = torch.zeros((), dtype=torch.int64, device=self.device)
+        self._stage_x = self._stage_y = self._stage_m = None
+        self._staged = 0
+        self._stage_rows = 0
+
+    # ------------------------------------------------------------------ streaming
+    def update(self, x: torch.Tensor, y: torch.Tensor | None = None, mask: torch.Tensor | None = None) -> None:
+        x, y, mask = self._rows(x, y, mask)
+        t = x.shape[0]
+        if t == 0:
+            return
+        if mask is None:
+            self._sum += torch.sum(x, dim=0, dtype=torch.float64)
+            self._count += t
+        else:
+            self._sum += torch.sum(x * mask[:, None].to(x.dtype), dim=0, dtype=torch.float64)
+            self._count += mask.sum()
+        if t >= self._stage_target or not self._ensure_stage(x, y):
+            self.flush()
+            self._accumulate(x, y, mask)
+            return
+        if self._staged + t > self._stage_rows:
+            self.flush()
+        s = slice(self._staged, self._staged + t)
+        self._stage_x[s].copy_(x)
+        if y is not None:
+            self._stage_y[s].copy_(y)
+        if mask is None:
+            self._stage_m[s].fill_(True)
+        else:
+            self._stage_m[s].copy_(mask)
+        self._staged += t
+
+    def flush(self) -> None:
+        """Push staged rows into the statistics (called automatically before reading them)."""
+        if self._staged:
+            n = self._staged
+            self._staged = 0
+            ys = None if self._stage_y is None else self._stage_y[:n]
+            self._accumulate(self._stage_x[:n], ys, self._stage_m[:n])
+
+    def _accumulate(self, x, y, mask):
+        cov_accumulate_(self.sigma, x, 1.0, mask)
+        if self._cross is not None:
+            cross_accumulate_(self._cross, x, y, 1.0, mask)
+
+    def _ensure_stage(self, x, y) -> bool:
+        """Allocate the staging buffer once (as large as the budget allows); False if none fits."""
+        if self._stage_x is not None:
+            if self._stage_x.dtype != x.dtype:
+                self.flush()
+                self._stage_x = self._stage_y = self._stage_m = None
+            else:
+                return True
+        row = x.element_size() * (self.dim + (self.cross_dim or 0)) + 1
+        try:
+            rows = self.budget.plan_rows(self.device, row, self._stage_target, fixed_bytes=self._stat_bytes,
+                                         min_rows=min(1024, self._stage_target), what="CovarianceAccumulator staging")
+        except BudgetError:
+            return False  # no room to stage: update directly (same result, more launches)
+        self._stage_rows = rows
+        self._stage_x = torch.empty(rows, self.dim, dtype=x.dtype, device=self.device)
+        if self.cross_dim is not None:
+            self._stage_y = torch.empty(rows, self.cross_dim, dtype=y.dtype, device=self.device)
+        self._stage_m = torch.empty(rows, dtype=torch.bool, device=self.device)
+        return True
+
+    def _rows(self, x, y, mask):
+        name = "CovarianceAccumulator.update"
+        if not isinstance(x, torch.Tensor) or x.dtype not in _IN_DTYPES:
+            raise TypeError(f"{name}: x must be a float32/float16/bfloat16 tensor, got "
+                            f"{getattr(x, 'dtype', type(x).__name__)}")
+        if x.dim() == 0 or x.shape[-1] != self.dim:
+            raise ValueError(f"{name}: x must have shape (..., {self.dim}), got {tuple(x.shape)}")
+        if x.device != self.device:
+            raise ValueError(f"{name}: x is on {x.device} but the accumulator lives on {self.device}")
+        lead = x.shape[:-1]
+        x = x.reshape(-1, self.dim)
+        if (y is None) != (self.cross_dim is None):
+            raise ValueError(f"{name}: y must be given exactly when cross_dim was set (cross_dim={self.cross_dim})")
+        if y is not None:
+            if y.shape[:-1] != lead or y.shape[-1] != self.cross_dim:
+                raise ValueError(f"{name}: y must have shape {tuple(lead) + (self.cross_dim,)}, got {tuple(y.shape)}")
+            if y.dtype != x.dtype:
+                raise TypeError(f"{name}: y must have the dtype of x ({x.dtype}), got {y.dtype}")
+            y = y.reshape(-1, self.cross_dim)
+        if mask is not None:
+            if mask.dtype != torch.bool or mask.shape != lead:
+                raise ValueError(f"{name}: mask must be a bool tensor of shape {tuple(lead)}, got "
+                                 f"{mask.dtype} {tuple(mask.shape)}")
+            mask = mask.reshape(-1).to(self.device)
+        return x, y, mask
+
+    # ------------------------------------------------------------------ results
+    @property
+    def count(self) -> int:
+        """Rows accumulated so far (masked rows excluded)."""
+        return int(self._count)
+
+    def _n(self) -> int:
+        n = self.count
+        if n == 0:
+            raise RuntimeError("CovarianceAccumulator: no rows have been accumulated yet")
+        return n
+
+    def mean(self) -> torch.Tensor:
+        return (self._sum / self._n()).to(self.dtype)
+
+    def covariance(self, centered: bool = False) -> torch.Tensor:
+        """X^T X / count (the second moment), or with centered=True the covariance about the mean."""
+        self.flush()
+        n = self._n()
+        s = self.sigma / n
+        if centered:
+            mu = self._sum / n
+            s = (s.to(torch.float64) - torch.outer(mu, mu)).to(self.dtype)
+        return s
+
+    def cross(self) -> torch.Tensor:
+        """X^T Y / count."""
+        if self._cross is None:
+            raise RuntimeError("CovarianceAccumulator: no cross term (construct with cross_dim=...)")
+        self.flush()
+        return self._cross / self._n()
+
+    def diag(self) -> torch.Tensor:
+        """diag(X^T X) / count: the per-feature mean square."""
+        self.flush()
+        return torch.diagonal(self.sigma).clone() / self._n()
+
+    def merge_(self, other: "CovarianceAccumulator") -> "CovarianceAccumulator":
+        """Add another accumulator's statistics (e.g. from another data shard) into this one."""
+        if (other.dim, other.cross_dim) != (self.dim, self.cross_dim):
+            raise ValueError("CovarianceAccumulator.merge_: dimensions differ")
+        self.flush()
+        other.flush()
+        self.sigma += other.sigma.to(self.sigma)
+        if self._cross is not None:
+            self._cross += other._cross.to(self._cross)
+        self._sum += other._sum.to(self._sum)
+        self._count += other._count.to(self._count)
+        return self
+
+    def __repr__(self) -> str:
+        return (f"CovarianceAccumulator(dim={self.dim}, cross_dim={self.cross_dim}, device={self.device}, "
+                f"dtype={self.dtype}, count={self.count}, stats={format_bytes(self._stat_bytes)})")

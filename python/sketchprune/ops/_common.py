@@ -1,0 +1,78 @@
+"""Argument checks and output allocation shared by every op."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+FLOAT_IN = (torch.float32, torch.float16, torch.bfloat16)
+ACCUM = (torch.float32, torch.float64)
+
+
+def fail(op: str, msg: str, exc=ValueError):
+    raise exc(f"sketchprune::{op}: {msg}")
+
+
+def check_tensor(op: str, name: str, t, dtypes=None, dim=None) -> None:
+    if not isinstance(t, torch.Tensor):
+        fail(op, f"{name} must be a torch.Tensor, got {type(t).__name__}", TypeError)
+    if dim is not None and t.dim() not in ((dim,) if isinstance(dim, int) else dim):
+        fail(op, f"{name} must be {dim}-D, got shape {tuple(t.shape)}")
+    if dtypes is not None and t.dtype not in dtypes:
+        names = ", ".join(str(d).replace("torch.", "") for d in dtypes)
+        fail(op, f"{name} must have dtype {names}; got {str(t.dtype).replace('torch.', '')}", TypeError)
+
+
+def check_same_device(op: str, **tensors) -> torch.device:
+    devs = {n: t.device for n, t in tensors.items() if t is not None}
+    first = next(iter(devs.values()))
+    for n, d in devs.items():
+        if d != first:
+            detail = ", ".join(f"{k} on {v}" for k, v in devs.items())
+            fail(op, f"all tensors must be on one device ({detail})")
+    return first
+
+
+def check_mask(op: str, mask, rows: int, device) -> None:
+    if mask is None:
+        return
+    check_tensor(op, "mask", mask, (torch.bool,), 1)
+    if mask.shape[0] != rows:
+        fail(op, f"mask must have one entry per row of x ({rows}), got {mask.shape[0]}")
+
+
+def check_sketch_args(op: str, m: int, k: int, seed: int, offset: int) -> None:
+    if k < 1:
+        fail(op, f"k (nonzeros per row of S) must be >= 1, got {k}")
+    if m < k:
+        fail(op, f"m (sketch size) must be >= k ({k}), got {m}")
+    if offset < 0:
+        fail(op, f"offset must be >= 0, got {offset}")
+    if not (-(2**63) <= seed < 2**63):
+        fail(op, f"seed must fit in int64, got {seed}")
+
+
+def contiguous_rows(t: torch.Tensor) -> torch.Tensor:
+    """t with unit stride in its last dim (copied if needed); other strides are passed through."""
+    if t.dim() == 0 or t.stride(-1) == 1 or t.shape[-1] <= 1:
+        return t
+    return t.contiguous()
+
+
+def poison_enabled() -> bool:
+    return os.environ.get("SKETCHPRUNE_POISON", "0") not in ("", "0")
+
+
+def new_output(shape, dtype, device) -> torch.Tensor:
+    """Uninitialised output; filled with NaN (or all-ones bits) when SKETCHPRUNE_POISON=1,
+    so tests catch kernels that leave elements unwritten."""
+    out = torch.empty(shape, dtype=dtype, device=device)
+    if poison_enabled():
+        if out.is_floating_point():
+            out.fill_(float("nan"))
+        elif out.dtype == torch.bool:
+            out.fill_(True)
+        else:
+            out.fill_(-1)
+    return out

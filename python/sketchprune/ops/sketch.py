@@ -1,0 +1,148 @@
+"""sparse_sign_sketch and outer_sketch: project per-sample gradients with an implicit S.
+
+``sparse_sign_sketch(g, m, k=8, seed=0, offset=0)`` -> (N x m) float32 = g @ S where S
+(r x m) is never stored: row ``offset + i`` has k nonzeros +-1/sqrt(k), one in each of k
+near-equal column blocks, placed by the counter-based hash of csrc/common/sketch_hash.h.
+So the same (seed, offset, k, m) gives the same S on every backend and for every chunking
+of N and r: sketching g[:, :a] with offset o and g[:, a:] with offset o + a and adding the
+results equals sketching g with offset o.
+
+``outer_sketch(a, d, m, k=8, seed=0, offset=0)`` -> (N x m): the sketch, with the same S,
+of each sample's Linear-weight gradient G_n = sum_t d[n,t]^T a[n,t] flattened row-major over
+(d_out, d_in), computed without forming G.  a is (N, T, d_in) or (N, d_in); d likewise with
+d_out.  Give each layer its own offset (e.g. the running sum of d_out * d_in) to sketch
+several layers into one space.
+
+Inputs are bf16/fp16/fp32 (float64 is rejected: convert explicitly); accumulation is fp32.
+Inputs whose last dim is not unit-stride are copied.  NaN/Inf propagate like a matmul.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .. import _backends, _native
+from ..budget import active_budget
+from ..ref import ops as ref
+from . import _triton_reg
+from ._common import FLOAT_IN, check_same_device, check_sketch_args, check_tensor, contiguous_rows, fail, new_output
+from ._native_call import call
+
+torch.library.define(
+    "sketchprune::sparse_sign_sketch",
+    "(Tensor g, int m, int k=8, int seed=0, int offset=0) -> Tensor",
+)
+torch.library.define(
+    "sketchprune::outer_sketch",
+    "(Tensor a, Tensor d, int m, int k=8, int seed=0, int offset=0) -> Tensor",
+)
+
+
+def _check_sketch(g, m, k, seed, offset):
+    op = "sparse_sign_sketch"
+    check_tensor(op, "g", g, FLOAT_IN, 2)
+    check_sketch_args(op, m, k, seed, offset)
+
+
+def _check_outer(a, d, m, k, seed, offset):
+    op = "outer_sketch"
+    check_tensor(op, "a", a, FLOAT_IN, (2, 3))
+    check_tensor(op, "d", d, FLOAT_IN, (2, 3))
+    if a.dtype != d.dtype:
+        fail(op, f"a and d must have the same dtype, got {a.dtype} and {d.dtype}", TypeError)
+    if a.dim() != d.dim() or a.shape[:-1] != d.shape[:-1]:
+        fail(op, f"a (N, T, d_in) and d (N, T, d_out) must agree on N and T, got {tuple(a.shape)} and {tuple(d.shape)}")
+    check_sketch_args(op, m, k, seed, offset)
+    check_same_device(op, a=a, d=d)
+
+
+@torch.library.register_fake("sketchprune::sparse_sign_sketch")
+def _sketch_fake(g, m, k=8, seed=0, offset=0):
+    _check_sketch(g, m, k, seed, offset)
+    return g.new_empty((g.shape[0], m), dtype=torch.float32)
+
+
+@torch.library.register_fake("sketchprune::outer_sketch")
+def _outer_fake(a, d, m, k=8, seed=0, offset=0):
+    _check_outer(a, d, m, k, seed, offset)
+    return a.new_empty((a.shape[0], m), dtype=torch.float32)
+
+
+# ------------------------------------------------------------------ implementations
+def _sketch_native(g, m, k, seed, offset):
+    g = contiguous_rows(g)
+    out = new_output((g.shape[0], m), torch.float32, g.device)
+    call("sparse_sign_sketch", g.device,
+         _native.ptr(out), _native.ptr(g), _native.dtype_code(g), g.shape[0], g.shape[1], g.stride(0),
+         m, k, seed, offset, False)
+    return out
+
+
+def _outer_native(a, d, m, k, seed, offset):
+    a, d = contiguous_rows(a), contiguous_rows(d)
+    n, t, d_in = a.shape
+    out = new_output((n, m), torch.float32, a.device)
+    call("outer_sketch", a.device,
+         _native.ptr(out), _native.ptr(a), _native.ptr(d), _native.dtype_code(a), n, t, d_in, d.shape[2],
+         a.stride(0), a.stride(1), d.stride(0), d.stride(1), m, k, seed, offset, False)
+    return out
+
+
+def _sketch_torch(g, m, k, seed, offset):
+    n = g.shape[0]
+    # per S row: the dense S row (m) and the upcast g column (n) in float32, plus the hash's
+    # int64 temporaries (about 5 of k each); fixed: the output and one matmul result (n x m).
+    chunk = active_budget().plan_rows(g.device, 4 * (m + n) + 40 * k, g.shape[1], fixed_bytes=8 * n * m,
+                                      what="sparse_sign_sketch (torch backend)")
+    return ref.sparse_sign_sketch_ref(g, m, k, seed, offset, chunk=max(1, min(chunk, 1 << 16)))
+
+
+def _outer_torch(a, d, m, k, seed, offset):
+    per_sample = 4 * (a.shape[2] * d.shape[2] + a.shape[1] * (a.shape[2] + d.shape[2]))
+    budget = active_budget()
+    rows = budget.plan_rows(a.device, per_sample, a.shape[0], fixed_bytes=4 * a.shape[0] * m,
+                            what="outer_sketch (torch backend)")
+    return ref.outer_sketch_ref(a, d, m, k, seed, offset, max_bytes=max(rows, 1) * per_sample)
+
+
+def _sketch_triton(g, m, k, seed, offset):
+    return torch.ops.sketchprune._sparse_sign_sketch_triton(g.contiguous(), m, k, seed, offset)
+
+
+def _outer_triton(a, d, m, k, seed, offset):
+    return torch.ops.sketchprune._outer_sketch_triton(a.contiguous(), d.contiguous(), m, k, seed, offset)
+
+
+_SKETCH = {"cpu": _sketch_native, "cuda": _sketch_native, "triton": _sketch_triton, "torch": _sketch_torch}
+_OUTER = {"cpu": _outer_native, "cuda": _outer_native, "triton": _outer_triton, "torch": _outer_torch}
+
+
+@torch.library.register_kernel("sketchprune::sparse_sign_sketch", ("cpu", "cuda"))
+def _sketch_kernel(g, m, k=8, seed=0, offset=0):
+    _check_sketch(g, m, k, seed, offset)
+    if g.shape[0] == 0 or g.shape[1] == 0:
+        return torch.zeros((g.shape[0], m), dtype=torch.float32, device=g.device)
+    return _SKETCH[_backends.select("sparse_sign_sketch", g.device)](g, m, k, seed, offset)
+
+
+@torch.library.register_kernel("sketchprune::outer_sketch", ("cpu", "cuda"))
+def _outer_kernel(a, d, m, k=8, seed=0, offset=0):
+    _check_outer(a, d, m, k, seed, offset)
+    if a.dim() == 2:
+        a, d = a[:, None, :], d[:, None, :]
+    if a.numel() == 0 or d.numel() == 0:
+        return torch.zeros((a.shape[0], m), dtype=torch.float32, device=a.device)
+    return _OUTER[_backends.select("outer_sketch", a.device)](a, d, m, k, seed, offset)
+
+
+def sparse_sign_sketch(g: torch.Tensor, m: int, k: int = 8, seed: int = 0, offset: int = 0) -> torch.Tensor:
+    """g (N x r) @ S -> (N x m) float32, S the implicit sparse-sign matrix (see module doc)."""
+    return torch.ops.sketchprune.sparse_sign_sketch(g, int(m), int(k), int(seed), int(offset))
+
+
+def outer_sketch(a: torch.Tensor, d: torch.Tensor, m: int, k: int = 8, seed: int = 0, offset: int = 0) -> torch.Tensor:
+    """Sketch of per-sample Linear-weight gradients sum_t d[n,t]^T a[n,t], without forming them."""
+    return torch.ops.sketchprune.outer_sketch(a, d, int(m), int(k), int(seed), int(offset))
+
+
+_triton_reg.ensure()

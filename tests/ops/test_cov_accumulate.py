@@ -1,0 +1,111 @@
+import pytest
+import torch
+
+import sketchprune as sp
+from _helpers import assert_close_to_oracle, backend_params, in_dtypes, interpreted, randn, use_backend
+
+SIZES = [(1, 1), (7, 3), (33, 17), (300, 65), (1023, 130)]
+SMALL = [(1, 1), (7, 3), (33, 17), (70, 33)]
+
+
+def _oracle(sigma0, x, alpha, mask):
+    xs = x.double() if mask is None else x.double()[mask.cpu() if x.device.type == "cpu" else mask]
+    return sigma0.double() + alpha * xs.T @ xs
+
+
+@backend_params()
+@pytest.mark.parametrize("sigma_dtype", [torch.float32, torch.float64])
+def test_cov_matches_float64_oracle(backend, device, sigma_dtype):
+    sizes = SMALL if interpreted(backend, device) else SIZES
+    for x_dtype in in_dtypes(backend, device):
+        for t, d in sizes:
+            for use_mask in (False, True):
+                x = randn(t, d, dtype=x_dtype, device=device)
+                a = randn(d, d, dtype=torch.float64)
+                sigma0 = (a @ a.T).to(device=device, dtype=sigma_dtype)  # symmetric, non-zero start
+                mask = (torch.rand(t) > 0.3).to(device) if use_mask else None
+                alpha = 0.37
+                sigma = sigma0.clone()
+                with use_backend(backend):
+                    sp.cov_accumulate_(sigma, x, alpha, mask)
+                assert torch.equal(sigma, sigma.T), "sigma must stay exactly symmetric"
+                oracle = _oracle(sigma0, x, alpha, mask)
+                xs = x.to(sigma_dtype) if mask is None else x.to(sigma_dtype)[mask]
+                same = sigma0 + alpha * (xs.T @ xs)
+                assert_close_to_oracle(sigma, oracle, same, t, what=f"{x_dtype} T={t} d={d} mask={use_mask}")
+
+
+@backend_params()
+def test_cov_row_strided_and_noncontiguous(backend, device):
+    base = randn(40, 24, device=device)
+    x = base[::2, :12]  # row stride 48, last dim unit-stride
+    xt = randn(12, 20, device=device).T  # last dim not unit-stride: copied
+    for xin in (x, xt):
+        sigma = torch.zeros(12, 12, device=device)
+        with use_backend(backend):
+            sp.cov_accumulate_(sigma, xin)
+        ref = xin.double().T @ xin.double()
+        assert torch.allclose(sigma.double(), ref, rtol=1e-4, atol=1e-4)
+    # a non-contiguous accumulator (a transposed view) is updated in place
+    big = torch.zeros(12, 12, device=device)
+    view = big.T
+    with use_backend(backend):
+        sp.cov_accumulate_(view, x)
+    assert torch.allclose(big.double(), (x.double().T @ x.double()).T, rtol=1e-4, atol=1e-4)
+
+
+@backend_params()
+def test_cov_empty_and_nan(backend, device):
+    sigma = torch.eye(4, device=device)
+    with use_backend(backend):
+        sp.cov_accumulate_(sigma, torch.empty(0, 4, device=device))
+    assert torch.equal(sigma, torch.eye(4, device=device))
+    x = randn(5, 4, device=device)
+    x[2, 1] = float("nan")
+    with use_backend(backend):
+        sp.cov_accumulate_(sigma, x)
+    s = sigma.cpu()
+    assert torch.isnan(s[1]).all() and torch.isnan(s[:, 1]).all()  # like torch's x.T @ x
+    assert torch.isfinite(s[0, 0]) and torch.isfinite(s[2, 3])
+
+
+def test_cov_large_row_offset_pointer():
+    # a view starting deep into a large-ish buffer: pointers, not offsets, are passed
+    buf = randn(1 << 16, 8)
+    x = buf[(1 << 16) - 5:]
+    sigma = torch.zeros(8, 8)
+    sp.cov_accumulate_(sigma, x)
+    assert torch.allclose(sigma.double(), x.double().T @ x.double(), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "make, err",
+    [
+        (lambda: (torch.zeros(3, 3, dtype=torch.float16), torch.zeros(2, 3)), TypeError),
+        (lambda: (torch.zeros(3, 3), torch.zeros(2, 3, dtype=torch.float64)), TypeError),
+        (lambda: (torch.zeros(3, 3), torch.zeros(2, 4)), ValueError),
+        (lambda: (torch.zeros(3), torch.zeros(2, 3)), ValueError),
+        (lambda: (torch.zeros(3, 3), torch.zeros(2, 3, 1)), ValueError),
+    ],
+)
+def test_cov_bad_input(make, err):
+    sigma, x = make()
+    with pytest.raises(err, match="sketchprune::cov_accumulate_"):
+        sp.cov_accumulate_(sigma, x)
+
+
+def test_cov_bad_mask():
+    with pytest.raises(ValueError, match="mask"):
+        sp.cov_accumulate_(torch.zeros(3, 3), torch.randn(4, 3), mask=torch.ones(5, dtype=torch.bool))
+    with pytest.raises(TypeError, match="mask"):
+        sp.cov_accumulate_(torch.zeros(3, 3), torch.randn(4, 3), mask=torch.ones(4))
+
+
+@backend_params()
+def test_cov_opcheck(backend, device):
+    sigma = torch.zeros(9, 9, device=device)
+    x = randn(13, 9, device=device)
+    mask = (torch.rand(13) > 0.5).to(device)
+    kw = {"test_utils": ("test_schema", "test_faketensor")} if interpreted(backend, device) else {}
+    with use_backend(backend):
+        torch.library.opcheck(torch.ops.sketchprune.cov_accumulate_.default, (sigma, x, 0.5, mask), **kw)

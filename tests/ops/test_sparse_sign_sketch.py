@@ -1,0 +1,129 @@
+import math
+
+import pytest
+import torch
+
+import sketchprune as sp
+from sketchprune.ref import sketch_matrix
+from _helpers import assert_close_to_oracle, backend_params, in_dtypes, interpreted, randn, use_backend
+
+BIG = 2**33 + 12345  # row offsets beyond 2^31 (and 2^32)
+SIZES = [(1, 1, 8, 8), (7, 33, 16, 3), (13, 1000, 64, 8), (64, 2049, 512, 8), (5, 300, 100, 7)]
+SMALL = [(1, 1, 8, 8), (7, 33, 16, 3), (5, 70, 20, 7)]
+
+
+def _run(backend, g, m, k, seed, offset):
+    with use_backend(backend):
+        return sp.sparse_sign_sketch(g, m, k, seed, offset)
+
+
+@backend_params()
+def test_sketch_matches_float64_oracle(backend, device):
+    for dtype in in_dtypes(backend, device):
+        for n, r, m, k in SMALL if interpreted(backend, device) else SIZES:
+            for offset in (0, BIG):
+                g = randn(n, r, dtype=dtype, device=device)
+                seed = int(torch.randint(0, 2**62, ()).item())
+                out = _run(backend, g, m, k, seed, offset)
+                assert out.shape == (n, m) and out.dtype == torch.float32
+                s64 = sketch_matrix(seed, offset, r, m, k, torch.float64, device)
+                oracle = g.double() @ s64
+                same = g.float() @ s64.float()
+                assert_close_to_oracle(out, oracle, same, k * r // m + 1, what=f"{dtype} {n}x{r} m={m} k={k}")
+
+
+@backend_params()
+def test_sketch_rows_of_S_are_exact(backend, device):
+    """Probe S with unit vectors: each row has exactly k nonzeros +-1/sqrt(k), one per column
+    block, bit-identical to the definition (the torch twin of the hash)."""
+    r, m, k = 37, 24, 5
+    for offset in (0, BIG, 2**62):
+        seed = 987654321
+        rows = _run(backend, torch.eye(r, device=device), m, k, seed, offset)
+        expect = sketch_matrix(seed, offset, r, m, k, torch.float32, device)
+        assert torch.equal(rows, expect)
+        nz = rows != 0
+        assert (nz.sum(1) == k).all()
+        assert torch.allclose(rows[nz].abs(), torch.full((r * k,), 1 / math.sqrt(k), device=device))
+        for t in range(k):
+            lo, hi = t * m // k, (t + 1) * m // k
+            assert (nz[:, lo:hi].sum(1) == 1).all(), f"block {t} must hold exactly one nonzero"
+
+
+@backend_params()
+def test_sketch_linearity_and_chunk_invariance(backend, device):
+    n, r, m, k = (9, 130, 32, 4) if interpreted(backend, device) else (33, 3001, 128, 8)
+    g1, g2 = randn(n, r, device=device), randn(n, r, device=device)
+    seed, off = 42, BIG
+    s1, s2 = _run(backend, g1, m, k, seed, off), _run(backend, g2, m, k, seed, off)
+    s12 = _run(backend, 2.0 * g1 - 0.5 * g2, m, k, seed, off)
+    assert torch.allclose(s12, 2.0 * s1 - 0.5 * s2, rtol=1e-4, atol=1e-4)
+    # chunking over N gives the same rows
+    top = _run(backend, g1[: n // 3], m, k, seed, off)
+    assert torch.allclose(top, s1[: n // 3], rtol=1e-6, atol=1e-6)
+    # chunking over r with shifted offsets sums to the whole
+    a = r // 3
+    parts = _run(backend, g1[:, :a], m, k, seed, off) + _run(backend, g1[:, a:], m, k, seed, off + a)
+    assert torch.allclose(parts, s1, rtol=1e-4, atol=1e-4)
+
+
+def test_sketch_bit_identical_across_backends():
+    """The implicit S (probed with unit vectors) is bit-identical on every available backend."""
+    from _helpers import BACKEND_PARAMS
+
+    r, m, k, seed, off = 50, 40, 8, 7, BIG
+    ref = sketch_matrix(seed, off, r, m, k, torch.float32)
+    seen = []
+    for p in BACKEND_PARAMS:
+        if p.marks:
+            continue
+        backend, device = p.values
+        rows = _run(backend, torch.eye(r, device=device), m, k, seed, off).cpu()
+        assert torch.equal(rows, ref), f"{backend} on {device} builds a different S"
+        seen.append(p.id)
+    assert "torch-cpu" in seen
+
+
+def test_sketch_norm_preserved_in_expectation():
+    """E ||x S||^2 = ||x||^2 over seeds (checked within 5 standard errors)."""
+    r, m, k, trials = 400, 64, 4, 300
+    x = randn(1, r)
+    vals = torch.stack([sp.sparse_sign_sketch(x, m, k, seed).pow(2).sum() for seed in range(trials)]).double()
+    ratio = vals / x.double().pow(2).sum()
+    se = ratio.std() / math.sqrt(trials)
+    assert abs(ratio.mean() - 1) < 5 * se + 1e-3, (ratio.mean().item(), se.item())
+
+
+@backend_params()
+def test_sketch_empty(backend, device):
+    assert _run(backend, torch.empty(0, 10, device=device), 16, 4, 0, 0).shape == (0, 16)
+    z = _run(backend, torch.empty(3, 0, device=device), 16, 4, 0, 0)
+    assert z.shape == (3, 16) and (z == 0).all()
+
+
+@pytest.mark.parametrize(
+    "kwargs, err, match",
+    [
+        (dict(m=4, k=8), ValueError, "m \\(sketch size\\) must be >= k"),
+        (dict(m=8, k=0), ValueError, "k .* must be >= 1"),
+        (dict(m=8, k=2, offset=-1), ValueError, "offset must be >= 0"),
+    ],
+)
+def test_sketch_bad_args(kwargs, err, match):
+    with pytest.raises(err, match=match):
+        sp.sparse_sign_sketch(torch.randn(2, 5), **kwargs)
+
+
+def test_sketch_bad_tensors():
+    with pytest.raises(TypeError, match="dtype"):
+        sp.sparse_sign_sketch(torch.randn(2, 5, dtype=torch.float64), 8)
+    with pytest.raises(ValueError, match="2-D"):
+        sp.sparse_sign_sketch(torch.randn(5), 8)
+
+
+@backend_params()
+def test_sketch_opcheck(backend, device):
+    g = randn(5, 40, device=device)
+    kw = {"test_utils": ("test_schema", "test_faketensor")} if interpreted(backend, device) else {}
+    with use_backend(backend):
+        torch.library.opcheck(torch.ops.sketchprune.sparse_sign_sketch.default, (g, 16, 4, 3, BIG), **kw)

@@ -1,0 +1,70 @@
+import pytest
+import torch
+
+import sketchprune as sp
+from _helpers import randn
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_moments_match_float64(dtype):
+    d, dy = 33, 5
+    acc = sp.CovarianceAccumulator(d, dtype=dtype, cross_dim=dy, stage_rows=64)
+    xs, ys, ms = [], [], []
+    for t in [1, 7, 100, 3, 50, 200, 9]:
+        x, y = randn(2, t, d, dtype=torch.bfloat16), randn(2, t, dy, dtype=torch.bfloat16)
+        m = torch.rand(2, t) > 0.2
+        acc.update(x, y, m)
+        xs.append(x.reshape(-1, d)[m.reshape(-1)]), ys.append(y.reshape(-1, dy)[m.reshape(-1)])
+    x, y = torch.cat(xs).double(), torch.cat(ys).double()
+    n = x.shape[0]
+    assert acc.count == n
+    tol = dict(rtol=1e-5, atol=1e-6) if dtype == torch.float32 else dict(rtol=1e-12, atol=1e-12)
+    assert torch.allclose(acc.covariance().double(), x.T @ x / n, **tol)
+    c = acc.covariance(centered=True)
+    assert torch.equal(c, c.T)
+    mu = x.mean(0)
+    assert torch.allclose(c.double(), x.T @ x / n - torch.outer(mu, mu), **tol)
+    assert torch.allclose(acc.mean().double(), mu, **tol)
+    assert torch.allclose(acc.cross().double(), x.T @ y / n, **tol)
+    assert torch.allclose(acc.diag().double(), (x * x).mean(0), **tol)
+
+
+def test_staging_equals_direct():
+    d = 20
+    chunks = [randn(5, d) for _ in range(30)]
+    staged = sp.CovarianceAccumulator(d, stage_rows=64)
+    direct = sp.CovarianceAccumulator(d, stage_rows=1)
+    for x in chunks:
+        staged.update(x)
+        direct.update(x)
+    assert torch.allclose(staged.covariance(), direct.covariance(), rtol=1e-6, atol=1e-6)
+
+
+def test_merge():
+    a, b, both = (sp.CovarianceAccumulator(8) for _ in range(3))
+    for i in range(4):
+        x = randn(10, 8)
+        (a if i % 2 else b).update(x)
+        both.update(x)
+    a.merge_(b)
+    assert a.count == both.count
+    assert torch.allclose(a.covariance(), both.covariance(), rtol=1e-6, atol=1e-6)
+
+
+def test_errors():
+    acc = sp.CovarianceAccumulator(4)
+    with pytest.raises(RuntimeError, match="no rows"):
+        acc.covariance()
+    with pytest.raises(ValueError, match="shape"):
+        acc.update(torch.randn(3, 5))
+    with pytest.raises(TypeError, match="float32/float16/bfloat16"):
+        acc.update(torch.randn(3, 4, dtype=torch.float64))
+    with pytest.raises(ValueError, match="y must be given"):
+        acc.update(torch.randn(3, 4), torch.randn(3, 2))
+    with pytest.raises(ValueError, match="mask"):
+        acc.update(torch.randn(3, 4), mask=torch.ones(4, dtype=torch.bool))
+    with pytest.raises(RuntimeError, match="cross"):
+        acc.update(torch.randn(3, 4))
+        acc.cross()
+    with pytest.raises(TypeError):
+        sp.CovarianceAccumulator(4, dtype=torch.float16)

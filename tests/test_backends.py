@@ -1,0 +1,75 @@
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import sketchprune as sp
+from sketchprune import _backends, _native
+from sketchprune._backends import BackendUnavailableError, use_backend
+
+
+def test_ci_builds_every_native_module():
+    """Under CI the build must not silently drop a module (a CUDA compile error fails here)."""
+    if os.environ.get("CI", "").lower() not in ("1", "true", "yes"):
+        pytest.skip("only enforced when CI=true")
+    assert _native.cpu_module() is not None, _native.load_error("_C_cpu")
+    assert _native.cuda_module() is not None, _native.load_error("_C_cuda")
+    assert _backends.triton_importable(), "the test extra installs triton"
+
+
+def test_cuda_module_imports_without_gpu():
+    mod = _native.cuda_module()
+    if mod is None:
+        pytest.skip("CUDA module not built")
+    info = mod.build_info()
+    assert "archs" in info and "cuda_version" in info
+    assert mod.device_count() == torch.cuda.device_count()
+
+
+def test_explicit_unavailable_backend_is_an_error():
+    x = torch.randn(4, 3)
+    with use_backend("cuda"), pytest.raises(BackendUnavailableError, match="backend 'cuda' was requested"):
+        sp.sparse_sign_sketch(x, 8, 2)
+
+
+def test_unknown_backend_name():
+    with pytest.raises(ValueError, match="unknown backend"):
+        with use_backend("fortran"):
+            pass
+
+
+def test_env_override(monkeypatch):
+    monkeypatch.setenv("SKETCHPRUNE_BACKEND", "torch")
+    assert _backends.select("cov_accumulate_", torch.device("cpu")) == "torch"
+    monkeypatch.setenv("SKETCHPRUNE_BACKEND", "nonsense")
+    with pytest.raises(ValueError, match="SKETCHPRUNE_BACKEND"):
+        _backends.select("cov_accumulate_", torch.device("cpu"))
+    monkeypatch.setenv("SKETCHPRUNE_BACKEND", "cuda")
+    with pytest.raises(BackendUnavailableError):
+        sp.cov_accumulate_(torch.zeros(2, 2), torch.randn(3, 2))
+
+
+def test_context_beats_env(monkeypatch):
+    monkeypatch.setenv("SKETCHPRUNE_BACKEND", "cuda")
+    with use_backend("torch"):
+        assert _backends.select("gather_slices", torch.device("cpu")) == "torch"
+
+
+def test_auto_prefers_compiled_cpu():
+    if _native.cpu_module() is None:
+        pytest.skip("C++ CPU module not built")
+    assert _backends.select("sparse_sign_sketch", torch.device("cpu")) == "cpu"
+
+
+def test_info_command_runs():
+    out = subprocess.run([sys.executable, "-m", "sketchprune.info"], capture_output=True, text=True, check=True)
+    assert "cpu backends" in out.stdout and "C++ CPU module" in out.stdout
+
+
+def test_cross_device_error():
+    if not torch.cuda.is_available():
+        pytest.skip("no GPU")
+    with pytest.raises(ValueError, match="one device"):
+        sp.cov_accumulate_(torch.zeros(3, 3), torch.randn(2, 3, device="cuda"))
