@@ -31,28 +31,33 @@ def test_torch_twin_equals_int_oracle(m, k):
                 assert t * m // k <= c < (t + 1) * m // k
 
 
-def test_triton_twin_equals_int_oracle():
-    if _backends.unavailable_reason("triton", "cuda" if torch.cuda.is_available() else "cpu") is not None:
-        pytest.skip("triton not installed or not runnable here")
+try:  # the Triton twin, when triton can be imported
     import triton
     import triton.language as tl
 
-    from sketchprune.kernels._hash import sketch_hash_cols_signs
+    from sketchprune.kernels._hash import join_u64, mix64, sketch_entry, split_i64
 
     @triton.jit
-    def probe(cols_ptr, signs_ptr, seed, j0, m, k, ROWS: tl.constexpr, KP: tl.constexpr):
+    def _probe_kernel(cols_ptr, signs_ptr, seed_hi, seed_lo, j0_hi, j0_lo, m, k, ROWS: tl.constexpr, KP: tl.constexpr):
         i = tl.arange(0, ROWS)
         t = tl.arange(0, KP)
-        j = j0.to(tl.uint64) + i.to(tl.uint64)
-        col, sign = sketch_hash_cols_signs(seed, j[:, None], t[None, :], m, k)
+        j = join_u64(j0_hi, j0_lo) + i.to(tl.uint64)
+        col, sign = sketch_entry(mix64(join_u64(seed_hi, seed_lo)), j[:, None], t[None, :], m, k)
         ok = (t[None, :] < k) & (i[:, None] >= 0)
         tl.store(cols_ptr + i[:, None] * KP + t[None, :], col.to(tl.int64), mask=ok)
         tl.store(signs_ptr + i[:, None] * KP + t[None, :], sign.to(tl.float32), mask=ok)
+except ImportError:  # pragma: no cover - triton not installed
+    triton = None
 
+
+def test_triton_twin_equals_int_oracle():
     dev = "cuda" if torch.cuda.is_available() else "cpu"
-    for seed, j0, m, k in [(0, 0, 8, 8), (12345, 2**33 + 1, 100, 7), (2**62 + 3, 2**62, 512, 8)]:
+    why = _backends.unavailable_reason("triton", dev)
+    if why is not None or triton is None:
+        pytest.skip(why or "triton not installed")
+    for seed, j0, m, k in [(0, 0, 8, 8), (12345, 2**33 + 1, 100, 7), (-(2**62) - 3, 2**62, 512, 8)]:
         cols = torch.full((16, 8), -1, dtype=torch.int64, device=dev)
         signs = torch.zeros((16, 8), dtype=torch.float32, device=dev)
-        probe[(1,)](cols, signs, seed, j0, m, k, ROWS=16, KP=8)
+        _probe_kernel[(1,)](cols, signs, *split_i64(seed), *split_i64(j0), m, k, ROWS=16, KP=8)
         ec, es = sketch_entries(seed, j0, 16, m, k)
         assert torch.equal(cols[:, :k].cpu(), ec) and torch.equal(signs[:, :k].cpu(), es)

@@ -1,0 +1,127 @@
+// sketchprune CPU: the kernels of isa_kernels.inc compiled for avx512 (x86-64 only; chosen at
+// run time by kernels() in isa_generic.cpp when the CPU supports it).  The build uses no
+// -march flags: only the functions in the target region below use avx512 instructions.
+#include "cpu/cpu_common.h"
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+
+#if !defined(__clang__)
+// GCC 12's avx512fintrin.h trips -Wuninitialized on its own _mm512_undefined_* (PR105593).
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
+
+#if defined(__clang__)
+#pragma clang attribute push(__attribute__((target("avx512f"))), apply_to = function)
+#else
+#pragma GCC push_options
+#pragma GCC target("avx512f")
+#endif
+
+namespace sketchprune {
+namespace cpu {
+namespace avx512 {
+
+struct VF {
+  using T = float;
+  using V = __m512;
+  static constexpr int W = 16;
+  static V zero() { return _mm512_setzero_ps(); }
+  static V load(const float* p) { return _mm512_loadu_ps(p); }
+  static void store(float* p, V v) { _mm512_storeu_ps(p, v); }
+  static V set1(float x) { return _mm512_set1_ps(x); }
+  static V fma(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
+};
+struct VD {
+  using T = double;
+  using V = __m512d;
+  static constexpr int W = 8;
+  static V zero() { return _mm512_setzero_pd(); }
+  static V load(const double* p) { return _mm512_loadu_pd(p); }
+  static void store(double* p, V v) { _mm512_storeu_pd(p, v); }
+  static V set1(double x) { return _mm512_set1_pd(x); }
+  static V fma(V a, V b, V c) { return _mm512_fmadd_pd(a, b, c); }
+};
+
+// 16 x 16 fp32 transpose in registers: 16 loads, 64 shuffles, 16 stores.
+inline void transpose16_block(const float* const* rows, int64_t i, float* blk) {
+  __m512 u[16];
+  for (int g = 0; g < 4; ++g) {
+    const __m512 r0 = _mm512_loadu_ps(rows[4 * g] + i);
+    const __m512 r1 = _mm512_loadu_ps(rows[4 * g + 1] + i);
+    const __m512 r2 = _mm512_loadu_ps(rows[4 * g + 2] + i);
+    const __m512 r3 = _mm512_loadu_ps(rows[4 * g + 3] + i);
+    const __m512d l01 = _mm512_castps_pd(_mm512_unpacklo_ps(r0, r1));
+    const __m512d h01 = _mm512_castps_pd(_mm512_unpackhi_ps(r0, r1));
+    const __m512d l23 = _mm512_castps_pd(_mm512_unpacklo_ps(r2, r3));
+    const __m512d h23 = _mm512_castps_pd(_mm512_unpackhi_ps(r2, r3));
+    // u[4g+q], 128-bit lane L = rows 4g..4g+3 of column 4L+q
+    u[4 * g + 0] = _mm512_castpd_ps(_mm512_unpacklo_pd(l01, l23));
+    u[4 * g + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(l01, l23));
+    u[4 * g + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(h01, h23));
+    u[4 * g + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(h01, h23));
+  }
+  for (int q = 0; q < 4; ++q) {
+    const __m512 a = _mm512_shuffle_f32x4(u[q], u[4 + q], 0x88);
+    const __m512 b = _mm512_shuffle_f32x4(u[8 + q], u[12 + q], 0x88);
+    const __m512 c = _mm512_shuffle_f32x4(u[q], u[4 + q], 0xdd);
+    const __m512 e = _mm512_shuffle_f32x4(u[8 + q], u[12 + q], 0xdd);
+    _mm512_store_ps(blk + (q)*16, _mm512_shuffle_f32x4(a, b, 0x88));
+    _mm512_store_ps(blk + (8 + q) * 16, _mm512_shuffle_f32x4(a, b, 0xdd));
+    _mm512_store_ps(blk + (4 + q) * 16, _mm512_shuffle_f32x4(c, e, 0x88));
+    _mm512_store_ps(blk + (12 + q) * 16, _mm512_shuffle_f32x4(c, e, 0xdd));
+  }
+}
+
+#include "isa_kernels.inc"
+
+constexpr int kMrF = 12, kNvF = 2, kMrD = 12, kNvD = 2;
+
+// Non-template entry points, defined inside the target region.
+static void micro_f(int64_t kc, const float* A, const float* B, float* C, int64_t ldc, float alpha,
+                    float* buf) {
+  micro_kernel<VF, kMrF, kNvF>(kc, A, B, C, ldc, alpha, buf);
+}
+static void micro_d(int64_t kc, const double* A, const double* B, double* C, int64_t ldc,
+                    double alpha, double* buf) {
+  micro_kernel<VD, kMrD, kNvD>(kc, A, B, C, ldc, alpha, buf);
+}
+static void scatter(const float* const* rows, int64_t len, const SketchEntry* tab, int64_t k,
+                    float* acc) {
+  scatter16(rows, len, tab, k, acc);
+}
+static void outer_scatter(const float* dt, const float* at, int64_t T, int64_t no, int64_t d_in,
+                          const SketchEntry* tab, int64_t k, float* acc) {
+  outer_scatter16(dt, at, T, no, d_in, tab, k, acc);
+}
+
+}  // namespace avx512
+}  // namespace cpu
+}  // namespace sketchprune
+
+#if defined(__clang__)
+#pragma clang attribute pop
+#else
+#pragma GCC pop_options
+#endif
+
+namespace sketchprune {
+namespace cpu {
+
+bool kernels_avx512(KernelTable* t) {
+  __builtin_cpu_init();
+  if (!(__builtin_cpu_supports("avx512f"))) return false;
+  t->isa = "avx512";
+  t->mr_f = avx512::kMrF; t->nr_f = avx512::kNvF * avx512::VF::W; t->kc_f = 384;
+  t->micro_f = &avx512::micro_f;
+  t->mr_d = avx512::kMrD; t->nr_d = avx512::kNvD * avx512::VD::W; t->kc_d = 256;
+  t->micro_d = &avx512::micro_d;
+  t->scatter16 = &avx512::scatter;
+  t->outer_scatter16 = &avx512::outer_scatter;
+  return true;
+}
+
+}  // namespace cpu
+}  // namespace sketchprune
+#endif  // x86-64 && GNUC

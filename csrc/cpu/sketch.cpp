@@ -1,0 +1,300 @@
+// sketchprune CPU: sparse-sign sketches (S defined by common/sketch_hash.h).
+//
+// Both ops run one engine: rows of S in chunks; per chunk the (column, value) pairs of all k
+// nonzeros of every row are hashed once into a shared table (parallel), then OpenMP
+// (dynamic) over work items = (tile of 16 samples) x chunk: the item's 16 input rows (g
+// rows, or per-sample gradient slabs G_n built on the fly) are scattered with 16-wide vector
+// FMAs into a private m x 16 accumulator (L1/L2 resident), which is then added (transposed)
+// into out.  With fewer tiles than threads, several chunks run concurrently and their
+// partials are added in chunk order, so results never depend on N or the thread count.
+#include "cpu/cpu_common.h"
+
+#include "cpu/cpu_ops.h"
+
+namespace sketchprune {
+namespace cpu {
+namespace {
+
+constexpr int kLanes = 16;
+
+// The k nonzeros of S rows, hashed in bulk.  Columns come from sketch_hash() and
+// block_start() of common/sketch_hash.h; the only thing done differently from sketch_entry()
+// is the modulo: (H >> 32) < 2^32 and width_t < 2^31, so it is computed with Lemire's exact
+// 32-bit fastmod (two multiplies) instead of a 64-bit divide (~5x faster hashing).  The
+// constructor compares the fast path with sketch_entry() on 64 rows x k and falls back to
+// sketch_entry() itself if they ever disagree (e.g. if the definition of S changes).
+class RowHasher {
+ public:
+  RowHasher(int64_t seed, int64_t m, int64_t k)
+      : seed_mixed_(mix64(static_cast<uint64_t>(seed))), m_(m), k_(k),
+        scale_(static_cast<float>(1.0 / std::sqrt(static_cast<double>(k)))) {
+    std::memcpy(&scale_bits_, &scale_, sizeof scale_bits_);
+    for (int64_t t = 0; t < k; ++t) {
+      const int64_t st = block_start(t, m, k), w = block_start(t + 1, m, k) - st;
+      start_.push_back(static_cast<int32_t>(st));
+      width_.push_back(static_cast<uint32_t>(w));
+      magic_.push_back(~uint64_t(0) / static_cast<uint64_t>(w) + 1);
+    }
+#if defined(__SIZEOF_INT128__)
+    fast_ = true;
+    std::vector<SketchEntry> a(static_cast<size_t>(k)), b(static_cast<size_t>(k));
+    for (uint64_t j = 0; j < 64 && fast_; ++j) {
+      const uint64_t row = j * 0x9E3779B97F4A7C15ull;  // spread over the 64-bit range
+      fill_fast(row, a.data());
+      fill_exact(row, b.data());
+      for (int64_t t = 0; t < k; ++t) fast_ = fast_ && a[t].col == b[t].col && a[t].val == b[t].val;
+    }
+#endif
+  }
+  // e[0..k) = the nonzeros of global row j.
+  void fill(uint64_t j, SketchEntry* e) const {
+    if (fast_)
+      fill_fast(j, e);
+    else
+      fill_exact(j, e);
+  }
+
+ private:
+  void fill_exact(uint64_t j, SketchEntry* e) const {
+    for (int64_t t = 0; t < k_; ++t) {
+      int64_t col;
+      float sign;
+      sketch_entry(seed_mixed_, j, t, m_, k_, &col, &sign);
+      e[t] = SketchEntry{static_cast<int32_t>(col), sign * scale_};
+    }
+  }
+  void fill_fast(uint64_t j, SketchEntry* e) const {
+#if defined(__SIZEOF_INT128__)
+    for (int64_t t = 0; t < k_; ++t) {
+      const uint64_t h = sketch_hash(seed_mixed_, j, static_cast<uint64_t>(t));
+      const uint64_t lowbits = magic_[t] * static_cast<uint32_t>(h >> 32);
+      const uint32_t rem =
+          static_cast<uint32_t>((static_cast<unsigned __int128>(lowbits) * width_[t]) >> 64);
+      // sign without a branch (it is a coin flip): flip the sign bit of +1/sqrt(k)
+      const uint32_t vbits = scale_bits_ ^ (static_cast<uint32_t>(h & 1ull) << 31);
+      e[t] = SketchEntry{start_[t] + static_cast<int32_t>(rem), bits_to_float(vbits)};
+    }
+#else
+    fill_exact(j, e);
+#endif
+  }
+  uint64_t seed_mixed_;
+  int64_t m_, k_;
+  float scale_;
+  uint32_t scale_bits_;
+  bool fast_ = false;
+  std::vector<int32_t> start_;
+  std::vector<uint32_t> width_;
+  std::vector<uint64_t> magic_;
+};
+
+// Process(tile, i0, len, tab, acc, tid): add rows [i0, i0+len) of S (nonzeros in tab, len x k)
+// times the matching inputs of the tile's 16 samples into acc (m x 16, lane-minor).
+template <class Process>
+void sketch_engine(float* out, int64_t N, int64_t R, int64_t m, int64_t k, int64_t seed,
+                   int64_t offset, bool accumulate, int64_t chunk, Process&& process) {
+  if (N == 0) return;
+  if (R == 0) {
+    if (!accumulate) std::memset(out, 0, sizeof(float) * static_cast<size_t>(N * m));
+    return;
+  }
+  // Batch/thread invariance: every sample's result is sum over chunks (in order) of its
+  // chunk partial, each partial summed over the chunk's rows in order; chunk depends only on
+  // the sizes of S, never on N or the thread count.  With fewer tiles than threads, `nc`
+  // chunks are processed concurrently and their partials added in chunk order afterwards.
+  const int64_t nt = max_threads();
+  const int64_t ntiles = ceil_div(N, kLanes);
+  const int64_t nchunks = ceil_div(R, chunk);
+  const int64_t nc = ntiles >= nt ? 1 : std::min({ceil_div(nt, ntiles), nchunks, int64_t(8)});
+  const RowHasher hasher(seed, m, k);
+
+  Scratch<SketchEntry> table(std::min(nc * chunk, R) * k);
+  Scratch<float> accs(nt * m * kLanes);
+  Scratch<float> parts(nc > 1 ? ntiles * nc * m * kLanes : 0);
+  SketchEntry* tab = table.data();
+
+#pragma omp parallel
+  {
+    const int tid = thread_num();
+    float* acc = accs.data() + tid * m * kLanes;
+    for (int64_t c0 = 0; c0 < R; c0 += nc * chunk) {  // a round of up to nc chunks
+      const int64_t len = std::min(nc * chunk, R - c0);
+      const int64_t ncr = ceil_div(len, chunk);
+#pragma omp for schedule(static)
+      for (int64_t i = 0; i < len; ++i)
+        hasher.fill(static_cast<uint64_t>(offset) + static_cast<uint64_t>(c0 + i), tab + i * k);
+#pragma omp for schedule(dynamic, 1)
+      for (int64_t it = 0; it < ntiles * ncr; ++it) {
+        const int64_t tile = it / ncr, ch = it % ncr;
+        const int64_t s0 = ch * chunk, s1 = std::min(len, s0 + chunk);
+        std::memset(acc, 0, sizeof(float) * static_cast<size_t>(m * kLanes));
+        process(tile, c0 + s0, s1 - s0, tab + s0 * k, acc, tid);
+        if (nc > 1) {
+          std::memcpy(parts.data() + it * m * kLanes, acc, sizeof(float) * m * kLanes);
+          continue;
+        }
+        const int64_t n0 = tile * kLanes, ns = std::min<int64_t>(kLanes, N - n0);
+        const bool set = (c0 == 0) && !accumulate;
+        for (int64_t s = 0; s < ns; ++s) {
+          float* o = out + (n0 + s) * m;
+          if (set)
+            for (int64_t c = 0; c < m; ++c) o[c] = acc[c * kLanes + s];
+          else
+            for (int64_t c = 0; c < m; ++c) o[c] += acc[c * kLanes + s];
+        }
+      }
+      if (nc > 1) {
+#pragma omp for schedule(static)
+        for (int64_t n = 0; n < N; ++n) {
+          const int64_t tile = n / kLanes, s = n % kLanes;
+          float* o = out + n * m;
+          for (int64_t ch = 0; ch < ncr; ++ch) {
+            const float* p = parts.data() + (tile * ncr + ch) * m * kLanes + s;
+            if (c0 == 0 && ch == 0 && !accumulate)
+              for (int64_t c = 0; c < m; ++c) o[c] = p[c * kLanes];
+            else
+              for (int64_t c = 0; c < m; ++c) o[c] += p[c * kLanes];
+          }
+        }
+      }
+    }
+  }
+}
+
+int64_t sketch_chunk_rows(int64_t k) {
+  return std::max<int64_t>(1024, std::min<int64_t>(16384, (int64_t(1) << 17) / k));
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------
+// sparse_sign_sketch: out (N x m fp32, contiguous) (+)= g @ S, g N x r (fp32|fp16|bf16, row
+// stride ldg), row i of g meets S row offset+i.  N*r*k lane-FMAs + one read of g:
+// N=512, r=1e5, m=512, k=8 -> 4.1e8 FMAs, 205 MB read (vs 5.2e10 flops for dense g @ S).
+void sparse_sign_sketch(float* out, const void* g, int g_dtype, int64_t N, int64_t r, int64_t ldg,
+                        int64_t m, int64_t k, int64_t seed, int64_t offset, bool accumulate) {
+  const int64_t step = 2048;
+  const int64_t nt = max_threads();
+  std::vector<float> zeros(static_cast<size_t>(step), 0.f);
+  Scratch<float> conv(g_dtype == kFloat32 ? 0 : nt * kLanes * step);
+  const int64_t es = dtype_size(g_dtype);
+  const char* gb = static_cast<const char*>(g);
+  const KernelTable& K = kernels();
+  auto process = [&](int64_t tile, int64_t i0, int64_t len, const SketchEntry* tab, float* acc,
+                     int tid) {
+    const int64_t n0 = tile * kLanes, ns = std::min<int64_t>(kLanes, N - n0);
+    const float* rows[kLanes];
+    for (int64_t b0 = 0; b0 < len; b0 += step) {  // blocks of `step` rows (bounded buffers)
+      const int64_t l = std::min(step, len - b0);
+      for (int64_t s = 0; s < kLanes; ++s) {
+        if (s >= ns) {
+          rows[s] = zeros.data();
+          continue;
+        }
+        const char* src = gb + ((n0 + s) * ldg + i0 + b0) * es;
+        if (g_dtype == kFloat32) {
+          rows[s] = reinterpret_cast<const float*>(src);
+        } else {
+          float* dst = conv.data() + (tid * kLanes + s) * step;
+          convert_row<float>(src, g_dtype, l, dst);
+          rows[s] = dst;
+        }
+      }
+      K.scatter16(rows, l, tab + b0 * k, k, acc);
+    }
+  };
+  sketch_engine(out, N, r, m, k, seed, offset, accumulate, sketch_chunk_rows(k), process);
+}
+
+// ---------------------------------------------------------------------------------------
+// outer_sketch: out[n] (+)= vec(G_n) @ S with G_n[o, q] = sum_t d[n,t,o] * a[n,t,q] flattened
+// row-major (row o*d_in + q of S, offset added); G is only ever formed for a chunk of oc
+// rows o, for 16 samples at a time.  Two ways to form a chunk of the tile's G:
+//  * T <= kLaneT (= 2, where it measured faster): samples in the vector lanes -- a and d of
+//    the tile are transposed to [t][q][16] / [t][o][16] and each G row (o, q) is T 16-wide
+//    FMAs, scattered at once;
+//  * larger T: per sample an oc x d_in GEMM slab d_n[:, o-range]^T a_n (packed micro-kernel),
+//    then scattered like g rows.
+// Cost: 2*N*T*d_out*d_in flops + N*d_out*d_in*k lane-FMAs, e.g. N=64, T=128,
+// d_in=d_out=1024, k=8: 17 GFLOP + 0.5 G FMAs, with a and d read once per chunk.
+void outer_sketch(float* out, const void* a, const void* d, int dtype, int64_t N, int64_t T,
+                  int64_t d_in, int64_t d_out, int64_t lda_n, int64_t lda_t, int64_t ldd_n,
+                  int64_t ldd_t, int64_t m, int64_t k, int64_t seed, int64_t offset,
+                  bool accumulate) {
+  constexpr int64_t kLaneT = 2;
+  const int64_t R = d_in * d_out;
+  if (R == 0 || N == 0 || T == 0) {  // G == 0: out = 0 (or unchanged)
+    if (N > 0 && !accumulate) std::memset(out, 0, sizeof(float) * static_cast<size_t>(N * m));
+    return;
+  }
+  const KernelTable& K = kernels();
+  const int64_t nt = max_threads();
+  const int64_t es = dtype_size(dtype);
+  const char* ab = static_cast<const char*>(a);
+  const char* db = static_cast<const char*>(d);
+  auto src_a = [&](int64_t n, int64_t t) { return ab + (n * lda_n + t * lda_t) * es; };
+  auto src_d = [&](int64_t n, int64_t t) { return db + (n * ldd_n + t * ldd_t) * es; };
+  const int64_t max_chunk = std::max<int64_t>(d_in, (int64_t(1) << 18) / d_in * d_in);
+
+  if (T <= kLaneT) {
+    // >= 16 rows o per chunk, so the per-chunk transpose of a (T*d_in*16) is amortised.
+    const int64_t oc = std::min(d_out, std::max<int64_t>(16, 16384 / d_in));
+    const int64_t chunk = std::min(oc * d_in, max_chunk);
+    const int64_t ocm = chunk / d_in;
+    Scratch<float> at(nt * T * d_in * kLanes);
+    Scratch<float> dt(nt * T * ocm * kLanes);
+    Scratch<float> row(nt * std::max(d_in, ocm));
+    auto process = [&](int64_t tile, int64_t i0, int64_t len, const SketchEntry* tab,
+                       float* acc, int tid) {
+      const int64_t n0 = tile * kLanes, ns = std::min<int64_t>(kLanes, N - n0);
+      const int64_t o0 = i0 / d_in, no = len / d_in;
+      float* A = at.data() + tid * T * d_in * kLanes;
+      float* D = dt.data() + tid * T * ocm * kLanes;
+      float* tmp = row.data() + tid * std::max(d_in, ocm);
+      for (int64_t s = 0; s < kLanes; ++s)
+        for (int64_t t = 0; t < T; ++t) {
+          if (s < ns) convert_row<float>(src_a(n0 + s, t), dtype, d_in, tmp);
+          for (int64_t q = 0; q < d_in; ++q) A[(t * d_in + q) * kLanes + s] = s < ns ? tmp[q] : 0.f;
+          if (s < ns) convert_row<float>(src_d(n0 + s, t) + o0 * es, dtype, no, tmp);
+          for (int64_t o = 0; o < no; ++o) D[(t * no + o) * kLanes + s] = s < ns ? tmp[o] : 0.f;
+        }
+      K.outer_scatter16(D, A, T, no, d_in, tab, k, acc);
+    };
+    sketch_engine(out, N, R, m, k, seed, offset, accumulate, chunk, process);
+    return;
+  }
+
+  // GEMM path: >= 64 rows o per chunk (packing a_n is amortised over them), <= 2^18 rows.
+  const int64_t oc = std::min(d_out, std::max<int64_t>(64, 16384 / d_in));
+  const int64_t chunk = std::min(oc * d_in, max_chunk);
+  int64_t pa_n, pb_n;
+  gemm_pack_sizes(K, chunk / d_in, d_in, &pa_n, &pb_n);
+  std::vector<float> zeros(static_cast<size_t>(chunk), 0.f);
+  Scratch<float> slabs(nt * kLanes * chunk);
+  Scratch<float> packs(nt * (pa_n + pb_n));
+  auto process = [&](int64_t tile, int64_t i0, int64_t len, const SketchEntry* tab, float* acc,
+                     int tid) {
+    const int64_t n0 = tile * kLanes, ns = std::min<int64_t>(kLanes, N - n0);
+    const int64_t o0 = i0 / d_in, no = len / d_in;  // i0, len are multiples of d_in
+    float* pa = packs.data() + tid * (pa_n + pb_n);
+    float* pb = pa + pa_n;
+    const float* rows[kLanes];
+    for (int64_t s = 0; s < kLanes; ++s) {
+      if (s >= ns) {
+        rows[s] = zeros.data();
+        continue;
+      }
+      float* G = slabs.data() + (tid * kLanes + s) * chunk;
+      std::memset(G, 0, sizeof(float) * static_cast<size_t>(len));
+      const Src sd{src_d(n0 + s, 0), dtype, ldd_t, o0, no};
+      const Src sa{src_a(n0 + s, 0), dtype, lda_t, 0, d_in};
+      gemm_serial_f32(K, sd, sa, T, G, d_in, 1.0f, pa, pb);
+      rows[s] = G;
+    }
+    K.scatter16(rows, len, tab, k, acc);
+  };
+  sketch_engine(out, N, R, m, k, seed, offset, accumulate, chunk, process);
+}
+
+}  // namespace cpu
+}  // namespace sketchprune

@@ -1,0 +1,68 @@
+"""Host-side helpers shared by the launchers: shape arithmetic only (no host sync, no
+allocation).  Everything here works on plain ints and on torch.SymInt (comparisons just
+add guards under torch.compile)."""
+
+import functools
+
+import torch
+
+
+def cdiv(a, b):
+    return (a + b - 1) // b
+
+
+def pow2_at_least(n, lo, hi):
+    """Smallest power of two >= n, clamped to [lo, hi] (lo, hi powers of two)."""
+    p = lo
+    while p < n and p < hi:
+        p *= 2
+    return p
+
+
+@functools.lru_cache(maxsize=None)
+def _cuda_sm_count(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def sm_count(device: torch.device) -> int:
+    """Streaming multiprocessors of a CUDA device; a small stand-in elsewhere (interpreter)."""
+    if device.type == "cuda":
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        return _cuda_sm_count(index)
+    return 4
+
+
+def on_gpu(t: torch.Tensor) -> bool:
+    """True for a real accelerator; False for CPU tensors (TRITON_INTERPRET=1)."""
+    return t.device.type != "cpu"
+
+
+def row_splits(programs, chunks, device, max_split=65535):
+    """How many programs share the reduction (r) axis: 1 unless the grid is too small to fill
+    the device, never more than the number of chunks, and 1 when deterministic algorithms are
+    requested (splits combine with fp32 atomics, whose order is not fixed).  Returns
+    (splits, chunks_per_split) with every split non-empty."""
+    if chunks <= 1 or torch.are_deterministic_algorithms_enabled():
+        return 1, max(chunks, 1)
+    target = 2 * sm_count(device)
+    if programs >= target:
+        return 1, chunks
+    want = min(cdiv(target, programs), chunks, max_split)
+    per = cdiv(chunks, want)
+    return cdiv(chunks, per), per
+
+
+def split_f64(x):
+    """x (a Python float, or SymFloat) -> (x1, x2, x3), each exactly representable in fp32, with
+    x1 + x2 + x3 == x exactly in fp64 (two Veltkamp splits: 24 + 24 + <= 6 significant bits).
+
+    Triton passes float scalars as fp32; the kernels rebuild the fp64 value from the three
+    parts (exact for |x| in roughly [1e-29, 1e38]; beyond that the fp32 parts under/overflow).
+    Pure arithmetic, so it also traces under torch.compile."""
+    x = x * 1.0
+    c = x * 536870913.0            # 2^29 + 1
+    x1 = c - (c - x)
+    rest = x - x1
+    c = rest * 536870913.0
+    x2 = c - (c - rest)
+    return x1, x2, rest - x2
