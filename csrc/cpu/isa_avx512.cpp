@@ -74,27 +74,11 @@ inline void transpose16_block(const float* const* rows, int64_t i, float* blk) {
   }
 }
 
-#include "isa_kernels.inc"
-
 constexpr int kMrF = 12, kNvF = 2, kMrD = 12, kNvD = 2;
+constexpr int kKcF = 384, kKcD = 256;
+#include "isa_kernels.inc"
+#include "isa_entry.inc"
 
-// Non-template entry points, defined inside the target region.
-static void micro_f(int64_t kc, const float* A, const float* B, float* C, int64_t ldc, float alpha,
-                    float* buf) {
-  micro_kernel<VF, kMrF, kNvF>(kc, A, B, C, ldc, alpha, buf);
-}
-static void micro_d(int64_t kc, const double* A, const double* B, double* C, int64_t ldc,
-                    double alpha, double* buf) {
-  micro_kernel<VD, kMrD, kNvD>(kc, A, B, C, ldc, alpha, buf);
-}
-static void scatter(const float* const* rows, int64_t len, const SketchEntry* tab, int64_t k,
-                    float* acc) {
-  scatter16(rows, len, tab, k, acc);
-}
-static void outer_scatter(const float* dt, const float* at, int64_t T, int64_t no, int64_t d_in,
-                          const SketchEntry* tab, int64_t k, float* acc) {
-  outer_scatter16(dt, at, T, no, d_in, tab, k, acc);
-}
 
 }  // namespace avx512
 }  // namespace cpu
@@ -112,13 +96,7 @@ namespace cpu {
 bool kernels_avx512(KernelTable* t) {
   __builtin_cpu_init();
   if (!(__builtin_cpu_supports("avx512f"))) return false;
-  t->isa = "avx512";
-  t->mr_f = avx512::kMrF; t->nr_f = avx512::kNvF * avx512::VF::W; t->kc_f = 384;
-  t->micro_f = &avx512::micro_f;
-  t->mr_d = avx512::kMrD; t->nr_d = avx512::kNvD * avx512::VD::W; t->kc_d = 256;
-  t->micro_d = &avx512::micro_d;
-  t->scatter16 = &avx512::scatter;
-  t->outer_scatter16 = &avx512::outer_scatter;
+  avx512::fill_table(t, "avx512");
   return true;
 }
 

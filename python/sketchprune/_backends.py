@@ -28,10 +28,19 @@ from . import _native
 BACKENDS = ("cuda", "triton", "cpu", "torch")
 OPS = ("cov_accumulate_", "cross_accumulate_", "sparse_sign_sketch", "outer_sketch", "gather_slices")
 
-# Default order per (op, device type); first available wins.  Updated from measurements
-# (see bench/results/*.md); where no GPU measurement exists yet, compiled CUDA first.
+# Default order per (op, device type); the first available wins.  Chosen from measurements on an
+# H100 (bench/results/, csrc/cuda/README.md, kernels/*.py docstrings): the Triton cov/cross tiles
+# beat the CUDA mma.sync engine (d=4096 bf16: 0.34-0.37 ms vs 0.53 ms); the CUDA sketch's
+# tensor-core path beats the Triton sketch (m<=128: 1.3-1.9x one read of g vs ~6x); the CUDA
+# gather does a whole group in one launch.  On CPU the C++ module wins every op.
+_CUDA_FIRST = {"cuda": ("cuda", "triton", "torch"), "cpu": ("cpu", "torch")}
+_TRITON_FIRST = {"cuda": ("triton", "cuda", "torch"), "cpu": ("cpu", "torch")}
 PREFERENCE: dict[str, dict[str, tuple[str, ...]]] = {
-    op: {"cuda": ("cuda", "triton", "torch"), "cpu": ("cpu", "torch")} for op in OPS
+    "cov_accumulate_": _TRITON_FIRST,
+    "cross_accumulate_": _TRITON_FIRST,
+    "sparse_sign_sketch": _CUDA_FIRST,
+    "outer_sketch": _CUDA_FIRST,
+    "gather_slices": _CUDA_FIRST,
 }
 
 
