@@ -74,10 +74,15 @@ def _gather_fake(tensors, indices, dims, blocks):
 
 
 def _validate_indices(tensors, indices, dims, blocks):
+    seen = set()  # a shared index is checked once per block count (fewer launches on CUDA)
     for i, (t, idx, d, b) in enumerate(zip(tensors, indices, dims, blocks)):
         if idx.numel() == 0:
             continue
         n_blocks = t.shape[d] // b
+        key = (idx.data_ptr(), idx.shape[0], idx.stride(0), n_blocks)
+        if key in seen:
+            continue
+        seen.add(key)
         if idx.device.type == "cpu":
             lo, hi = int(idx.min()), int(idx.max())
             if lo < 0 or hi >= n_blocks:
