@@ -109,3 +109,18 @@ def test_cov_opcheck(backend, device):
     kw = {"test_utils": ("test_schema", "test_faketensor")} if interpreted(backend, device) else {}
     with use_backend(backend):
         torch.library.opcheck(torch.ops.sketchprune.cov_accumulate_.default, (sigma, x, 0.5, mask), **kw)
+
+
+@backend_params()
+def test_cov_misaligned_input(backend, device):
+    """A view starting one element into its buffer (not 16-byte aligned) is read correctly."""
+    for dtype in in_dtypes(backend, device):
+        t, d = 37, 24
+        buf = randn(t * d + 1, dtype=dtype, device=device)
+        x = buf[1:].view(t, d)
+        sigma = torch.zeros(d, d, device=device)
+        with use_backend(backend):
+            sp.cov_accumulate_(sigma, x)
+        ref = x.double().T @ x.double()
+        same = x.float().T @ x.float()
+        assert_close_to_oracle(sigma, ref, same, t, what=f"misaligned {dtype}")

@@ -127,3 +127,17 @@ def test_sketch_opcheck(backend, device):
     kw = {"test_utils": ("test_schema", "test_faketensor")} if interpreted(backend, device) else {}
     with use_backend(backend):
         torch.library.opcheck(torch.ops.sketchprune.sparse_sign_sketch.default, (g, 16, 4, 3, BIG), **kw)
+
+
+@backend_params()
+def test_sketch_misaligned_and_row_strided(backend, device):
+    """g as a view one element into its buffer, and with a row stride larger than r."""
+    n, r, m, k = 6, 45, 32, 4
+    for dtype in in_dtypes(backend, device):
+        buf = randn(n * r + 1, dtype=dtype, device=device)
+        g1 = buf[1:].view(n, r)
+        g2 = randn(n, r + 7, dtype=dtype, device=device)[:, 3 : 3 + r]
+        for g in (g1, g2):
+            out = _run(backend, g, m, k, 9, BIG)
+            s64 = sketch_matrix(9, BIG, r, m, k, torch.float64, device)
+            assert_close_to_oracle(out, g.double() @ s64, g.float() @ s64.float(), r, what=f"{dtype} view")
