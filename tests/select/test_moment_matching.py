@@ -1,0 +1,97 @@
+import math
+
+import pytest
+import torch
+
+from sketchprune.select import (lmo_capped_simplex, moment_problem, project_capped_simplex, round_weights,
+                                skmm_select, solve_moment_matching, variance_proxy)
+
+
+def _in_capped_simplex(s, n, atol=1e-9):
+    return bool((s >= -atol).all() and (s <= 1.0 / n + atol).all() and abs(float(s.sum()) - 1.0) < 1e-9)
+
+
+@pytest.mark.parametrize("N,n", [(7, 1), (50, 10), (1000, 37), (20, 20)])
+def test_projection_is_the_euclidean_projection(N, n):
+    g = torch.Generator().manual_seed(N + n)
+    v = torch.randn(N, dtype=torch.float64, generator=g) * 0.3
+    p = project_capped_simplex(v, n)
+    assert _in_capped_simplex(p, n)
+    # variational inequality: <v - p, x - p> <= 0 for every x in C(n) (checked on vertices and mixtures)
+    for _ in range(200):
+        x = torch.zeros(N, dtype=torch.float64)
+        x[torch.randperm(N, generator=g)[:n]] = 1.0 / n
+        lam = float(torch.rand((), generator=g))
+        x = lam * x + (1 - lam) * p
+        assert float((v - p) @ (x - p)) <= 1e-10
+
+
+def test_lmo_is_a_vertex_minimising_the_linear_function():
+    grad = torch.randn(30, dtype=torch.float64)
+    x = lmo_capped_simplex(grad, 6)
+    assert _in_capped_simplex(x, 6) and int((x > 0).sum()) == 6
+    assert float(grad @ x) == pytest.approx(float(torch.sort(grad).values[:6].sum()) / 6)
+
+
+def _clustered_sketch(N=400, m=24, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    sizes = torch.tensor([200, 120, 60, 20])[: N]
+    centers = torch.randn(4, m, generator=g) * 3
+    rows = [centers[i] + torch.randn(int(sz), m, generator=g) * (0.3 + 0.3 * i) for i, sz in enumerate(sizes)]
+    return torch.cat(rows)[torch.randperm(int(sizes.sum()), generator=g)]
+
+
+def test_solver_certifies_its_tolerance_and_beats_uniform():
+    sk = _clustered_sketch()
+    prob = moment_problem(sk)
+    n = 40
+    sol = solve_moment_matching(prob, n, c=0.8, tol=1e-4)
+    assert sol.converged and _in_capped_simplex(sol.weights, n)
+    assert sol.gap <= 1e-4 * sol.objective_uniform
+    assert sol.objective < sol.objective_uniform
+    # the certificate bounds the distance to the optimum: a much longer run cannot beat f - gap
+    longer = solve_moment_matching(prob, n, c=0.8, tol=1e-6, max_iter=4000)
+    assert longer.objective <= sol.objective + 1e-9
+    assert longer.objective >= sol.objective - sol.gap - 1e-9 * sol.objective_uniform
+
+
+def test_A_reproduces_second_moments():
+    sk = _clustered_sketch(seed=3)
+    prob = moment_problem(sk)
+    N = sk.shape[0]
+    s = torch.full((N,), 1.0 / N, dtype=torch.float64)
+    # uniform weights give a_j^T s = lam_j
+    assert torch.allclose(prob.A.double().T @ s, prob.lam, rtol=1e-4, atol=1e-6)
+
+
+def test_c_at_least_one_is_rejected():
+    prob = moment_problem(_clustered_sketch())
+    with pytest.raises(ValueError, match="uniform"):
+        solve_moment_matching(prob, 10, c=1.0)
+
+
+def test_rounding_exact_n_distinct_and_unbiased():
+    N, n = 60, 12
+    g = torch.Generator().manual_seed(0)
+    s = project_capped_simplex(torch.rand(N, dtype=torch.float64, generator=g), n)
+    counts = torch.zeros(N, dtype=torch.float64)
+    trials = 4000
+    for t in range(trials):
+        idx = round_weights(s, n, "sample", torch.Generator().manual_seed(t))
+        assert idx.numel() == n and torch.unique(idx).numel() == n
+        counts[idx] += 1
+    pi = n * s
+    se = torch.sqrt(pi * (1 - pi) / trials).clamp_min(1.0 / trials)
+    assert ((counts / trials - pi).abs() <= 5 * se + 1e-9).all()
+    top = round_weights(s, n, "top")
+    assert set(top.tolist()) == set(torch.topk(s, n).indices.tolist())
+
+
+def test_skmm_select_record_and_variance_proxy():
+    sk = _clustered_sketch(seed=5)
+    sel = skmm_select(sk, 40, c=0.7, seed=1)
+    assert sel.indices.numel() == 40 and torch.unique(sel.indices).numel() == 40
+    info = sel.info
+    assert info["converged"] and info["duality_gap"] <= info["tol"] * info["objective_uniform"]
+    assert math.isfinite(info["variance_proxy"]) and info["variance_proxy"] > 0
+    assert variance_proxy(sk, torch.arange(sk.shape[0])) == pytest.approx(sk.shape[1], rel=1e-6)
