@@ -152,17 +152,9 @@ def n_input_sets(set_bytes: int, device: torch.device, max_sets: int = 16) -> in
 
 
 def free_bytes(device: torch.device) -> int:
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        return int(free)
-    try:
-        with open("/proc/meminfo") as fh:
-            for line in fh:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 8 * 2**30
+    from sketchprune.budget import free_bytes as _free
+
+    return _free(device)
 
 
 def fits(device: torch.device, need_bytes: int, frac: float = 0.85) -> bool:
