@@ -1,14 +1,17 @@
 """Data selection.  This first step provides the moment-matching core of Sketchy Moment Matching
 on a given gradient sketch (see ``moment_matching``): the capped-simplex solver with a certified
-duality gap, exact-n rounding, and the variance proxy.  Gradient sources and the baseline methods
-build on it."""
+duality gap, exact-n rounding, and the variance proxy -- and the classic baselines
+(``baselines``: uniform, herding, k-center, leverage, ridge leverage, adaptive sampling, GraNd,
+EL2N, entropy, margin, least confidence).  Gradient sources and the experiments build on it."""
 
+from . import baselines
 from .moment_matching import MomentProblem, MomentSolution, moment_problem, solve_moment_matching
 from .rounding import round_weights
 from .simplex import lmo_capped_simplex, project_capped_simplex
 from .skmm import Selection, skmm_select, variance_proxy
 
 __all__ = [
+    "baselines",
     "MomentProblem",
     "MomentSolution",
     "moment_problem",

@@ -1,0 +1,168 @@
+"""Classic coreset baselines, all returning exactly n distinct indices (sorted, int64).
+
+Geometry-based methods take a feature matrix X (N x m: a gradient sketch, or embeddings):
+``uniform``, ``herding``, ``kcenter``, ``leverage``, ``ridge_leverage``, ``adaptive``.
+Score-based methods take model outputs through a documented interface and keep the n
+highest-scoring samples: ``grand`` (per-sample gradient norms), ``el2n`` (error-vector norm
+||p - onehot(y)||), ``entropy``, ``margin`` (smallest top-1 minus top-2 probability first),
+``least_confidence`` (1 - max p).  ``probs`` is (N x classes), rows summing to 1.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .simplex import check_size
+
+
+def _gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def _top(scores: torch.Tensor, n: int) -> torch.Tensor:
+    check_size(scores.shape[0], n)
+    return torch.topk(scores, n).indices.sort().values
+
+
+def uniform(N: int, n: int, seed: int = 0) -> torch.Tensor:
+    """n of N uniformly without replacement."""
+    check_size(N, n)
+    return torch.randperm(N, generator=_gen(seed))[:n].sort().values
+
+
+def herding(X: torch.Tensor, n: int) -> torch.Tensor:
+    """Kernel herding with the linear kernel: greedily add the sample that brings the coreset mean
+    closest to the full-data mean (Chen, Welling & Smola 2010).  O(N n m) time, O(N m) memory."""
+    N = X.shape[0]
+    check_size(N, n)
+    X = X.double()
+    mu = X.mean(0)
+    chosen = torch.zeros(N, dtype=torch.bool)
+    total = torch.zeros_like(mu)
+    out = []
+    sq = (X * X).sum(1)
+    for t in range(1, n + 1):
+        # || (total + x_i)/t - mu ||^2 = const + (||x||^2 + 2 x.(total - t mu)) / t^2
+        crit = sq + 2.0 * (X @ (total - t * mu))
+        crit[chosen] = float("inf")
+        i = int(torch.argmin(crit))
+        chosen[i] = True
+        total += X[i]
+        out.append(i)
+    return torch.tensor(sorted(out), dtype=torch.int64)
+
+
+def kcenter(X: torch.Tensor, n: int, seed: int = 0) -> torch.Tensor:
+    """Greedy k-center (farthest-point): start from a random sample, repeatedly add the sample
+    farthest from the chosen set.  O(N n m) time, O(N) extra memory."""
+    N = X.shape[0]
+    check_size(N, n)
+    X = X.float()
+    first = int(torch.randint(N, (1,), generator=_gen(seed)))
+    dist = (X - X[first]).pow(2).sum(1)
+    out = [first]
+    dist[first] = -1.0
+    for _ in range(n - 1):
+        i = int(torch.argmax(dist))
+        out.append(i)
+        dist = torch.minimum(dist, (X - X[i]).pow(2).sum(1))
+        dist[out] = -1.0
+    return torch.tensor(sorted(out), dtype=torch.int64)
+
+
+def _leverage(X: torch.Tensor, rank: int | None, ridge: float | None) -> torch.Tensor:
+    X = X.double()
+    U, S, _ = torch.linalg.svd(X, full_matrices=False)
+    if ridge is not None:  # ridge leverage: sum_j s_j^2 / (s_j^2 + lambda) u_ij^2
+        return (U.square() * (S.square() / (S.square() + ridge))).sum(1)
+    k = U.shape[1] if rank is None else min(rank, U.shape[1])
+    return U[:, :k].square().sum(1)
+
+
+def _sample_without_replacement(p: torch.Tensor, n: int, seed: int) -> torch.Tensor:
+    p = p.clamp_min(0)
+    if int((p > 0).sum()) < n:  # not enough support: top up uniformly among the rest
+        p = p + p[p > 0].min() * 1e-6 if (p > 0).any() else torch.ones_like(p)
+    return torch.multinomial(p.float(), n, replacement=False, generator=_gen(seed)).sort().values
+
+
+def leverage(X: torch.Tensor, n: int, rank: int | None = None, seed: int = 0, deterministic: bool = False) -> torch.Tensor:
+    """Rank-k (truncated) leverage scores of the rows of X; sample n without replacement with
+    probability proportional to them (or keep the n largest with deterministic=True)."""
+    check_size(X.shape[0], n)
+    lev = _leverage(X, rank, None)
+    return _top(lev, n) if deterministic else _sample_without_replacement(lev, n, seed)
+
+
+def ridge_leverage(X: torch.Tensor, n: int, ridge: float | None = None, seed: int = 0,
+                   deterministic: bool = False) -> torch.Tensor:
+    """Ridge leverage scores x_i^T (X^T X + lambda I)^{-1} x_i (default lambda = ||X||_F^2 / n)."""
+    check_size(X.shape[0], n)
+    lam = float(X.double().square().sum()) / n if ridge is None else float(ridge)
+    lev = _leverage(X, None, lam)
+    return _top(lev, n) if deterministic else _sample_without_replacement(lev, n, seed)
+
+
+def adaptive(X: torch.Tensor, n: int, seed: int = 0) -> torch.Tensor:
+    """Adaptive sampling / randomised pivoting: draw a row with probability proportional to its
+    squared residual norm, project every row's residual off it, repeat (Deshpande & Vempala 2006;
+    randomly pivoted Cholesky on the Gram matrix).  Rows already spanned get probability ~0."""
+    N = X.shape[0]
+    check_size(N, n)
+    R = X.double().clone()
+    gen = _gen(seed)
+    chosen = torch.zeros(N, dtype=torch.bool)
+    out = []
+    for _ in range(n):
+        w = R.square().sum(1)
+        w[chosen] = 0.0
+        tot = float(w.sum())
+        if tot <= 1e-12 * max(float(X.double().square().sum()), 1e-300):  # exhausted the span
+            rest = torch.nonzero(~chosen).squeeze(1)
+            i = int(rest[torch.randint(rest.numel(), (1,), generator=gen)])
+        else:
+            i = int(torch.multinomial(w / tot, 1, generator=gen))
+        chosen[i] = True
+        out.append(i)
+        v = R[i]
+        nv = float(v @ v)
+        if nv > 0:
+            R -= torch.outer(R @ v / nv, v)
+    return torch.tensor(sorted(out), dtype=torch.int64)
+
+
+def _check_probs(probs: torch.Tensor) -> torch.Tensor:
+    if probs.dim() != 2:
+        raise ValueError(f"probs must be (N x classes), got shape {tuple(probs.shape)}")
+    return probs.double()
+
+
+def grand(grad_norms: torch.Tensor, n: int) -> torch.Tensor:
+    """GraNd: keep the n samples with the largest expected per-sample gradient norm."""
+    return _top(grad_norms.double(), n)
+
+
+def el2n(probs: torch.Tensor, labels: torch.Tensor, n: int) -> torch.Tensor:
+    """EL2N: keep the n samples with the largest ||p - onehot(y)||_2."""
+    p = _check_probs(probs)
+    err = p.clone()
+    err[torch.arange(p.shape[0]), labels.long()] -= 1.0
+    return _top(err.norm(dim=1), n)
+
+
+def entropy(probs: torch.Tensor, n: int) -> torch.Tensor:
+    """Keep the n most uncertain samples by predictive entropy."""
+    p = _check_probs(probs)
+    return _top(-(p * torch.log(p.clamp_min(1e-300))).sum(1), n)
+
+
+def margin(probs: torch.Tensor, n: int) -> torch.Tensor:
+    """Keep the n samples with the smallest margin between the two most likely classes."""
+    p = _check_probs(probs)
+    top2 = torch.topk(p, 2, dim=1).values
+    return _top(-(top2[:, 0] - top2[:, 1]), n)
+
+
+def least_confidence(probs: torch.Tensor, n: int) -> torch.Tensor:
+    """Keep the n samples whose most likely class has the lowest probability."""
+    return _top(1.0 - _check_probs(probs).max(1).values, n)
