@@ -9,6 +9,7 @@ from .moment_matching import MomentProblem, MomentSolution, moment_problem, solv
 from .rounding import round_weights
 from .simplex import lmo_capped_simplex, project_capped_simplex
 from .skmm import Selection, skmm_select, variance_proxy
+from .sources import intrinsic_dimension, sketch_matrix
 
 __all__ = [
     "baselines",
@@ -22,4 +23,6 @@ __all__ = [
     "Selection",
     "skmm_select",
     "variance_proxy",
+    "sketch_matrix",
+    "intrinsic_dimension",
 ]

@@ -1,0 +1,97 @@
+"""Gradient sources for data selection: sketch a user-supplied N x r matrix without holding it.
+
+``sketch_matrix(G, m, ...)`` streams G (a torch tensor, numpy array or ``numpy.memmap``) in
+blocks of rows and columns and returns the N x m sketch G S (float32, on the host):
+
+* ``sketch="sparse-sign"`` (default): S is the implicit sparse-sign matrix of
+  :func:`sketchprune.sparse_sign_sketch` (k nonzeros per row, generated from ``seed``); column
+  block c0 is sketched with ``offset=c0``, so the result does not depend on the blocking.
+* ``sketch="gaussian"``: S has i.i.d. N(0, 1/m) entries, generated per fixed block of 4096 rows
+  of S from (seed, block index), so it is reproducible and independent of the row blocking.
+
+Block sizes come from the memory budget (the device copy of a block of G, float32); the sketch
+record (type, m, k, seed) is returned with the result so a selection can be reproduced.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from ..budget import Budget
+from ..ops import sparse_sign_sketch
+
+GAUSS_BLOCK = 4096
+
+
+def _block(G, r0, r1, c0, c1, device):
+    if isinstance(G, torch.Tensor):
+        b = G[r0:r1, c0:c1]
+    else:
+        b = torch.from_numpy(np.ascontiguousarray(G[r0:r1, c0:c1]))
+    if b.dtype not in (torch.float32, torch.float16, torch.bfloat16):
+        b = b.to(torch.float32)
+    return b.to(device, non_blocking=True)
+
+
+def _gauss_rows(seed, j0, rows, m, device):
+    g = torch.Generator().manual_seed((seed * 1_000_003 + j0 // GAUSS_BLOCK) % (2**63))
+    return (torch.randn(GAUSS_BLOCK, m, generator=g)[:rows] / math.sqrt(m)).to(device)
+
+
+def sketch_matrix(G, m: int, k: int = 8, seed: int = 0, sketch: str = "sparse-sign", device=None,
+                  budget=None, progress: bool = False) -> tuple[torch.Tensor, dict]:
+    """Sketch the rows of G (N x r) to N x m; returns (sketch on the host, record)."""
+    if sketch not in ("sparse-sign", "gaussian"):
+        raise ValueError(f"sketch must be 'sparse-sign' or 'gaussian', got {sketch!r}")
+    if getattr(G, "ndim", None) != 2:
+        raise ValueError(f"G must be a 2-D matrix (N x r), got shape {getattr(G, 'shape', None)}")
+    N, r = int(G.shape[0]), int(G.shape[1])
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    budget = Budget.of(budget)
+    col_block = GAUSS_BLOCK if sketch == "gaussian" else min(r, 1 << 16) or 1
+    # per row of a block: the float32 device copy of col_block entries (+ the gaussian S block, fixed)
+    fixed = 4 * GAUSS_BLOCK * m if sketch == "gaussian" else 0
+    rows = budget.plan_rows(device, 4 * col_block + 4 * m, N, fixed_bytes=fixed, what="sketch_matrix")
+    out = torch.zeros(N, m, dtype=torch.float32)
+    bar = None
+    if progress:
+        try:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=N, desc=f"sketching {N} x {r} -> {m}", unit="row")
+        except ImportError:
+            bar = None
+    for r0 in range(0, N, max(rows, 1)):
+        r1 = min(N, r0 + rows)
+        acc = torch.zeros(r1 - r0, m, dtype=torch.float32, device=device)
+        for c0 in range(0, r, col_block):
+            c1 = min(r, c0 + col_block)
+            blk = _block(G, r0, r1, c0, c1, device)
+            if sketch == "sparse-sign":
+                acc += sparse_sign_sketch(blk, m, k, seed, c0)
+            else:
+                acc += blk.float() @ _gauss_rows(seed, c0, c1 - c0, m, device)
+        out[r0:r1] = acc.cpu()
+        if bar is not None:
+            bar.update(r1 - r0)
+    if bar is not None:
+        bar.close()
+    record = {"sketch": sketch, "m": m, "k": k if sketch == "sparse-sign" else None, "seed": seed, "N": N, "r": r}
+    return out, record
+
+
+def intrinsic_dimension(sketch: torch.Tensor) -> int:
+    """The smallest t whose eigen-tail sum_{j > t} lam_j of the sketch's second moment
+    Sigma~ = G~^T G~ / N falls under tr(Sigma~) / N: the number of directions that carry more
+    than a single sample's share of the energy.  A pilot sketch with m well above the answer
+    gives the default m for SkMM."""
+    g = sketch.double()
+    N = g.shape[0]
+    lam = torch.linalg.eigvalsh(g.T @ g / N).flip(0).clamp_min(0)
+    tr = float(lam.sum())
+    tail = torch.flip(torch.cumsum(torch.flip(lam, [0]), 0), [0])  # tail[t] = sum_{j >= t} lam_j
+    below = torch.nonzero(tail <= tr / N).squeeze(1)
+    return int(below[0]) if below.numel() else int(lam.numel())

@@ -1,0 +1,54 @@
+import numpy as np
+import pytest
+import torch
+
+import sketchprune as sp
+from sketchprune.select.sources import intrinsic_dimension, sketch_matrix
+
+
+def _G(N=50, r=300, seed=0):
+    return torch.randn(N, r, generator=torch.Generator().manual_seed(seed))
+
+
+def test_sparse_sign_source_equals_the_op_for_tensor_numpy_memmap(tmp_path):
+    G = _G()
+    direct = sp.sparse_sign_sketch(G, 32, 4, 7)
+    mm = np.memmap(tmp_path / "g.dat", dtype=np.float32, mode="w+", shape=tuple(G.shape))
+    mm[:] = G.numpy()
+    mm.flush()
+    for src in (G, G.numpy(), np.memmap(tmp_path / "g.dat", dtype=np.float32, mode="r", shape=tuple(G.shape))):
+        out, rec = sketch_matrix(src, 32, 4, 7, device="cpu")
+        assert torch.allclose(out, direct, rtol=1e-5, atol=1e-5)
+        assert rec == {"sketch": "sparse-sign", "m": 32, "k": 4, "seed": 7, "N": 50, "r": 300}
+
+
+def test_small_budget_same_result():
+    G = _G(200, 500)
+    free, _ = sketch_matrix(G, 16, 4, 1, device="cpu")
+    small, _ = sketch_matrix(G, 16, 4, 1, device="cpu", budget=20 * (4 * 500 + 64))  # ~20 rows a block
+    assert torch.allclose(small, free, rtol=1e-5, atol=1e-5)
+    with pytest.raises(sp.BudgetError, match="sketch_matrix"):
+        sketch_matrix(G, 16, 4, 1, device="cpu", budget=100)
+
+
+def test_gaussian_reproducible_and_norm_preserving():
+    G = _G(400, 5000, seed=2).double()
+    a, rec = sketch_matrix(G, 256, seed=3, sketch="gaussian", device="cpu")
+    b, _ = sketch_matrix(G, 256, seed=3, sketch="gaussian", device="cpu", budget=50 * (4 * 4096 + 1024) + 4 * 4096 * 256)
+    assert torch.allclose(a, b, rtol=1e-5, atol=1e-5) and rec["k"] is None
+    ratio = a.double().pow(2).sum(1) / G.pow(2).sum(1)
+    assert abs(float(ratio.mean()) - 1) < 0.05
+
+
+def test_intrinsic_dimension_of_a_low_rank_plus_noise_sketch():
+    g = torch.Generator().manual_seed(0)
+    N, m, t = 2000, 64, 6
+    X = torch.randn(N, t, generator=g) @ (torch.randn(t, m, generator=g) * 5) + 0.01 * torch.randn(N, m, generator=g)
+    assert intrinsic_dimension(X) == t
+
+
+def test_bad_inputs():
+    with pytest.raises(ValueError, match="2-D"):
+        sketch_matrix(torch.randn(5), 8)
+    with pytest.raises(ValueError, match="sketch must be"):
+        sketch_matrix(torch.randn(5, 5), 8, sketch="fourier")
