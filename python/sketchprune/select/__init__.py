@@ -9,6 +9,7 @@ from .moment_matching import MomentProblem, MomentSolution, moment_problem, solv
 from .rounding import round_weights
 from .simplex import lmo_capped_simplex, project_capped_simplex
 from .skmm import Selection, skmm_select, variance_proxy
+from .gradients import linear_probe_sketch, model_gradient_sketch
 from .sources import intrinsic_dimension, sketch_matrix
 
 __all__ = [
@@ -25,4 +26,6 @@ __all__ = [
     "variance_proxy",
     "sketch_matrix",
     "intrinsic_dimension",
+    "linear_probe_sketch",
+    "model_gradient_sketch",
 ]
