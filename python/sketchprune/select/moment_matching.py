@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..ops import cov_accumulate_
-from .simplex import check_size, lmo_capped_simplex, project_capped_simplex
+from .simplex import check_size, lmo_capped_simplex, project_capped_simplex_tau
 
 
 @dataclass
@@ -132,13 +132,14 @@ def solve_moment_matching(
     mom_s, f_uni, _ = exact(s)
     f = f_uni
     y, mom_y, t = s.clone(), mom_s.clone(), 1.0
+    tau = None  # the projection's shift, warm-started across iterations
     hist, gap, it, converged = [], float("inf"), 0, False
     bar = _progress(progress, max_iter)
     for it in range(1, max_iter + 1):
         # accelerated projected-gradient step (FISTA); two float32 matvecs per iteration: the
         # gradient at y, and the moments of the step s_new - s (tracked incrementally in float64)
         g_y = -2.0 * (A32 @ torch.relu(b - mom_y).float()).double()
-        s_new = project_capped_simplex(y - g_y / L, n)
+        s_new, tau = project_capped_simplex_tau(y - g_y / L, n, tau)
         mom_new = mom_s + (A32.T @ (s_new - s).float()).double()
         t_new = 0.5 * (1.0 + math.sqrt(1.0 + 4.0 * t * t))
         beta = (t - 1.0) / t_new

@@ -16,37 +16,43 @@ def check_size(N: int, n: int) -> None:
         raise ValueError(f"coreset size n must be in [1, N={N}], got {n}")
 
 
-def project_capped_simplex(v: torch.Tensor, n: int, iters: int = 100) -> torch.Tensor:
-    """argmin_{s in C(n)} ||s - v||_2 for a 1-D tensor v.
+def project_capped_simplex(v: torch.Tensor, n: int, tau0: float | None = None) -> torch.Tensor:
+    """argmin_{s in C(n)} ||s - v||_2 for a 1-D tensor v (see :func:`project_capped_simplex_tau`)."""
+    return project_capped_simplex_tau(v, n, tau0)[0]
 
-    s = clip(v - tau, 0, 1/n) with the shift tau solving sum(s) = 1: sum(s) is continuous and
-    non-increasing in tau, so tau is found by bisection, then made exact on the final active set.
+
+def project_capped_simplex_tau(v: torch.Tensor, n: int, tau0: float | None = None, max_steps: int = 200):
+    """(s, tau): the projection s = clip(v - tau, 0, 1/n) with the shift tau solving sum(s) = 1.
+
+    h(tau) = sum(clip(v - tau, 0, 1/n)) - 1 is piecewise linear and non-increasing, with slope
+    -(number of free coordinates).  Safeguarded Newton steps inside a bracket find its root
+    exactly in a few passes, especially from a warm start ``tau0`` (the previous iteration's
+    shift); bisection takes over whenever a Newton step would leave the bracket.
     """
     N = v.shape[0]
     check_size(N, n)
     u = 1.0 / n
     if n == N:
-        return torch.full_like(v, u)
-    lo = (v.min() - u).item()  # sum = N*u >= 1 here
-    hi = v.max().item()  # sum = 0 here
-    for _ in range(iters):
-        mid = 0.5 * (lo + hi)
-        if torch.clamp(v - mid, 0.0, u).sum().item() > 1.0:
-            lo = mid
-        else:
-            hi = mid
-        if hi - lo <= 1e-15 * max(1.0, abs(hi)):
+        return torch.full_like(v, u), float("nan")
+    lo, hi = (v.min() - u).item(), v.max().item()  # h(lo) = N u - 1 >= 0 >= h(hi) = -1
+    tau = tau0 if tau0 is not None and lo < tau0 < hi else 0.5 * (lo + hi)
+    for _ in range(max_steps):
+        z = v - tau
+        h = torch.clamp(z, 0.0, u).sum().item() - 1.0
+        if h == 0.0:
             break
-    tau = 0.5 * (lo + hi)
-    s = torch.clamp(v - tau, 0.0, u)
-    # exact shift on the free set (0 < s < u): sum must be 1
-    free = (v - tau > 0) & (v - tau < u)
-    n_free = int(free.sum())
-    if n_free:
-        at_cap = int((v - tau >= u).sum())
-        tau = ((v[free].sum() - (1.0 - at_cap * u)) / n_free).item()
-        s = torch.clamp(v - tau, 0.0, u)
-    return s
+        if h > 0:
+            lo = tau
+        else:
+            hi = tau
+        n_free = int(((z > 0) & (z < u)).sum())
+        step = tau + h / n_free if n_free else None
+        if step is None or not (lo < step < hi):
+            step = 0.5 * (lo + hi)
+        if step == tau or hi - lo <= 1e-15 * max(1.0, abs(hi)):
+            break
+        tau = step
+    return torch.clamp(v - tau, 0.0, u), tau
 
 
 def lmo_capped_simplex(grad: torch.Tensor, n: int) -> torch.Tensor:
