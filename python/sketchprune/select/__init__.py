@@ -5,6 +5,7 @@ duality gap, exact-n rounding, and the variance proxy -- and the classic baselin
 EL2N, entropy, margin, least confidence).  Gradient sources and the experiments build on it."""
 
 from . import baselines
+from .api import METHODS, select
 from .moment_matching import MomentProblem, MomentSolution, moment_problem, solve_moment_matching
 from .rounding import round_weights
 from .simplex import lmo_capped_simplex, project_capped_simplex
@@ -13,6 +14,8 @@ from .gradients import linear_probe_sketch, model_gradient_sketch
 from .sources import intrinsic_dimension, sketch_matrix
 
 __all__ = [
+    "select",
+    "METHODS",
     "baselines",
     "MomentProblem",
     "MomentSolution",

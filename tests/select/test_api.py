@@ -1,0 +1,46 @@
+import pytest
+import torch
+
+from sketchprune.select import select
+from sketchprune.select.api import METHODS
+
+
+def _data(N=90, m=8, C=3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    sk = torch.randn(N, m, generator=g)
+    probs = torch.softmax(torch.randn(N, C, generator=g), 1)
+    labels = torch.randint(0, C, (N,), generator=g)
+    return sk, probs, labels, torch.rand(N, generator=g)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_every_method_returns_exactly_n_distinct(method):
+    sk, probs, labels, gn = _data()
+    for n in (1, 17, 90):
+        sel = select(n, method, sk, probs=probs, labels=labels, grad_norms=gn, seed=2)
+        idx = sel.indices
+        assert idx.numel() == n and torch.unique(idx).numel() == n and int(idx.max()) < 90
+        assert sel.info["method"] == method and sel.info["n"] == n
+        assert "variance_proxy" in sel.info
+
+
+@pytest.mark.parametrize("method", ["skmm", "kcenter", "entropy"])
+def test_class_balanced(method):
+    sk, probs, labels, gn = _data(N=120)
+    sel = select(30, method, sk, probs=probs, labels=labels, class_balanced=True, seed=0)
+    assert sel.indices.numel() == 30 and torch.unique(sel.indices).numel() == 30
+    counts = torch.bincount(labels[sel.indices], minlength=3).double()
+    expect = torch.bincount(labels, minlength=3).double() * 30 / 120
+    assert ((counts - expect).abs() < 1.0 + 1e-9).all()
+
+
+def test_errors():
+    sk, probs, labels, _ = _data()
+    with pytest.raises(ValueError, match="unknown selection method"):
+        select(5, "magic", sk)
+    with pytest.raises(ValueError, match="needs probs"):
+        select(5, "entropy", sk)
+    with pytest.raises(ValueError, match="n must be in"):
+        select(91, "uniform", sk)
+    with pytest.raises(ValueError, match="needs labels"):
+        select(5, "el2n", sk, probs=probs)
