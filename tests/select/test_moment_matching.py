@@ -95,3 +95,11 @@ def test_skmm_select_record_and_variance_proxy():
     assert info["converged"] and info["duality_gap"] <= info["tol"] * info["objective_uniform"]
     assert math.isfinite(info["variance_proxy"]) and info["variance_proxy"] > 0
     assert variance_proxy(sk, torch.arange(sk.shape[0])) == pytest.approx(sk.shape[1], rel=1e-6)
+
+
+def test_skmm_maxmin_formulation():
+    sel = skmm_select(_clustered_sketch(seed=6), 40, formulation="maxmin", seed=0)
+    assert sel.indices.numel() == 40 and sel.info["formulation"] == "maxmin" and sel.info["c"] is None
+    assert sel.info["converged"] and sel.info["objective"] >= 1.0 - 1e-9
+    with pytest.raises(ValueError, match="formulation"):
+        skmm_select(_clustered_sketch(), 10, formulation="lp")

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .maxmin import solve_maxmin
 from .moment_matching import moment_problem, solve_moment_matching
 from .rounding import round_weights
 
@@ -37,23 +38,35 @@ def skmm_select(
     rounding: str = "sample",
     seed: int = 0,
     weighting: str = "absolute",
-    tol: float = 1e-4,
+    formulation: str = "hinge",
+    tol: float | None = None,
     max_iter: int = 20000,
     time_limit: float | None = None,
     progress: bool = False,
 ) -> Selection:
     """Select n of the N rows of a gradient sketch (N x m) by Sketchy Moment Matching.
 
-    Returns the indices, the solver's relaxed weights s (on the capped simplex), and an info dict
-    with the certified duality gap, objective values, iterations, time and the variance proxy.
+    ``formulation="hinge"`` (default): the squared-hinge moment matching with ratio c;
+    ``"maxmin"``: maximise the smallest moment ratio (scale-free, no c).  Returns the indices, the
+    solver's relaxed weights s (on the capped simplex), and an info dict with the certified gap,
+    objective values, iterations, time and the variance proxy.
     """
     problem = moment_problem(sketch)
-    sol = solve_moment_matching(problem, n, c=c, weighting=weighting, tol=tol, max_iter=max_iter,
-                                time_limit=time_limit, progress=progress)
+    if formulation == "hinge":
+        tol = 1e-4 if tol is None else tol
+        sol = solve_moment_matching(problem, n, c=c, weighting=weighting, tol=tol, max_iter=max_iter,
+                                    time_limit=time_limit, progress=progress)
+    elif formulation == "maxmin":  # scale-free: c and weighting do not apply
+        tol = 1e-2 if tol is None else tol
+        sol = solve_maxmin(problem, n, tol=tol, max_iter=max_iter, time_limit=time_limit)
+        c = weighting = None
+    else:
+        raise ValueError(f"formulation must be 'hinge' or 'maxmin', got {formulation!r}")
     gen = torch.Generator().manual_seed(seed)
     idx = round_weights(sol.weights, n, rounding, gen)
     info = {
         "method": "skmm",
+        "formulation": formulation,
         "c": c,
         "weighting": weighting,
         "rounding": rounding,
