@@ -53,3 +53,15 @@ def test_per_layer_sizes_round_trip_with_load_pruned(kind, tied, tokens, tmp_pat
     assert torch.equal(logits(load_pruned(tmp_path / "again", **EAGER).eval(), tokens), want)
     slice_model(loaded, ffn={2: [0, 2]})
     assert loaded.model.layers[2].mlp.intermediate_size == 2
+
+
+def test_head_count_not_dividing_hidden_saves_and_loads(tokens, tmp_path):
+    """8 -> 6 query heads with hidden 64: the stock fields cannot describe it (64 % 6 != 0), so
+    they keep their values and load_pruned restores the sliced sizes."""
+    model = slice_model(make_model("llama", **EAGER), heads=[QueryHeads([0, 1, 2, 4, 5, 6])] * 4)
+    assert model.config.num_attention_heads == 8  # untouched
+    want = logits(model, tokens)
+    model.save_pretrained(tmp_path)
+    loaded = load_pruned(tmp_path, **EAGER).eval()
+    assert loaded.model.layers[0].self_attn.q_proj.out_features == 6 * 16
+    assert torch.equal(logits(loaded, tokens), want)

@@ -211,7 +211,11 @@ def record_structure(model: nn.Module, adapter: ArchitectureAdapter | None = Non
         raise ValueError(f"sketchprune.prune: layers have different head_dim {sorted(head_dims)}")
     cfg.head_dim = head_dims.pop()  # explicit: hidden_size // num_attention_heads no longer holds
     cfg.sketchprune_layers = layers
-    if all(l == layers[0] for l in layers):
+    # The stock fields can describe the model only when every layer agrees and the config stays
+    # valid: transformers rejects hidden_size not divisible by num_attention_heads even with an
+    # explicit head_dim.  Otherwise they keep the original values and load_pruned reads
+    # sketchprune_layers.
+    if all(l == layers[0] for l in layers) and cfg.hidden_size % layers[0]["num_attention_heads"] == 0:
         for k, v in layers[0].items():
             setattr(cfg, k, v)
     return layers

@@ -1,0 +1,236 @@
+"""Allocation: turn unit scores and target sparsities into per-layer keep-sets.
+
+Uniform allocation (the default and, in this step, the only one): every layer loses the same
+fraction ``attn_sparsity`` of its attention parameters and the same overall fraction
+``sparsity`` of its block parameters (attention + FFN Linears).  Per layer:
+
+1. the number of heads to remove is rounded to a valid value -- ``head_mode="query"`` removes
+   the same number of query heads from every KV group (so, for 9 query / 3 KV heads, steps of 3),
+   ``head_mode="group"`` removes whole KV groups with their query heads -- choosing the count
+   whose removed parameters are closest to ``attn_sparsity`` x the layer's attention parameters,
+   always keeping at least one head, and among counts for which the FFN can make up the rest
+   when there are any (coarse groups in small models);
+2. the remainder of the layer's parameter target ``sparsity`` x (attention + FFN parameters) is
+   taken from FFN channels (rounded to the nearest channel, clipped to [0, d_ff]).
+
+So each layer, and hence the whole model, is within half an FFN channel's parameters of the
+target unless the clip is hit.  Within a layer the lowest-scored units go: FFN channels by
+score; query heads by score within each KV group (``"query"``); KV groups by the sum of their
+query heads' scores (``"group"``).  Ties are broken towards removing the higher index.
+
+Parameters counted: the weights and biases of q, k, v, o, gate, up, down.  Per FFN channel:
+a row of gate and up (+ their bias entries) and a column of down; per query head: head_dim rows
+of q (+ bias) and columns of o; per KV group additionally head_dim rows of k and v (+ biases).
+The down/o biases are never removed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from .adapters import get_adapter
+from .slicing import KVGroups, QueryHeads
+
+HEAD_MODES = ("query", "group")
+
+
+def _nb(lin: nn.Linear) -> int:
+    return 0 if lin.bias is None else 1
+
+
+def _numel(lin: nn.Linear) -> int:
+    return lin.weight.numel() + (0 if lin.bias is None else lin.bias.numel())
+
+
+@dataclass(frozen=True)
+class LayerCosts:
+    """Parameter counts of one layer's prunable units."""
+
+    ffn_units: int
+    ffn_unit: int       # per FFN channel
+    num_heads: int
+    num_kv_heads: int
+    query_head: int     # per query head (q rows + o columns)
+    kv_head: int        # per KV head (k and v rows), on top of its query heads
+    attn_total: int
+    ffn_total: int
+
+    @property
+    def group_size(self) -> int:
+        return self.num_heads // self.num_kv_heads
+
+    @property
+    def total(self) -> int:
+        return self.attn_total + self.ffn_total
+
+
+def layer_costs(adapter, layer) -> LayerCosts:
+    ffn, attn, hs = adapter.ffn(layer), adapter.attention(layer), adapter.head_structure(layer)
+    d_in = ffn.gate.in_features
+    ffn_unit = 2 * d_in + _nb(ffn.gate) + _nb(ffn.up) + ffn.down.out_features
+    hd = hs.head_dim
+    q_head = hd * (attn.q.in_features + _nb(attn.q)) + hd * attn.o.out_features
+    kv_head = hd * (attn.k.in_features + _nb(attn.k)) + hd * (attn.v.in_features + _nb(attn.v))
+    return LayerCosts(ffn.gate.out_features, ffn_unit, hs.num_heads, hs.num_kv_heads, q_head, kv_head,
+                      sum(_numel(m) for m in (attn.q, attn.k, attn.v, attn.o)),
+                      sum(_numel(m) for m in (ffn.gate, ffn.up, ffn.down)))
+
+
+@dataclass
+class LayerPlan:
+    """What one layer keeps."""
+
+    index: int
+    ffn_keep: torch.Tensor                # sorted channel indices
+    heads: KVGroups | QueryHeads
+    q_heads_kept: int
+    kv_heads_kept: int
+    params_before: int
+    params_after: int
+
+    def as_dict(self, costs: LayerCosts) -> dict:
+        return {"layer": self.index, "ffn_kept": int(self.ffn_keep.numel()), "ffn_total": costs.ffn_units,
+                "q_heads_kept": self.q_heads_kept, "q_heads_total": costs.num_heads,
+                "kv_heads_kept": self.kv_heads_kept, "kv_heads_total": costs.num_kv_heads,
+                "params_before": self.params_before, "params_after": self.params_after}
+
+
+@dataclass
+class Allocation:
+    """Per-layer keep-sets plus the sparsity they achieve (of the pruned blocks' parameters)."""
+
+    layers: dict[int, LayerPlan] = field(default_factory=dict)
+    costs: dict[int, LayerCosts] = field(default_factory=dict)
+    sparsity: float = 0.0
+    attn_sparsity: float = 0.0
+    head_mode: str = "query"
+
+    @property
+    def ffn(self) -> dict[int, torch.Tensor]:
+        return {i: p.ffn_keep for i, p in self.layers.items()}
+
+    @property
+    def heads(self) -> dict:
+        return {i: p.heads for i, p in self.layers.items()}
+
+    @property
+    def params_before(self) -> int:
+        return sum(p.params_before for p in self.layers.values())
+
+    @property
+    def params_after(self) -> int:
+        return sum(p.params_after for p in self.layers.values())
+
+    def achieved(self) -> dict[str, float]:
+        """Achieved sparsity: overall, of attention parameters and of FFN parameters."""
+        attn_b = sum(c.attn_total for c in self.costs.values())
+        ffn_b = sum(c.ffn_total for c in self.costs.values())
+        attn_rm = sum((c.num_heads - p.q_heads_kept) * c.query_head + (c.num_kv_heads - p.kv_heads_kept) * c.kv_head
+                      for c, p in ((self.costs[i], self.layers[i]) for i in self.layers))
+        ffn_rm = sum((self.costs[i].ffn_units - p.ffn_keep.numel()) * self.costs[i].ffn_unit
+                     for i, p in self.layers.items())
+        return {"overall": 1 - self.params_after / max(self.params_before, 1),
+                "attention": attn_rm / max(attn_b, 1), "ffn": ffn_rm / max(ffn_b, 1)}
+
+
+def _check_fraction(name, v):
+    if not 0.0 <= float(v) < 1.0:
+        raise ValueError(f"sketchprune.prune: {name} must be in [0, 1), got {v}")
+    return float(v)
+
+
+def head_removal(costs: LayerCosts, attn_sparsity: float, head_mode: str,
+                 sparsity: float | None = None) -> tuple[int, int]:
+    """(query heads removed per KV group, KV groups removed) closest to the attention target.
+
+    With ``sparsity`` given, counts for which the FFN cannot make up the layer's overall target
+    (it would have to remove more than all, or fewer than no, channels) are avoided when another
+    count allows it.
+    """
+    target = attn_sparsity * costs.attn_total
+    g = costs.group_size
+    if head_mode == "query":
+        options = [(r, 0, r * costs.num_kv_heads * costs.query_head) for r in range(g)]
+    elif head_mode == "group":
+        options = [(0, m, m * (g * costs.query_head + costs.kv_head)) for m in range(costs.num_kv_heads)]
+    else:
+        raise ValueError(f"sketchprune.prune: head_mode must be one of {HEAD_MODES}, got {head_mode!r}")
+    def infeasible(removed):
+        if sparsity is None:
+            return False
+        need = sparsity * costs.total - removed
+        return need < -costs.ffn_unit / 2 or need > costs.ffn_total + costs.ffn_unit / 2
+
+    r, m, _ = min(options, key=lambda o: (infeasible(o[2]), abs(o[2] - target), o[2]))
+    return r, m
+
+
+def _lowest_first(scores: torch.Tensor) -> torch.Tensor:
+    """Indices ordered from least to most important (ties: higher index first)."""
+    s = scores.detach().to("cpu", torch.float64)
+    n = s.numel()
+    # stable sort on (score, -index): flip, stable-sort, map back
+    order = torch.sort(s.flip(0), stable=True).indices
+    return (n - 1 - order)
+
+
+def allocate(model: nn.Module, ffn_scores: dict, head_scores: dict, sparsity: float = 0.2,
+             attn_sparsity: float | None = None, head_mode: str = "query") -> Allocation:
+    """Uniform allocation of the layers in ``ffn_scores`` (see the module doc).
+
+    ``ffn_scores[i]``: (d_ff,) scores of layer ``i``'s FFN channels; ``head_scores[i]``: (H,) its
+    query heads' scores (higher = keep).  ``attn_sparsity`` defaults to ``sparsity``.
+    """
+    sparsity = _check_fraction("sparsity", sparsity)
+    attn_sparsity = sparsity if attn_sparsity is None else _check_fraction("attn_sparsity", attn_sparsity)
+    if head_mode not in HEAD_MODES:
+        raise ValueError(f"sketchprune.prune: head_mode must be one of {HEAD_MODES}, got {head_mode!r}")
+    if set(ffn_scores) != set(head_scores):
+        raise ValueError("sketchprune.prune: ffn_scores and head_scores must cover the same layers")
+    adapter = get_adapter(model)
+    layers = adapter.layers(model)
+    out = Allocation(sparsity=sparsity, attn_sparsity=attn_sparsity, head_mode=head_mode)
+    for i in sorted(ffn_scores):
+        c = layer_costs(adapter, layers[i])
+        fs, hsc = ffn_scores[i], head_scores[i]
+        if fs.shape != (c.ffn_units,) or hsc.shape != (c.num_heads,):
+            raise ValueError(f"sketchprune.prune: layer {i} scores have shapes {tuple(fs.shape)}, "
+                             f"{tuple(hsc.shape)}; expected ({c.ffn_units},), ({c.num_heads},)")
+        if not (torch.isfinite(fs).all() and torch.isfinite(hsc).all()):
+            raise ValueError(f"sketchprune.prune: layer {i} has non-finite scores")
+        need = sparsity * c.total - attn_sparsity * c.attn_total
+        if need < -1e-9 * c.total or need > c.ffn_total * (1 + 1e-9):
+            raise ValueError(
+                f"sketchprune.prune: layer {i}: sparsity {sparsity} with attn_sparsity {attn_sparsity} "
+                f"would need the FFN to lose {need / max(c.ffn_total, 1):.3f} of its parameters; "
+                "choose targets with 0 <= sparsity*total - attn_sparsity*attention <= FFN parameters")
+        r, m = head_removal(c, attn_sparsity, head_mode, sparsity)
+        g = c.group_size
+        hs = hsc.detach().to("cpu", torch.float64)
+        if head_mode == "query":
+            per_group = hs.reshape(c.num_kv_heads, g)
+            keep = []
+            for k in range(c.num_kv_heads):
+                drop = set(_lowest_first(per_group[k])[:r].tolist())
+                keep += [k * g + j for j in range(g) if j not in drop]
+            heads = QueryHeads(keep)
+            q_kept, kv_kept = len(keep), c.num_kv_heads
+        else:
+            drop = set(_lowest_first(hs.reshape(c.num_kv_heads, g).sum(1))[:m].tolist())
+            kv = [k for k in range(c.num_kv_heads) if k not in drop]
+            heads = KVGroups(kv)
+            q_kept, kv_kept = len(kv) * g, len(kv)
+        attn_removed = (c.num_heads - q_kept) * c.query_head + (c.num_kv_heads - kv_kept) * c.kv_head
+        n_rm = round((sparsity * c.total - attn_removed) / c.ffn_unit)
+        n_rm = min(max(n_rm, 0), c.ffn_units)
+        drop = _lowest_first(fs)[:n_rm]
+        mask = torch.ones(c.ffn_units, dtype=torch.bool)
+        mask[drop] = False
+        ffn_keep = torch.nonzero(mask).reshape(-1)
+        after = c.total - attn_removed - n_rm * c.ffn_unit
+        out.layers[i] = LayerPlan(i, ffn_keep, heads, q_kept, kv_kept, c.total, after)
+        out.costs[i] = c
+    return out

@@ -1,0 +1,289 @@
+"""Calibration statistics: streamed second moments of the inputs of each block's Linears.
+
+:func:`collect_statistics` runs calibration batches through a model with forward pre-hooks on
+each decoder layer and streams the inputs of
+
+* ``down_in``: ``mlp.down_proj`` -- the FFN intermediate activation ``h = act(gate x) * up x``;
+* ``o_in``: ``self_attn.o_proj`` -- the concatenated head outputs ``z = [z_1; ...; z_H]``;
+* ``mlp_in``: ``mlp.gate_proj`` (= ``up_proj``) -- the block's normed hidden state before the FFN;
+* ``attn_in``: ``self_attn.q_proj`` (= ``k_proj`` = ``v_proj``) -- the normed hidden state
+  before attention,
+
+into per-layer statistics.  Each is collected as
+
+* ``"diag"`` (:class:`DiagMoments`): per-feature sums and sums of squares (float64), giving the
+  mean ``E[x]``, the mean square ``E[x^2]`` and the variance -- all that the FFN criteria need, and
+  cheap for ``down_in`` whose full covariance (``d_ff^2``) would be large;
+* ``"full"`` (:class:`FullMoments`): the full second moment ``E[x x^T]`` through a
+  :class:`~sketchprune.CovarianceAccumulator` (the ``cov_accumulate_`` kernel; float64 inputs, which
+  the kernels do not take, are accumulated with a float64 matmul instead), plus the mean.
+
+Padding is skipped: rows where the batch's ``attention_mask`` is 0 are not counted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from ..accumulator import CovarianceAccumulator
+from .adapters import get_adapter
+
+#: statistic name -> (which module's input, description)
+STATISTICS = ("down_in", "o_in", "mlp_in", "attn_in")
+KINDS = ("diag", "full")
+
+_KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def _rows(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """(..., d) activations -> (T, d) rows, padded rows dropped."""
+    x = x.reshape(-1, x.shape[-1])
+    if mask is not None:
+        x = x[mask.reshape(-1).to(x.device)]
+    return x
+
+
+class DiagMoments:
+    """Per-feature streamed moments: count, sum and sum of squares (float64)."""
+
+    kind = "diag"
+
+    def __init__(self, dim: int, device):
+        self.dim = dim
+        self._sum = torch.zeros(dim, dtype=torch.float64, device=device)
+        self._sq = torch.zeros(dim, dtype=torch.float64, device=device)
+        self._count = 0
+
+    def update(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> None:
+        x = _rows(x.detach(), mask)
+        if x.shape[0] == 0:
+            return
+        if x.dtype in (torch.float16, torch.bfloat16):
+            x = x.float()
+        self._sum += torch.sum(x, dim=0, dtype=torch.float64)
+        self._sq += torch.sum(x * x, dim=0, dtype=torch.float64)
+        self._count += x.shape[0]
+
+    @property
+    def count(self) -> int:
+        return self._count
+
+    def _n(self) -> int:
+        if self._count == 0:
+            raise RuntimeError("sketchprune.prune: no calibration tokens were accumulated")
+        return self._count
+
+    def mean(self) -> torch.Tensor:
+        """E[x] (float64)."""
+        return self._sum / self._n()
+
+    def diag(self) -> torch.Tensor:
+        """E[x^2] per feature (float64)."""
+        return self._sq / self._n()
+
+    def variance(self) -> torch.Tensor:
+        """E[x^2] - E[x]^2 per feature (population variance, float64, clamped at 0)."""
+        return (self.diag() - self.mean() ** 2).clamp_min(0)
+
+    def second_moment(self) -> torch.Tensor:
+        raise RuntimeError("sketchprune.prune: this statistic was collected as 'diag'; "
+                           "collect it as 'full' for the full second moment")
+
+
+class FullMoments(DiagMoments):
+    """Full second moment E[x x^T] (plus the mean), through :class:`CovarianceAccumulator`."""
+
+    kind = "full"
+
+    def __init__(self, dim: int, device, budget=None, dtype=torch.float64):
+        super().__init__(dim, device)
+        self._device, self._budget, self._dtype = device, budget, dtype
+        self._acc: CovarianceAccumulator | None = None
+        self._sigma64: torch.Tensor | None = None   # float64 inputs: plain matmul
+
+    def update(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> None:
+        x = x.detach()
+        if x.dtype in _KERNEL_DTYPES:
+            if self._acc is None:
+                self._acc = CovarianceAccumulator(self.dim, device=self._device, dtype=self._dtype,
+                                                  budget=self._budget)
+            m = None if mask is None else mask.to(device=x.device, dtype=torch.bool).reshape(x.shape[:-1])
+            self._acc.update(x, mask=m)
+        super().update(x, mask)     # sums / squares / count
+        if x.dtype not in _KERNEL_DTYPES:
+            r = _rows(x, mask).to(torch.float64)
+            if self._sigma64 is None:
+                self._sigma64 = torch.zeros(self.dim, self.dim, dtype=torch.float64, device=r.device)
+            self._sigma64 += r.T @ r
+
+    def second_moment(self) -> torch.Tensor:
+        """E[x x^T] (float64)."""
+        n = self._n()
+        s = torch.zeros(self.dim, self.dim, dtype=torch.float64, device=self._sum.device)
+        if self._acc is not None and self._acc.count:
+            s += self._acc.covariance().to(torch.float64) * (self._acc.count / n)
+        if self._sigma64 is not None:
+            s += self._sigma64 / n
+        return s
+
+
+@dataclass
+class LayerStatistics:
+    """The statistics of one decoder layer (``None`` where not collected)."""
+
+    index: int
+    down_in: DiagMoments | None = None
+    o_in: DiagMoments | None = None
+    mlp_in: DiagMoments | None = None
+    attn_in: DiagMoments | None = None
+
+    def get(self, name: str) -> DiagMoments:
+        s = getattr(self, name)
+        if s is None:
+            raise KeyError(f"sketchprune.prune: statistic {name!r} was not collected for layer {self.index}")
+        return s
+
+
+@dataclass
+class CalibrationStatistics:
+    """Per-layer statistics plus what was collected."""
+
+    layers: dict[int, LayerStatistics] = field(default_factory=dict)
+    what: dict[str, str] = field(default_factory=dict)
+    tokens: int = 0
+    batches: int = 0
+
+    def __getitem__(self, i: int) -> LayerStatistics:
+        return self.layers[i]
+
+
+DEFAULT_WHAT = {"down_in": "diag", "o_in": "full"}
+
+
+def _normalise_what(what) -> dict[str, str]:
+    if what is None:
+        return dict(DEFAULT_WHAT)
+    if isinstance(what, str) or not isinstance(what, Mapping):
+        what = {w: "diag" for w in ([what] if isinstance(what, str) else what)}
+    out = {}
+    for k, v in what.items():
+        if k not in STATISTICS:
+            raise ValueError(f"sketchprune.prune: unknown statistic {k!r}; choose from {STATISTICS}")
+        if v is None:
+            continue
+        if v not in KINDS:
+            raise ValueError(f"sketchprune.prune: statistic kind must be one of {KINDS}, got {v!r}")
+        out[k] = v
+    return out
+
+
+def _as_batch(batch, device) -> tuple[dict, torch.Tensor | None]:
+    """A batch (dict with input_ids [+ attention_mask, ...] or a tensor of ids) -> model kwargs, mask."""
+    if isinstance(batch, torch.Tensor):
+        kwargs = {"input_ids": batch}
+    elif isinstance(batch, Mapping):
+        if "input_ids" not in batch:
+            raise ValueError("sketchprune.prune: a calibration batch dict needs 'input_ids'")
+        kwargs = dict(batch)
+    else:
+        raise TypeError(f"sketchprune.prune: a calibration batch must be a dict or a tensor of input_ids, "
+                        f"got {type(batch).__name__}")
+    kwargs = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in kwargs.items()}
+    if kwargs["input_ids"].dim() == 1:
+        kwargs["input_ids"] = kwargs["input_ids"][None]
+        if isinstance(kwargs.get("attention_mask"), torch.Tensor) and kwargs["attention_mask"].dim() == 1:
+            kwargs["attention_mask"] = kwargs["attention_mask"][None]
+    am = kwargs.get("attention_mask")
+    mask = None
+    if isinstance(am, torch.Tensor):
+        if am.shape != kwargs["input_ids"].shape:
+            raise ValueError(f"sketchprune.prune: attention_mask shape {tuple(am.shape)} does not match "
+                             f"input_ids {tuple(kwargs['input_ids'].shape)}")
+        mask = am.to(torch.bool)
+    kwargs.setdefault("use_cache", False)
+    return kwargs, mask
+
+
+def _progress(it, enabled: bool, desc: str):
+    if not enabled:
+        return it
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # pragma: no cover - tqdm is optional
+        return it
+    total = len(it) if hasattr(it, "__len__") else None
+    return tqdm(it, desc=desc, total=total)
+
+
+def collect_statistics(model: nn.Module, batches: Iterable, layers=None, budget=None, progress: bool = True,
+                       what=None, stat_dtype=torch.float64) -> CalibrationStatistics:
+    """Stream calibration batches through ``model`` and collect per-layer input statistics.
+
+    ``batches``: an iterable of dicts (``input_ids`` and optionally ``attention_mask``; other
+    keys are passed to the model) or of ``input_ids`` tensors.  ``layers``: the layer indices to
+    hook (default all).  ``what``: statistic name -> ``"diag"``/``"full"`` (default
+    ``{"down_in": "diag", "o_in": "full"}``; see the module doc).  ``budget`` caps each full
+    accumulator's memory (see :class:`~sketchprune.CovarianceAccumulator`); ``stat_dtype`` is
+    the full accumulators' dtype.  Runs under ``torch.no_grad()`` in eval mode; hooks are
+    removed and the training flag restored even on error.
+    """
+    adapter = get_adapter(model)
+    all_layers = adapter.layers(model)
+    idx = list(range(len(all_layers))) if layers is None else sorted({int(i) for i in layers})
+    for i in idx:
+        if not 0 <= i < len(all_layers):
+            raise IndexError(f"sketchprune.prune: layer {i} out of range (model has {len(all_layers)})")
+    what = _normalise_what(what)
+    stats = CalibrationStatistics(what=dict(what))
+    state = {"mask": None}
+    handles = []
+
+    def make_stat(kind, dim, device):
+        return FullMoments(dim, device, budget, stat_dtype) if kind == "full" else DiagMoments(dim, device)
+
+    def hook_for(stat):
+        def pre_hook(module, args, kwargs=None):
+            x = args[0] if args else next(iter(kwargs.values()))
+            mask = state["mask"]
+            if mask is not None and tuple(mask.shape) != tuple(x.shape[:-1]):
+                mask = None if mask.all() else _raise_mask(mask, x)
+            stat.update(x, mask)
+        return pre_hook
+
+    was_training = model.training
+    try:
+        for i in idx:
+            layer = all_layers[i]
+            ffn, attn = adapter.ffn(layer), adapter.attention(layer)
+            ls = LayerStatistics(i)
+            modules = {"down_in": ffn.down, "o_in": attn.o, "mlp_in": ffn.gate, "attn_in": attn.q}
+            for name, kind in what.items():
+                mod = modules[name]
+                s = make_stat(kind, mod.in_features, mod.weight.device)
+                setattr(ls, name, s)
+                handles.append(mod.register_forward_pre_hook(hook_for(s)))
+            stats.layers[i] = ls
+        model.eval()
+        device = next(model.parameters()).device
+        with torch.no_grad():
+            for batch in _progress(batches, progress, "calibration"):
+                kwargs, mask = _as_batch(batch, device)
+                state["mask"] = mask
+                model(**kwargs)
+                stats.batches += 1
+                stats.tokens += int(mask.sum()) if mask is not None else kwargs["input_ids"].numel()
+    finally:
+        for h in handles:
+            h.remove()
+        state["mask"] = None
+        model.train(was_training)
+    return stats
+
+
+def _raise_mask(mask, x):
+    raise ValueError(f"sketchprune.prune: attention mask of shape {tuple(mask.shape)} does not match "
+                     f"activations of shape {tuple(x.shape)}")

@@ -1,0 +1,255 @@
+"""Pruning criteria: per-layer scores of FFN channels and query heads, one protocol for all.
+
+A criterion is a :class:`Criterion`: a name, the calibration statistics it needs (see
+:mod:`~sketchprune.prune.calibration`) and two functions that score one layer's units from the
+layer's weights and statistics:
+
+* ``ffn(ctx) -> (d_ff,)`` -- one score per FFN channel ``i`` (row ``i`` of gate/up, column ``i``
+  of down);
+* ``heads(ctx) -> (num_heads,)`` -- one score per query head ``h`` (its ``head_dim`` rows of q and
+  column block of o).  KV groups are scored as the sum of their query heads (in allocation).
+
+Higher = more important.  Notation, per layer: ``G, U`` gate/up weights (d_ff x d), ``D`` down
+(d x d_ff), ``Q_h`` the rows of q for head ``h`` (head_dim x d), ``O_h`` the columns of o for head
+``h`` (d x head_dim); ``h`` the down_proj input (FFN intermediate activation), ``z`` the o_proj
+input (concatenated head outputs, ``z_h`` head ``h``'s block); expectations over calibration
+tokens (padding excluded).  All scores are float64 on the weights' device.
+
+The registry :data:`CRITERIA` holds ``random``, ``magnitude-l1``, ``magnitude-l2``,
+``magnitude-depth2``, ``wanda-sp``, ``flap`` and ``sigma``; :func:`score_model` applies one to
+every layer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from .adapters import AttnLinears, FFNLinears, HeadStructure, get_adapter
+from .calibration import CalibrationStatistics, LayerStatistics
+
+
+@dataclass
+class LayerContext:
+    """What a criterion sees of one layer."""
+
+    index: int
+    ffn: FFNLinears
+    attn: AttnLinears
+    heads: HeadStructure
+    stats: LayerStatistics | None
+    generator: torch.Generator
+
+    def stat(self, name: str):
+        if self.stats is None:
+            raise KeyError(f"sketchprune.prune: layer {self.index} has no calibration statistics")
+        return self.stats.get(name)
+
+
+@dataclass(frozen=True)
+class Criterion:
+    """A named pruning criterion: the statistics it needs and its per-layer scoring functions."""
+
+    name: str
+    needs: dict
+    ffn: Callable[[LayerContext], torch.Tensor]
+    heads: Callable[[LayerContext], torch.Tensor]
+    doc: str = ""
+
+    @property
+    def data_free(self) -> bool:
+        return not self.needs
+
+
+CRITERIA: dict[str, Criterion] = {}
+
+
+def register_criterion(name: str, needs: dict | None = None):
+    """Decorator for a class-free criterion: a function returning ``(ffn_fn, heads_fn)``."""
+    def deco(make):
+        ffn_fn, heads_fn = make()
+        CRITERIA[name] = Criterion(name, dict(needs or {}), ffn_fn, heads_fn, (make.__doc__ or "").strip())
+        return make
+    return deco
+
+
+# ---------------------------------------------------------------------------- helpers
+def _w(lin: nn.Linear) -> torch.Tensor:
+    """A Linear's weight, detached, in float64 (scores are small; weights are read once)."""
+    return lin.weight.detach().to(torch.float64)
+
+
+def _head_cols(o: torch.Tensor, hs: HeadStructure) -> torch.Tensor:
+    """o weight (d x H*hd) -> (d, H, hd)."""
+    return o.reshape(o.shape[0], hs.num_heads, hs.head_dim)
+
+
+def _head_rows(q: torch.Tensor, hs: HeadStructure) -> torch.Tensor:
+    """q weight (H*hd x d) -> (H, hd, d)."""
+    return q.reshape(hs.num_heads, hs.head_dim, q.shape[1])
+
+
+def _per_head(v: torch.Tensor, hs: HeadStructure) -> torch.Tensor:
+    """A per-channel vector of the o input (H*hd,) summed over each head's block -> (H,)."""
+    return v.reshape(hs.num_heads, hs.head_dim).sum(1)
+
+
+def _first_half_sq(ctx: LayerContext) -> torch.Tensor:
+    """||G_i||^2 + ||U_i||^2 per FFN channel."""
+    return _w(ctx.ffn.gate).square().sum(1) + _w(ctx.ffn.up).square().sum(1)
+
+
+# ---------------------------------------------------------------------------- criteria
+@register_criterion("random")
+def _random():
+    """Data-free: i.i.d. U(0,1) scores from a generator seeded by (seed, layer)."""
+    def ffn(ctx):
+        n = ctx.ffn.gate.out_features
+        return torch.rand(n, generator=ctx.generator, dtype=torch.float64).to(ctx.ffn.gate.weight.device)
+
+    def heads(ctx):
+        return torch.rand(ctx.heads.num_heads, generator=ctx.generator,
+                          dtype=torch.float64).to(ctx.attn.q.weight.device)
+    return ffn, heads
+
+
+@register_criterion("magnitude-l1")
+def _mag_l1():
+    """Data-free, first-layer weights:  ffn_i = sum_j |G_ij| + sum_j |U_ij|;  head_h = sum |Q_h|."""
+    def ffn(ctx):
+        return _w(ctx.ffn.gate).abs().sum(1) + _w(ctx.ffn.up).abs().sum(1)
+
+    def heads(ctx):
+        return _head_rows(_w(ctx.attn.q), ctx.heads).abs().sum((1, 2))
+    return ffn, heads
+
+
+@register_criterion("magnitude-l2")
+def _mag_l2():
+    """Data-free, first-layer weights:  ffn_i = sqrt(||G_i||^2 + ||U_i||^2);  head_h = ||Q_h||_F."""
+    def ffn(ctx):
+        return _first_half_sq(ctx).sqrt()
+
+    def heads(ctx):
+        return _head_rows(_w(ctx.attn.q), ctx.heads).square().sum((1, 2)).sqrt()
+    return ffn, heads
+
+
+@register_criterion("magnitude-depth2")
+def _mag_depth2():
+    """Data-free, product of the two halves' norms:
+    ffn_i = sqrt(||G_i||^2 + ||U_i||^2) * ||D[:, i]||;  head_h = ||Q_h||_F * ||O_h||_F."""
+    def ffn(ctx):
+        return _first_half_sq(ctx).sqrt() * _w(ctx.ffn.down).square().sum(0).sqrt()
+
+    def heads(ctx):
+        q = _head_rows(_w(ctx.attn.q), ctx.heads).square().sum((1, 2)).sqrt()
+        o = _head_cols(_w(ctx.attn.o), ctx.heads).square().sum((0, 2)).sqrt()
+        return q * o
+    return ffn, heads
+
+
+@register_criterion("wanda-sp", needs={"down_in": "diag", "o_in": "diag"})
+def _wanda_sp():
+    """Wanda-SP (structured Wanda, as in FLAP's reference implementation): |W| x input RMS
+    summed over the unit's second-layer weights:
+    ffn_i = sqrt(E[h_i^2]) * sum_r |D[r, i]|;
+    head_h = sum_{c in block h} sqrt(E[z_c^2]) * sum_r |O[r, c]|."""
+    def ffn(ctx):
+        return _w(ctx.ffn.down).abs().sum(0) * ctx.stat("down_in").diag().sqrt()
+
+    def heads(ctx):
+        col = _w(ctx.attn.o).abs().sum(0) * ctx.stat("o_in").diag().sqrt()
+        return _per_head(col, ctx.heads)
+    return ffn, heads
+
+
+@register_criterion("flap", needs={"down_in": "diag", "o_in": "diag"})
+def _flap():
+    """FLAP fluctuation metric: input variance times the squared column norm of the second matrix:
+    ffn_i = Var[h_i] * ||D[:, i]||^2;  head_h = sum_{c in block h} Var[z_c] * ||O[:, c]||^2.
+    (Var is the population variance E[x^2] - E[x]^2.)  The removed channels' mean contribution
+    D[:, removed] E[h_removed] (resp. O[:, removed] E[z_removed]) is folded into the bias by
+    :func:`~sketchprune.prune.pipeline.fold_mean_into_bias`."""
+    def ffn(ctx):
+        return _w(ctx.ffn.down).square().sum(0) * ctx.stat("down_in").variance()
+
+    def heads(ctx):
+        col = _w(ctx.attn.o).square().sum(0) * ctx.stat("o_in").variance()
+        return _per_head(col, ctx.heads)
+    return ffn, heads
+
+
+@register_criterion("sigma", needs={"down_in": "diag", "o_in": "full"})
+def _sigma():
+    """The output energy of each unit under the measured input second moments:
+    ffn_i = E[h_i^2] * ||D[:, i]||^2  (= E||D[:, i] h_i||^2);
+    head_h = E||O_h z_h||^2 = trace(O_h^T O_h Sigma_hh), Sigma = E[z z^T] (uncentred) and
+    Sigma_hh its head_dim x head_dim diagonal block of head h."""
+    def ffn(ctx):
+        return _w(ctx.ffn.down).square().sum(0) * ctx.stat("down_in").diag()
+
+    def heads(ctx):
+        hs = ctx.heads
+        o = _head_cols(_w(ctx.attn.o), hs)                       # (d, H, hd)
+        gram = torch.einsum("rhi,rhj->hij", o, o)                # O_h^T O_h, (H, hd, hd)
+        sig = ctx.stat("o_in").second_moment().to(o.device)
+        blocks = torch.stack([sig[h * hs.head_dim:(h + 1) * hs.head_dim, h * hs.head_dim:(h + 1) * hs.head_dim]
+                              for h in range(hs.num_heads)])
+        return (gram * blocks).sum((1, 2))
+    return ffn, heads
+
+
+# ---------------------------------------------------------------------------- application
+@dataclass
+class Scores:
+    """Per-layer unit scores (float64): FFN channels and query heads."""
+
+    criterion: str
+    ffn: dict[int, torch.Tensor] = field(default_factory=dict)
+    heads: dict[int, torch.Tensor] = field(default_factory=dict)
+
+
+def get_criterion(name: str) -> Criterion:
+    try:
+        return CRITERIA[name]
+    except KeyError:
+        raise ValueError(f"sketchprune.prune: unknown criterion {name!r}; choose from "
+                         f"{', '.join(sorted(CRITERIA))}") from None
+
+
+def required_statistics(criterion: str) -> dict[str, str]:
+    """The calibration statistics (name -> 'diag'/'full') a criterion needs; {} if data-free."""
+    return dict(get_criterion(criterion).needs)
+
+
+def score_model(model: nn.Module, criterion: str, stats: CalibrationStatistics | None = None,
+                layers=None, seed: int = 0) -> Scores:
+    """Score every FFN channel and query head of the given layers (default: all; for criteria
+    that need statistics, the layers that have them) with ``criterion``."""
+    crit = get_criterion(criterion)
+    adapter = get_adapter(model)
+    all_layers = adapter.layers(model)
+    if crit.needs and stats is None:
+        raise ValueError(f"sketchprune.prune: criterion {criterion!r} needs calibration statistics "
+                         f"({crit.needs}); pass stats=collect_statistics(...)")
+    if layers is None:
+        layers = sorted(stats.layers) if crit.needs else range(len(all_layers))
+    out = Scores(criterion)
+    with torch.no_grad():
+        for i in layers:
+            layer = all_layers[i]
+            ls = None if stats is None else stats.layers.get(i)
+            if crit.needs and ls is None:
+                raise KeyError(f"sketchprune.prune: no calibration statistics for layer {i}")
+            g = torch.Generator().manual_seed(int(seed) * 1_000_003 + int(i))
+            ctx = LayerContext(i, adapter.ffn(layer), adapter.attention(layer), adapter.head_structure(layer), ls, g)
+            f, h = crit.ffn(ctx), crit.heads(ctx)
+            if f.shape != (ctx.ffn.gate.out_features,) or h.shape != (ctx.heads.num_heads,):
+                raise RuntimeError(f"sketchprune.prune: criterion {criterion!r} returned scores of shapes "
+                                   f"{tuple(f.shape)}, {tuple(h.shape)} for layer {i}")
+            out.ffn[i], out.heads[i] = f, h
+    return out

@@ -1,0 +1,153 @@
+"""One call from a dense model and calibration text to a physically sliced model.
+
+:func:`prune_model` = :func:`~sketchprune.prune.calibration.collect_statistics` (skipped for
+data-free criteria) -> :func:`~sketchprune.prune.criteria.score_model` ->
+:func:`~sketchprune.prune.allocation.allocate` -> (``flap`` only) bias compensation ->
+:func:`~sketchprune.prune.slicing.slice_model`, returning a report.
+
+FLAP bias compensation: removing input channels ``R`` of a Linear ``y = W x + b`` and replacing
+them by their calibration mean gives ``y = W[:, K] x_K + (b + W[:, R] E[x_R])``, so
+``W[:, R] E[x_R]`` is added to the bias of down_proj (FFN channels) / o_proj (head blocks).
+Llama-family models have no bias there; ``flap_bias="create"`` (default) then adds one in
+memory, which is exact for evaluation but is **not** carried by ``save_pretrained`` /
+:func:`~sketchprune.prune.load_pruned` yet (the Llama config's ``mlp_bias`` / ``attention_bias``
+switch on all of gate/up/down resp. q/k/v/o biases together, and Qwen2 has no switch for o); a
+warning says so.  ``flap_bias="existing"`` folds only into biases that already exist,
+``"none"`` skips compensation.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+
+import torch
+from torch import nn
+
+from .adapters import get_adapter
+from .allocation import allocate
+from .calibration import collect_statistics
+from .criteria import get_criterion, score_model
+from .slicing import resolve_heads, slice_model
+
+FLAP_BIAS = ("create", "existing", "none")
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def fold_mean_into_bias(linear: nn.Linear, removed: torch.Tensor, mean: torch.Tensor, create: bool = True) -> bool:
+    """bias += W[:, removed] @ mean[removed], in place (creating a zero bias if ``create``).
+
+    Returns whether anything was folded.
+    """
+    removed = removed.to(device=linear.weight.device, dtype=torch.long)
+    if removed.numel() == 0:
+        return False
+    if linear.bias is None:
+        if not create:
+            return False
+        linear.bias = nn.Parameter(torch.zeros(linear.out_features, dtype=linear.weight.dtype,
+                                               device=linear.weight.device),
+                                   requires_grad=linear.weight.requires_grad)
+    with torch.no_grad():
+        w = linear.weight.detach()[:, removed].to(torch.float64)
+        mu = mean.to(device=w.device, dtype=torch.float64)[removed]
+        linear.bias.add_((w @ mu).to(linear.bias.dtype))
+    return True
+
+
+def _removed(n: int, keep: torch.Tensor) -> torch.Tensor:
+    mask = torch.ones(n, dtype=torch.bool)
+    mask[keep.to("cpu")] = False
+    return torch.nonzero(mask).reshape(-1)
+
+
+def _flap_compensate(model, adapter, alloc, stats, mode) -> list[str]:
+    """Fold the removed units' mean contributions into down_proj / o_proj biases (before slicing)."""
+    names = {id(m): n for n, m in model.named_modules()}
+    folded = []
+    create = mode == "create"
+    layers = adapter.layers(model)
+    for i, plan in alloc.layers.items():
+        ffn, attn, hs = adapter.ffn(layers[i]), adapter.attention(layers[i]), adapter.head_structure(layers[i])
+        had = ffn.down.bias is not None
+        if fold_mean_into_bias(ffn.down, _removed(ffn.down.in_features, plan.ffn_keep),
+                               stats[i].get("down_in").mean(), create):
+            folded.append(names[id(ffn.down)] + ("" if had else " (created)"))
+        q_kept = resolve_heads(plan.heads, hs).q_heads
+        rm_heads = _removed(hs.num_heads, q_kept)
+        cols = (rm_heads[:, None] * hs.head_dim + torch.arange(hs.head_dim)).reshape(-1)
+        had = attn.o.bias is not None
+        if fold_mean_into_bias(attn.o, cols, stats[i].get("o_in").mean(), create):
+            folded.append(names[id(attn.o)] + ("" if had else " (created)"))
+    return folded
+
+
+def _merge_needs(*needs: dict) -> dict:
+    out = {}
+    for n in needs:
+        for k, v in n.items():
+            out[k] = "full" if "full" in (v, out.get(k)) else v
+    return out
+
+
+def prune_model(model: nn.Module, batches=None, sparsity: float = 0.2, criterion: str = "sigma",
+                attn_sparsity: float | None = None, head_mode: str = "query", seed: int = 0,
+                layers=None, budget=None, progress: bool = True, flap_bias: str = "create",
+                stats=None) -> dict:
+    """Score, allocate and physically slice ``model`` in place; returns a report dict.
+
+    ``sparsity``: the fraction of the pruned blocks' parameters (q/k/v/o/gate/up/down of the
+    pruned layers) to remove; ``attn_sparsity``: the fraction of attention parameters to remove
+    (default ``sparsity``; the FFN takes the remainder).  ``head_mode``: ``"query"`` (query
+    heads within KV groups, the same number per group) or ``"group"`` (whole KV groups).
+    ``batches``: calibration batches (see :func:`collect_statistics`), needed unless the
+    criterion is data-free; precomputed ``stats`` may be passed instead.  ``layers``: which
+    layers to prune (default all).  ``flap_bias``: see the module doc.
+    """
+    t0 = time.perf_counter()
+    crit = get_criterion(criterion)
+    if flap_bias not in FLAP_BIAS:
+        raise ValueError(f"sketchprune.prune: flap_bias must be one of {FLAP_BIAS}, got {flap_bias!r}")
+    adapter = get_adapter(model)
+    n_layers = len(adapter.layers(model))
+    layer_idx = list(range(n_layers)) if layers is None else sorted({int(i) for i in layers})
+    needs = dict(crit.needs)
+    if criterion == "flap" and flap_bias != "none":
+        needs = _merge_needs(needs, {"down_in": "diag", "o_in": "diag"})
+    if needs and stats is None:
+        if batches is None:
+            raise ValueError(f"sketchprune.prune: criterion {criterion!r} needs calibration batches")
+        stats = collect_statistics(model, batches, layers=layer_idx, budget=budget, progress=progress, what=needs)
+    t_stats = time.perf_counter()
+    scores = score_model(model, criterion, stats if needs else None, layers=layer_idx, seed=seed)
+    alloc = allocate(model, scores.ffn, scores.heads, sparsity=sparsity, attn_sparsity=attn_sparsity,
+                     head_mode=head_mode)
+    params_before = count_parameters(model)
+    folded = []
+    if criterion == "flap" and flap_bias != "none":
+        folded = _flap_compensate(model, adapter, alloc, stats, flap_bias)
+        if any(f.endswith("(created)") for f in folded):
+            warnings.warn("sketchprune.prune: FLAP bias compensation created down_proj/o_proj biases; "
+                          "they are exact in memory but save_pretrained/load_pruned do not carry them yet",
+                          stacklevel=2)
+    slice_model(model, ffn=alloc.ffn, heads=alloc.heads)
+    params_after = count_parameters(model)
+    return {
+        "criterion": criterion,
+        "head_mode": head_mode,
+        "sparsity_requested": alloc.sparsity,
+        "attn_sparsity_requested": alloc.attn_sparsity,
+        "sparsity_achieved": alloc.achieved(),
+        "block_params_before": alloc.params_before,
+        "block_params_after": alloc.params_after,
+        "params_before": params_before,
+        "params_after": params_after,
+        "layers": [alloc.layers[i].as_dict(alloc.costs[i]) for i in sorted(alloc.layers)],
+        "calibration_tokens": 0 if stats is None or not needs else stats.tokens,
+        "calibration_batches": 0 if stats is None or not needs else stats.batches,
+        "biases_folded": folded,
+        "seconds": {"statistics": t_stats - t0, "total": time.perf_counter() - t0},
+    }
