@@ -28,6 +28,7 @@ from .adapters import get_adapter
 from .allocation import allocate
 from .calibration import collect_statistics
 from .criteria import get_criterion, score_model
+from .reconstruct import head_columns, refit_columns
 from .slicing import resolve_heads, slice_model
 
 FLAP_BIAS = ("create", "existing", "none")
@@ -85,6 +86,33 @@ def _flap_compensate(model, adapter, alloc, stats, mode) -> list[str]:
     return folded
 
 
+RECON_NEEDS = {"down_in": "full", "o_in": "full"}
+
+
+def _refit(model, adapter, alloc, stats, held) -> dict:
+    """Per pruned layer: {"down": (V, info), "o": (V, info)} re-fit over the kept units (dense weights)."""
+    out = {}
+    layers = adapter.layers(model)
+    for i, plan in alloc.layers.items():
+        ffn, attn, hs = adapter.ffn(layers[i]), adapter.attention(layers[i]), adapter.head_structure(layers[i])
+        st, hd = stats[i], held[i]
+        cols = head_columns(resolve_heads(plan.heads, hs).q_heads, hs.head_dim)
+        out[i] = {
+            "down": refit_columns(ffn.down.weight, plan.ffn_keep, st.get("down_in").second_moment(),
+                                  hd.get("down_in").second_moment()),
+            "o": refit_columns(attn.o.weight, cols, st.get("o_in").second_moment(), hd.get("o_in").second_moment()),
+        }
+    return out
+
+
+def _install_refits(model, adapter, refits) -> None:
+    layers = adapter.layers(model)
+    with torch.no_grad():
+        for i, r in refits.items():
+            adapter.ffn(layers[i]).down.weight.copy_(r["down"][0])
+            adapter.attention(layers[i]).o.weight.copy_(r["o"][0])
+
+
 def _merge_needs(*needs: dict) -> dict:
     out = {}
     for n in needs:
@@ -96,7 +124,7 @@ def _merge_needs(*needs: dict) -> dict:
 def prune_model(model: nn.Module, batches=None, sparsity: float = 0.2, criterion: str = "sigma",
                 attn_sparsity: float | None = None, head_mode: str = "query", seed: int = 0,
                 layers=None, budget=None, progress: bool = True, flap_bias: str = "create",
-                stats=None) -> dict:
+                stats=None, reconstruct: bool = False, heldout_fraction: float = 0.25) -> dict:
     """Score, allocate and physically slice ``model`` in place; returns a report dict.
 
     ``sparsity``: the fraction of the pruned blocks' parameters (q/k/v/o/gate/up/down of the
@@ -105,7 +133,11 @@ def prune_model(model: nn.Module, batches=None, sparsity: float = 0.2, criterion
     heads within KV groups, the same number per group) or ``"group"`` (whole KV groups).
     ``batches``: calibration batches (see :func:`collect_statistics`), needed unless the
     criterion is data-free; precomputed ``stats`` may be passed instead.  ``layers``: which
-    layers to prune (default all).  ``flap_bias``: see the module doc.
+    layers to prune (default all).  ``flap_bias``: see the module doc.  ``reconstruct``: after
+    choosing the units, re-fit each pruned layer's down_proj / o_proj over the kept units by least
+    squares toward the dense weights (:mod:`sketchprune.prune.reconstruct`), with the
+    regularisation chosen per layer on the last ``heldout_fraction`` of the calibration batches;
+    the report gives, per layer, the chosen value and the in-sample and held-out errors.
     """
     t0 = time.perf_counter()
     crit = get_criterion(criterion)
@@ -117,6 +149,20 @@ def prune_model(model: nn.Module, batches=None, sparsity: float = 0.2, criterion
     needs = dict(crit.needs)
     if criterion == "flap" and flap_bias != "none":
         needs = _merge_needs(needs, {"down_in": "diag", "o_in": "diag"})
+    held = None
+    if reconstruct:
+        if criterion == "flap" and flap_bias != "none":
+            raise ValueError("sketchprune.prune: reconstruct=True re-fits the weights itself; use flap_bias='none' with it")
+        if stats is not None or batches is None:
+            raise ValueError("sketchprune.prune: reconstruct=True needs calibration batches (and collects its own stats)")
+        batches = list(batches)
+        if len(batches) < 2:
+            raise ValueError("sketchprune.prune: reconstruct=True needs at least 2 calibration batches (some are held out)")
+        n_h = min(len(batches) - 1, max(1, round(len(batches) * heldout_fraction)))
+        batches, held_batches = batches[:-n_h], batches[-n_h:]
+        needs = _merge_needs(needs, RECON_NEEDS)
+        held = collect_statistics(model, held_batches, layers=layer_idx, budget=budget, progress=progress,
+                                  what=RECON_NEEDS)
     if needs and stats is None:
         if batches is None:
             raise ValueError(f"sketchprune.prune: criterion {criterion!r} needs calibration batches")
@@ -133,7 +179,9 @@ def prune_model(model: nn.Module, batches=None, sparsity: float = 0.2, criterion
             warnings.warn("sketchprune.prune: FLAP bias compensation created down_proj/o_proj biases; "
                           "they are exact in memory but save_pretrained/load_pruned do not carry them yet",
                           stacklevel=2)
+    refits = _refit(model, adapter, alloc, stats, held) if reconstruct else {}
     slice_model(model, ffn=alloc.ffn, heads=alloc.heads)
+    _install_refits(model, adapter, refits)
     params_after = count_parameters(model)
     return {
         "criterion": criterion,
@@ -149,5 +197,6 @@ def prune_model(model: nn.Module, batches=None, sparsity: float = 0.2, criterion
         "calibration_tokens": 0 if stats is None or not needs else stats.tokens,
         "calibration_batches": 0 if stats is None or not needs else stats.batches,
         "biases_folded": folded,
+        "reconstruction": {i: {k: r[1] for k, r in v.items()} for i, v in refits.items()},
         "seconds": {"statistics": t_stats - t0, "total": time.perf_counter() - t0},
     }

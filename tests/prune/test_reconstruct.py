@@ -1,0 +1,79 @@
+import torch
+
+from sketchprune.prune.reconstruct import refit_columns
+
+
+def _data(T=400, d_in=12, d_out=5, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    mix = torch.randn(d_in, d_in, generator=g)
+    X = torch.randn(T, d_in, generator=g, dtype=torch.float64) @ mix.double()  # correlated inputs
+    W = torch.randn(d_out, d_in, generator=g, dtype=torch.float64)
+    return X, W
+
+
+def test_keep_all_is_exact():
+    X, W = _data()
+    V, info = refit_columns(W.float(), torch.arange(12), X.T @ X / len(X))
+    assert torch.equal(V, W.float()) and info["refit"] is False
+
+
+def test_refit_equals_ridge_toward_dense_least_squares():
+    X, W = _data()
+    keep = torch.tensor([0, 2, 3, 7, 9, 11])
+    S = X.T @ X / len(X)
+    V, info = refit_columns(W, keep, S, default_alpha=1e-3)
+    lam = 1e-3 * float(torch.trace(S[keep][:, keep])) / len(keep)
+    # direct: minimise mean ||X W^T - X_K V^T||^2 + lam ||V - W_K||^2 by normal equations
+    Xk = X[:, keep]
+    A = Xk.T @ Xk / len(X) + lam * torch.eye(len(keep), dtype=torch.float64)
+    B = Xk.T @ (X @ W.T) / len(X) + lam * W[:, keep].T
+    assert torch.allclose(V, torch.linalg.solve(A, B).T, rtol=1e-9, atol=1e-10)
+    assert info["fit_error"] < info["fit_error_none"]
+
+
+def test_heldout_choice_never_worse_than_no_refit():
+    X, W = _data(T=60)  # few tokens: the refit can over-fit
+    Xh, _ = _data(T=2000, seed=1)
+    keep = torch.tensor([1, 4, 5, 8])
+    V, info = refit_columns(W, keep, X.T @ X / len(X), Xh.T @ Xh / len(Xh))
+    assert info["eval_error"] <= info["eval_error_none"] + 1e-12
+    assert 0 <= info["fit_error"] <= 1 + 1e-9
+
+
+def _token_batches(n=6, b=2, t=12, seed=3, vocab=128):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randint(0, vocab, (b, t), generator=g) for _ in range(n)]
+
+
+def test_prune_model_with_reconstruction():
+    import pytest
+
+    pytest.importorskip("transformers")
+    from prune_models import make_model
+
+    from sketchprune.prune import prune_model
+
+    model = make_model("llama", dtype=torch.float64)
+    rep = prune_model(model, _token_batches(), sparsity=0.3, criterion="sigma", reconstruct=True, progress=False)
+    assert set(rep["reconstruction"]) == set(range(4))
+    for layer in rep["reconstruction"].values():
+        for info in layer.values():
+            assert info["eval_error"] <= info["eval_error_none"] + 1e-12  # never worse held out
+            assert info["fit_error"] <= info["fit_error_none"] + 1e-12 or not info["refit"]
+    with torch.no_grad():
+        assert torch.isfinite(model(input_ids=_token_batches(1)[0]).logits).all()
+
+
+def test_reconstruction_at_sparsity_zero_leaves_the_model_exactly():
+    import pytest
+
+    pytest.importorskip("transformers")
+    from prune_models import make_model
+
+    from sketchprune.prune import prune_model
+
+    model, ref = make_model("llama", dtype=torch.float32), make_model("llama", dtype=torch.float32)
+    prune_model(model, _token_batches(), sparsity=0.0, attn_sparsity=0.0, criterion="sigma", reconstruct=True,
+                progress=False)
+    sd, sr = model.state_dict(), ref.state_dict()
+    assert all(torch.equal(sd[k], sr[k]) for k in sr)
