@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 TORCH_VERSION ?= 2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: setup build test demo bench clean
+.PHONY: setup build test demo bench selection-synthetic clean
 
 $(VENV)/.ready: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,7 +30,12 @@ demo: build
 	$(PY) -m sketchprune.demo
 
 bench: build
+	$(PY) -m pip install -q matplotlib
 	$(PY) bench/run_cpu_bench.py bench/results
+
+selection-synthetic: build
+	$(PY) -m pip install -q matplotlib
+	$(PY) bench/selection_synthetic.py results/selection
 
 clean:
 	rm -rf build $(VENV)

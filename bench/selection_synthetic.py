@@ -1,0 +1,524 @@
+"""Synthetic data-selection experiment: coresets for high-dimensional ridge regression.
+
+    python bench/selection_synthetic.py [OUT_DIR] [--seeds 10] [--quick] [--workers 2]
+
+writes OUT_DIR/synthetic.json, synthetic.md, synthetic_excess_risk.png, synthetic_m_sweep.png
+(OUT_DIR defaults to results/selection/).
+
+Generator (fixed before any selection result was looked at; every quantity is drawn from the seed)
+-------------------------------------------------------------------------------------------------
+* K = 8 Gaussian clusters in R^r, r = 2400, with random proportions p ~ Dirichlet(1, ..., 1)
+  (so some clusters hold a few percent of the data or less).
+* Cluster k: mean mu_k = 4 u_k with u_k a uniformly random unit vector (pairwise distances ~5.7,
+  against a within-cluster standard deviation of 1 along the top direction and ~1.8 in total:
+  well separated); covariance U_k diag(l) U_k^T + s_iso^2 I, U_k a random r x d orthonormal basis
+  (cluster specific), d = 16, l_j = 1/j, s_iso = 0.002 (small isotropic noise).  So r > N, but the
+  data lives near a union of 8 affine 16-dimensional subspaces.
+* theta* ~ N(0, I_r); y = x^T theta* + eps, eps ~ N(0, sigma^2), sigma = 1.  (Signal variance
+  E[(x^T theta*)^2] ~ 19, so SNR ~ 19.)
+* Pool: N = 2000 samples (cluster labels ~ Multinomial(N, p)); validation: a separate labelled draw
+  of 500 samples from the same mixture; test: the population itself -- the excess risk
+      ||theta_S - theta*||_Sigma^2 = (theta_S - theta*)^T Sigma (theta_S - theta*),
+      Sigma = E[x x^T] = sum_k p_k (mu_k mu_k^T + U_k diag(l) U_k^T) + s_iso^2 I
+  is evaluated exactly (the population second moment of the mixture, no test sample).
+
+Protocol
+--------
+* Features for selection: the model is linear, so the per-sample gradients are the rows x_i (times
+  a residual, which selection may not look at: labels are unknown before selection).  They are
+  sketched with ``sketch_matrix(X, m)`` (sparse-sign, k = 8).  m = ``intrinsic_dimension`` of a
+  pilot sketch with m = 512, computed per seed (recorded).  Every method sees only this N x m sketch.
+* Methods: uniform, herding, k-center, leverage (rank-k), ridge leverage, adaptive sampling and
+  SkMM (variants: weighting absolute / relative, c in {0.6, 0.7, 0.8, 0.9}, rounding sample / top).
+* Equal tuning effort: every method gets the same budget of B = 16 candidate coresets per
+  (seed, n): its hyperparameter grid, and where that has fewer than 16 points, independent random
+  redraws of the randomised method (uniform: 16 draws; k-center: 16 random starts; adaptive: 16
+  draws; leverage: rank in {m/8, m/4, m/2, m} x 4 draws; ridge leverage: lambda in
+  {0.01, 0.1, 1, 10} x the default ||X||_F^2 / n, x 4 draws; SkMM: the 16 variants; herding is
+  deterministic: 1 candidate).  Each candidate is fitted by ridge regression on its n labelled
+  samples with alpha on a log grid (13 values, 1e-5 ... 10 times the mean squared row norm);
+  (candidate, alpha) is chosen by the validation MSE, and only then the excess risk of the choice
+  is computed.  Results: mean and 95% t-interval over seeds.
+* SkMM's solver runs to its certified tolerance (tol = 1e-4 x f(uniform)) or a time limit of
+  SOLVER_TIME_LIMIT seconds, whichever comes first; the gap, iterations and convergence are
+  recorded for every solve.
+* m sweep: at n = 160, SkMM (with the same 16-candidate validation choice) for m in
+  {8, 16, 32, 64, 128, 256}; uniform sampling at the same n as the reference.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+
+import numpy as np
+import torch
+
+from sketchprune.select import (baselines, intrinsic_dimension, moment_problem, round_weights,
+                                sketch_matrix, solve_moment_matching, variance_proxy)
+
+# ---- the generator (fixed) -------------------------------------------------------------------
+N, R, K_CLUSTERS, D_CLUSTER, SEP, S_ISO, NOISE, N_VAL = 2000, 2400, 8, 16, 4.0, 0.002, 1.0, 500
+# ---- the protocol ----------------------------------------------------------------------------
+N_SWEEP = [40, 80, 160, 320, 640, 1000]
+M_SWEEP = [8, 16, 32, 64, 128, 256]
+M_SWEEP_N = 160
+PILOT_M = 512
+BUDGET = 16
+ALPHA_GRID = np.logspace(-5, 1, 13)
+C_GRID = [0.6, 0.7, 0.8, 0.9]
+WEIGHTINGS = ["absolute", "relative"]
+ROUNDINGS = ["sample", "top"]
+SOLVER_TOL = 1e-4
+SOLVER_TIME_LIMIT = 3.0
+METHODS = ["uniform", "herding", "kcenter", "leverage", "ridge_leverage", "adaptive", "skmm"]
+T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262,
+        10: 2.228, 11: 2.201, 12: 2.179, 13: 2.160, 14: 2.145, 15: 2.131, 19: 2.093, 29: 2.045}
+
+
+class Data:
+    """One draw of the mixture: pool (X, y), validation (Xv, yv), theta*, and the population."""
+
+    def __init__(self, seed: int):
+        g = torch.Generator().manual_seed(10_000 + seed)
+        dt = torch.float64
+        self.p = _dirichlet(K_CLUSTERS, g)
+        mu = torch.randn(K_CLUSTERS, R, generator=g, dtype=dt)
+        self.mu = SEP * mu / mu.norm(dim=1, keepdim=True)
+        self.U = torch.linalg.qr(torch.randn(K_CLUSTERS, R, D_CLUSTER, generator=g, dtype=dt))[0]
+        self.l = 1.0 / torch.arange(1, D_CLUSTER + 1, dtype=dt)
+        self.theta = torch.randn(R, generator=g, dtype=dt)
+        self.X, self.y, self.lab = self._draw(N, g)
+        self.Xv, self.yv, _ = self._draw(N_VAL, g)
+
+    def _draw(self, n, g):
+        lab = torch.multinomial(self.p, n, replacement=True, generator=g)
+        X = S_ISO * torch.randn(n, R, generator=g, dtype=torch.float64)
+        for k in range(K_CLUSTERS):
+            idx = torch.nonzero(lab == k).squeeze(1)
+            z = torch.randn(idx.numel(), D_CLUSTER, generator=g, dtype=torch.float64) * self.l.sqrt()
+            X[idx] += self.mu[k] + z @ self.U[k].T
+        y = X @ self.theta + NOISE * torch.randn(n, generator=g, dtype=torch.float64)
+        return X, y, lab
+
+    def excess_risk(self, theta_hat: torch.Tensor) -> float:
+        d = theta_hat - self.theta
+        along_mu = (self.mu @ d).square()                                   # (K,)
+        along_u = (torch.einsum("krd,r->kd", self.U, d).square() * self.l).sum(1)
+        return float((self.p * (along_mu + along_u)).sum() + S_ISO ** 2 * d.square().sum())
+
+
+def _dirichlet(k, g):
+    e = -torch.log(torch.rand(k, generator=g, dtype=torch.float64))  # Gamma(1) = Exp(1)
+    return e / e.sum()
+
+
+class Ridge:
+    """Ridge regression on a subset S of the pool through the dual (n x n) problem, all alphas at
+    once: theta = X_S^T (X_S X_S^T + alpha I)^{-1} y_S.  Gram matrices of the pool are cached."""
+
+    def __init__(self, data: Data):
+        self.data = data
+        self.G = data.X @ data.X.T
+        self.Gv = data.Xv @ data.X.T
+        self.scale = float(torch.diagonal(self.G).mean())
+
+    def fit(self, idx: torch.Tensor):
+        idx = idx.long()
+        KS = self.G[idx][:, idx]
+        e, Q = torch.linalg.eigh(KS)
+        e = e.clamp_min(0)
+        alphas = torch.as_tensor(ALPHA_GRID * self.scale, dtype=torch.float64)
+        Qy = Q.T @ self.data.y[idx]
+        A = Q @ (Qy[:, None] / (e[:, None] + alphas[None, :]))  # (n, n_alpha) dual coefficients
+        pred = self.Gv[:, idx] @ A
+        mse = (pred - self.data.yv[:, None]).square().mean(0)
+        j = int(torch.argmin(mse))
+        theta = self.data.X[idx].T @ A[:, j]
+        return {"alpha": float(ALPHA_GRID[j]), "val_mse": float(mse[j]),
+                "excess_risk": self.data.excess_risk(theta)}
+
+
+def candidates(method, sk, n, seed, cache):
+    """Yield (hyperparameters, indices, solver info) for the method's B candidate coresets."""
+    N_, m = sk.shape
+    base = 1_000_003 * seed + 7919 * n
+    draws = lambda k: [base + 101 * j for j in range(k)]  # noqa: E731
+    if method == "uniform":
+        for s in draws(BUDGET):
+            yield {"draw": s}, baselines.uniform(N_, n, seed=s), None
+    elif method == "herding":
+        yield {}, baselines.herding(sk, n), None
+    elif method == "kcenter":
+        for s in draws(BUDGET):
+            yield {"draw": s}, baselines.kcenter(sk, n, seed=s), None
+    elif method == "adaptive":
+        for s in draws(BUDGET):
+            yield {"draw": s}, baselines.adaptive(sk, n, seed=s), None
+    elif method == "leverage":
+        ranks = sorted({max(1, m // 8), max(1, m // 4), max(1, m // 2), m})
+        per = BUDGET // len(ranks)
+        for k in ranks:
+            for s in draws(per):
+                yield {"rank": k, "draw": s}, baselines.leverage(sk, n, rank=k, seed=s), None
+    elif method == "ridge_leverage":
+        default = float(sk.double().square().sum()) / n
+        for f in [0.01, 0.1, 1.0, 10.0]:
+            for s in draws(BUDGET // 4):
+                yield ({"ridge_factor": f, "draw": s},
+                       baselines.ridge_leverage(sk, n, ridge=f * default, seed=s), None)
+    elif method == "skmm":
+        if "problem" not in cache:
+            cache["problem"] = moment_problem(sk)
+        for ci_, c in enumerate(C_GRID):
+            for wi, w in enumerate(WEIGHTINGS):
+                sol = solve_moment_matching(cache["problem"], n, c=c, weighting=w, tol=SOLVER_TOL,
+                                            time_limit=SOLVER_TIME_LIMIT)
+                info = {"objective": sol.objective, "objective_uniform": sol.objective_uniform,
+                        "duality_gap": sol.gap, "rel_gap": sol.gap / max(sol.objective_uniform, 1e-300),
+                        "iterations": sol.iterations, "converged": sol.converged,
+                        "solver_seconds": sol.seconds}
+                for rd in ROUNDINGS:
+                    gen = torch.Generator().manual_seed(base + 10 * ci_ + wi)
+                    idx = round_weights(sol.weights, n, rd, gen)
+                    yield {"c": c, "weighting": w, "rounding": rd}, idx, info
+    else:
+        raise ValueError(method)
+
+
+def run_method(method, sk, n, seed, ridge, cache, keep_all=False):
+    """Evaluate the method's candidates, choose by validation MSE; returns (chosen record, all)."""
+    t0 = time.perf_counter()
+    cands = []
+    for hp, idx, info in candidates(method, sk, n, seed, cache):
+        assert idx.numel() == n and torch.unique(idx).numel() == n
+        fit = ridge.fit(idx)
+        cands.append({"hp": hp, "idx": idx, "solver": info, **fit})
+    best = min(cands, key=lambda c: c["val_mse"])
+    rec = {"method": method, "n": n, "seed": seed, "m": sk.shape[1], "hyperparameters": best["hp"],
+           "alpha": best["alpha"], "val_mse": best["val_mse"], "excess_risk": best["excess_risk"],
+           "variance_proxy": variance_proxy(sk, best["idx"]), "solver": best["solver"],
+           "n_candidates": len(cands), "seconds": time.perf_counter() - t0,
+           "clusters_covered": int(torch.unique(ridge.data.lab[best["idx"]]).numel())}
+    allc = []
+    if keep_all:
+        for c in cands:
+            allc.append({"method": method, "n": n, "seed": seed, "m": sk.shape[1], "hyperparameters": c["hp"],
+                         "alpha": c["alpha"], "val_mse": c["val_mse"], "excess_risk": c["excess_risk"],
+                         "variance_proxy": variance_proxy(sk, c["idx"]), "solver": c["solver"]})
+    return rec, allc
+
+
+def run_seed(args):
+    seed, n_sweep, m_sweep, m_sweep_n = args
+    torch.set_num_threads(1)
+    t0 = time.perf_counter()
+    data = Data(seed)
+    ridge = Ridge(data)
+    pilot, _ = sketch_matrix(data.X.float(), PILOT_M, seed=seed, device="cpu")
+    m = max(8, min(PILOT_M, intrinsic_dimension(pilot)))
+    sk, rec = sketch_matrix(data.X.float(), m, seed=seed, device="cpu")
+    runs, variants, msweep = [], [], []
+    # the full pool as the reference (no selection)
+    full = ridge.fit(torch.arange(N))
+    runs.append({"method": "full_data", "n": N, "seed": seed, "m": m, "hyperparameters": {},
+                 "alpha": full["alpha"], "val_mse": full["val_mse"], "excess_risk": full["excess_risk"],
+                 "variance_proxy": None, "solver": None, "n_candidates": 1, "seconds": 0.0,
+                 "clusters_covered": K_CLUSTERS})
+    for n in n_sweep:
+        cache = {}
+        for method in METHODS:
+            r, allc = run_method(method, sk, n, seed, ridge, cache, keep_all=(method == "skmm"))
+            runs.append(r)
+            variants += allc
+    for mm in m_sweep:
+        skm, _ = sketch_matrix(data.X.float(), mm, seed=seed, device="cpu")
+        r, allc = run_method("skmm", skm, m_sweep_n, seed, ridge, {}, keep_all=True)
+        msweep.append(r)
+    u, _ = run_method("uniform", sk, m_sweep_n, seed, ridge, {})
+    msweep.append(u)
+    info = {"seed": seed, "m": m, "pilot_intrinsic_dimension": intrinsic_dimension(pilot),
+            "cluster_proportions": data.p.tolist(), "cluster_sizes": torch.bincount(data.lab, minlength=K_CLUSTERS).tolist(),
+            "signal_variance": data.excess_risk(torch.zeros(R, dtype=torch.float64)),
+            "seconds": time.perf_counter() - t0}
+    return {"runs": runs, "skmm_variants": variants, "m_sweep": msweep, "seed_info": info}
+
+
+# ---- statistics and reporting ------------------------------------------------------------------
+def ci(vals):
+    v = np.asarray(vals, dtype=float)
+    k = len(v)
+    mean = float(v.mean())
+    if k < 2:
+        return mean, mean, mean
+    t = T975.get(k - 1) or (T975[max(d for d in T975 if d <= k - 1)] if k - 1 < 30 else 1.96)
+    h = t * float(v.std(ddof=1)) / math.sqrt(k)
+    return mean, mean - h, mean + h
+
+
+def git_commit():
+    try:
+        c = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                           cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain"], capture_output=True, text=True,
+                               cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip()
+        return c + ("+uncommitted" if dirty else "")
+    except Exception:
+        return "unknown"
+
+
+def machine():
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} cores, {platform.system()} {platform.release()}, torch {torch.__version__}"
+
+
+def variant_key(hp):
+    return f"c={hp['c']}, {hp['weighting']}, {hp['rounding']}"
+
+
+def write_md(res, path):
+    runs, seeds, n_sweep = res["runs"], res["config"]["seeds"], res["config"]["n_sweep"]
+    L = []
+    cfg = res["config"]
+    L.append("# Synthetic data selection: coreset ridge regression on a Gaussian mixture\n")
+    L.append(f"Date {res['date']}; machine: {res['machine']}; git {res['git_commit']}; "
+             f"wall time {res['wall_seconds']:.0f} s; {len(seeds)} seeds.\n")
+    L.append(f"Generator: N = {cfg['N']}, r = {cfg['r']}, {cfg['K']} clusters (Dirichlet(1) "
+             f"proportions), per-cluster rank {cfg['d']} covariance (l_j = 1/j) + isotropic "
+             f"{cfg['s_iso']}, cluster means at norm {cfg['sep']}, theta* ~ N(0, I), noise sigma = "
+             f"{cfg['noise']}; validation: a separate draw of {cfg['n_val']}; excess risk against the "
+             "exact population second moment.  See the script's docstring for the protocol "
+             f"(every method: {cfg['budget']} candidate coresets per (seed, n) chosen with ridge "
+             "alpha by validation MSE).\n")
+    ms = sorted({si["m"] for si in res["seed_info"]})
+    L.append(f"Sketch: sparse-sign, m = intrinsic_dimension(pilot sketch, m = {PILOT_M}) per seed: "
+             f"m in {ms}.  Full-data ridge (all N, validation alpha): excess risk "
+             + "%.4g [%.4g, %.4g]" % ci([r["excess_risk"] for r in runs if r["method"] == "full_data"])
+             + f"; signal variance theta*^T Sigma theta* ~ "
+             f"{np.mean([si['signal_variance'] for si in res['seed_info']]):.3g}.\n")
+    L.append("## Test excess risk ||theta_S - theta*||_Sigma^2 (mean [95% CI] over seeds; best mean per n in bold)\n")
+    L.append("| method | " + " | ".join(f"n = {n}" for n in n_sweep) + " | geo-mean over n |")
+    L.append("|---|" + "---|" * (len(n_sweep) + 1))
+    table = {}
+    for meth in METHODS:
+        for n in n_sweep:
+            table[meth, n] = ci([r["excess_risk"] for r in runs if r["method"] == meth and r["n"] == n])
+    geo = {meth: float(np.exp(np.mean([np.log(table[meth, n][0]) for n in n_sweep]))) for meth in METHODS}
+    for meth in METHODS:
+        cells = []
+        for n in n_sweep:
+            mean, lo, hi = table[meth, n]
+            best = min(METHODS, key=lambda mm: table[mm, n][0])
+            s = f"{mean:.4g} [{lo:.3g}, {hi:.3g}]"
+            cells.append(f"**{s}**" if best == meth else s)
+        g = f"{geo[meth]:.4g}"
+        cells.append(f"**{g}**" if min(geo, key=geo.get) == meth else g)
+        L.append(f"| {meth} | " + " | ".join(cells) + " |")
+    L.append("")
+    win = min(geo, key=geo.get)
+    L.append(f"Target (SkMM has the lowest mean excess risk over the sweep): "
+             f"**{'met' if win == 'skmm' else 'not met'}** -- lowest geometric mean over n: {win} "
+             f"({geo[win]:.4g}); skmm {geo['skmm']:.4g}; uniform {geo['uniform']:.4g}.\n")
+    L.append("SkMM against the best other method per n (ratio of means; < 1: SkMM better):\n")
+    L.append("| n | best other | ratio skmm / best other | skmm CI overlaps best other's |")
+    L.append("|---|---|---|---|")
+    for n in n_sweep:
+        others = [mm for mm in METHODS if mm != "skmm"]
+        bo = min(others, key=lambda mm: table[mm, n][0])
+        s, o = table["skmm", n], table[bo, n]
+        overlap = not (s[2] < o[1] or o[2] < s[1])
+        L.append(f"| {n} | {bo} | {s[0] / o[0]:.3f} | {'yes' if overlap else 'no'} |")
+    L.append("")
+    # variance proxy and cluster coverage
+    L.append("## Variance proxy tr(Sigma~ Sigma~_S^+) on the sketch (mean over seeds) and clusters covered (of 8)\n")
+    L.append("| method | " + " | ".join(f"n = {n}" for n in n_sweep) + " |")
+    L.append("|---|" + "---|" * len(n_sweep))
+    for meth in METHODS:
+        cells = []
+        for n in n_sweep:
+            rr = [r for r in runs if r["method"] == meth and r["n"] == n]
+            cells.append(f"{np.mean([r['variance_proxy'] for r in rr]):.3g} / "
+                         f"{np.mean([r['clusters_covered'] for r in rr]):.2f}")
+        L.append(f"| {meth} | " + " | ".join(cells) + " |")
+    L.append("")
+    # skmm variants
+    var = res["skmm_variants"]
+    chosen = [r for r in runs if r["method"] == "skmm"]
+    L.append("## SkMM variants\n")
+    L.append("Which variant validation chose (count over seeds x n):\n")
+    counts = {}
+    for r in chosen:
+        counts[variant_key(r["hyperparameters"])] = counts.get(variant_key(r["hyperparameters"]), 0) + 1
+    L.append(", ".join(f"{k}: {v}" for k, v in sorted(counts.items(), key=lambda kv: -kv[1])) + "\n")
+    keys = sorted({variant_key(v["hyperparameters"]) for v in var})
+    # mean validation rank among the variants of the same (seed, n): the criterion for the default
+    rank = {k: [] for k in keys}
+    for seed in seeds:
+        for n in n_sweep:
+            vv = sorted([v for v in var if v["seed"] == seed and v["n"] == n], key=lambda v: v["val_mse"])
+            for i, v in enumerate(vv):
+                rank[variant_key(v["hyperparameters"])].append(i + 1)
+    default = min(keys, key=lambda k: np.mean(rank[k]))
+    L.append(f"Default by validation (lowest mean validation-MSE rank among the 16 variants over seeds x n): "
+             f"**{default}**.\n")
+    L.append("Each fixed variant (alpha still chosen on validation): test excess risk, mean over seeds; "
+             "mean validation rank; solver convergence (certified gap <= 1e-4 f(uniform) within "
+             f"{SOLVER_TIME_LIMIT} s) and mean iterations.\n")
+    L.append("| variant | " + " | ".join(f"n = {n}" for n in n_sweep) + " | val rank | converged | iters |")
+    L.append("|---|" + "---|" * (len(n_sweep) + 3))
+    for k in keys:
+        vk = [v for v in var if variant_key(v["hyperparameters"]) == k]
+        cells = [f"{np.mean([v['excess_risk'] for v in vk if v['n'] == n]):.4g}" for n in n_sweep]
+        conv = np.mean([v["solver"]["converged"] for v in vk])
+        it = np.mean([v["solver"]["iterations"] for v in vk])
+        L.append(f"| {k} | " + " | ".join(cells) + f" | {np.mean(rank[k]):.2f} | {conv:.0%} | {it:.0f} |")
+    L.append("")
+    # m sweep
+    L.append(f"## m sweep (n = {res['config']['m_sweep_n']}): SkMM test excess risk against the sketch size\n")
+    L.append("| m | excess risk mean [95% CI] | variance proxy | chosen variants |")
+    L.append("|---|---|---|---|")
+    for mm in res["config"]["m_sweep"]:
+        rr = [r for r in res["m_sweep"] if r["method"] == "skmm" and r["m"] == mm]
+        mean, lo, hi = ci([r["excess_risk"] for r in rr])
+        ch = {}
+        for r in rr:
+            ch[variant_key(r["hyperparameters"])] = ch.get(variant_key(r["hyperparameters"]), 0) + 1
+        L.append(f"| {mm} | {mean:.4g} [{lo:.3g}, {hi:.3g}] | {np.mean([r['variance_proxy'] for r in rr]):.3g} | "
+                 + "; ".join(f"{k} x{v}" for k, v in sorted(ch.items(), key=lambda kv: -kv[1])) + " |")
+    uu = [r for r in res["m_sweep"] if r["method"] == "uniform"]
+    L.append(f"| uniform (reference) | " + "%.4g [%.3g, %.3g]" % ci([r["excess_risk"] for r in uu]) + " | | |")
+    L.append("")
+    solves = [v["solver"] for v in var]
+    L.append(f"Solver: {len(solves) // 2} SkMM solves in the n sweep, "
+             f"{np.mean([s['converged'] for s in solves]):.1%} converged to the certified tolerance; "
+             f"max relative gap {max(s['rel_gap'] for s in solves):.2e}; "
+             f"max solve time {max(s['solver_seconds'] for s in solves):.2f} s.\n")
+    with open(path, "w") as f:
+        f.write("\n".join(L))
+    return default, table, geo
+
+
+def plot(res, out):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n_sweep = res["config"]["n_sweep"]
+    fig, ax = plt.subplots(figsize=(7, 5))
+    for meth in METHODS:
+        vals = [[r["excess_risk"] for r in res["runs"] if r["method"] == meth and r["n"] == n] for n in n_sweep]
+        st = [ci(v) for v in vals]
+        mean = [s[0] for s in st]
+        lo = [max(s[1], min(v)) for s, v in zip(st, vals)]  # log axis: clip the band at the lowest seed
+        hi = [s[2] for s in st]
+        lw = 2.5 if meth == "skmm" else 1.2
+        line, = ax.plot(n_sweep, mean, marker="o", lw=lw, label=meth)
+        ax.fill_between(n_sweep, lo, hi, color=line.get_color(), alpha=0.15)
+    full = np.mean([r["excess_risk"] for r in res["runs"] if r["method"] == "full_data"])
+    ax.axhline(full, color="k", ls=":", lw=1, label=f"full data (N = {N})")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("coreset size n")
+    ax.set_ylabel(r"excess risk $\|\theta_S - \theta^*\|_\Sigma^2$")
+    ax.set_title(f"GMM ridge regression, N={N}, r={R}: mean, 95% CI, {len(res['config']['seeds'])} seeds", fontsize=10)
+    ax.legend(fontsize=8)
+    ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(os.path.join(out, "synthetic_excess_risk.png"), dpi=130)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    ms = res["config"]["m_sweep"]
+    vals = [[r["excess_risk"] for r in res["m_sweep"] if r["method"] == "skmm" and r["m"] == mm] for mm in ms]
+    st = [ci(v) for v in vals]
+    ax.plot(ms, [s[0] for s in st], marker="o", lw=2, label="SkMM (validation-chosen variant)")
+    ax.fill_between(ms, [max(s[1], min(v)) for s, v in zip(st, vals)], [s[2] for s in st], alpha=0.2)
+    uv = [r["excess_risk"] for r in res["m_sweep"] if r["method"] == "uniform"]
+    u = ci(uv)
+    ax.axhline(u[0], color="gray", ls="--", label="uniform")
+    ax.axhspan(max(u[1], min(uv)), u[2], color="gray", alpha=0.1)
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("sketch size m")
+    ax.set_ylabel("excess risk")
+    ax.set_title(f"m sweep at n = {res['config']['m_sweep_n']}")
+    ax.legend(fontsize=8)
+    ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(os.path.join(out, "synthetic_m_sweep.png"), dpi=130)
+    plt.close(fig)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("out", nargs="?", default="results/selection")
+    ap.add_argument("--seeds", type=int, default=10)
+    ap.add_argument("--quick", action="store_true", help="2 seeds, 3 n values, 3 m values (smoke run)")
+    ap.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
+    ap.add_argument("--replot", action="store_true", help="redo the .md and plots from OUT/synthetic.json")
+    a = ap.parse_args(argv)
+    if a.replot:
+        with open(os.path.join(a.out, "synthetic.json")) as f:
+            res = json.load(f)
+        write_md(res, os.path.join(a.out, "synthetic.md"))
+        plot(res, a.out)
+        return
+    seeds = list(range(2 if a.quick else a.seeds))
+    n_sweep = [40, 160, 640] if a.quick else N_SWEEP
+    m_sweep = [16, 64, 256] if a.quick else M_SWEEP
+    os.makedirs(a.out, exist_ok=True)
+    t0 = time.perf_counter()
+    jobs = [(s, n_sweep, m_sweep, M_SWEEP_N) for s in seeds]
+    results = []
+    if a.workers > 1:
+        with ProcessPoolExecutor(a.workers) as ex:
+            for r in ex.map(run_seed, jobs):
+                print(f"seed {r['seed_info']['seed']}: m = {r['seed_info']['m']}, {r['seed_info']['seconds']:.0f} s", flush=True)
+                results.append(r)
+    else:
+        for j in jobs:
+            r = run_seed(j)
+            print(f"seed {r['seed_info']['seed']}: m = {r['seed_info']['m']}, {r['seed_info']['seconds']:.0f} s", flush=True)
+            results.append(r)
+    res = {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "machine": machine(),
+        "git_commit": git_commit(),
+        "command": " ".join([os.path.basename(sys.argv[0])] + (argv if argv is not None else sys.argv[1:])),
+        "wall_seconds": time.perf_counter() - t0,
+        "config": {"N": N, "r": R, "K": K_CLUSTERS, "d": D_CLUSTER, "sep": SEP, "s_iso": S_ISO, "noise": NOISE,
+                   "n_val": N_VAL, "seeds": seeds, "n_sweep": n_sweep, "m_sweep": m_sweep,
+                   "m_sweep_n": M_SWEEP_N, "pilot_m": PILOT_M, "budget": BUDGET, "alpha_grid": ALPHA_GRID.tolist(),
+                   "alpha_grid_unit": "times the mean squared row norm of the pool", "c_grid": C_GRID,
+                   "weightings": WEIGHTINGS, "roundings": ROUNDINGS, "solver_tol": SOLVER_TOL,
+                   "solver_time_limit_s": SOLVER_TIME_LIMIT, "sketch": "sparse-sign, k = 8", "quick": a.quick},
+        "seed_info": [r["seed_info"] for r in results],
+        "runs": [x for r in results for x in r["runs"]],
+        "skmm_variants": [x for r in results for x in r["skmm_variants"]],
+        "m_sweep": [x for r in results for x in r["m_sweep"]],
+    }
+    default, table, geo = write_md(res, os.path.join(a.out, "synthetic.md"))
+    res["skmm_default_by_validation"] = default
+    with open(os.path.join(a.out, "synthetic.json"), "w") as f:
+        json.dump(res, f, indent=1)
+    plot(res, a.out)
+    print(open(os.path.join(a.out, "synthetic.md")).read())
+
+
+if __name__ == "__main__":
+    main()
