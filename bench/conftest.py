@@ -111,16 +111,9 @@ def pytest_report_header(config):
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    model = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return f"{model} ({torch.get_num_threads()} threads)"
+    from sketchprune.info import cpu_name
+
+    return f"{cpu_name()} ({torch.get_num_threads()} threads)"
 
 
 def cache_bytes(device: torch.device) -> int:

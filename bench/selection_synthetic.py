@@ -276,15 +276,9 @@ def git_commit():
 
 
 def machine():
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, {platform.system()} {platform.release()}, torch {torch.__version__}"
+    from sketchprune.info import cpu_name
+
+    return f"{cpu_name()}, {os.cpu_count()} cores, {platform.system()} {platform.release()}, torch {torch.__version__}"
 
 
 def variant_key(hp):

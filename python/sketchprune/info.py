@@ -9,6 +9,19 @@ import torch
 from . import __version__, _backends, _native
 
 
+def cpu_name() -> str:
+    """The CPU's model name (from /proc/cpuinfo where there is one)."""
+    name = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return name
+
+
 def report() -> dict:
     cpu, cuda = _native.cpu_module(), _native.cuda_module()
     info = {
