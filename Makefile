@@ -15,7 +15,7 @@ $(VENV)/.ready: pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	@# a CPU build of torch, pinned, only if none is importable (never an unpinned torch)
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q torch==$(TORCH_VERSION)
-	$(PY) -m pip install -q "scikit-build-core>=0.10" "pybind11>=2.12" ninja numpy "pytest>=8" "pytest-benchmark>=4" "triton>=3.2" "transformers>=5.0"
+	$(PY) -m pip install -q "scikit-build-core>=0.10" "pybind11>=2.12" ninja numpy "pytest>=8" "pytest-benchmark>=4" "triton>=3.2" "transformers>=5.0" gguf accelerate
 	touch $@
 
 setup: $(VENV)/.ready
@@ -28,6 +28,7 @@ test: build
 
 demo: build
 	$(PY) -m sketchprune.demo
+	$(PY) bench/prune_smollm2.py demo_out --criteria sigma,flap,random
 
 bench: build
 	$(PY) -m pip install -q matplotlib

