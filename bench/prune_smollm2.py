@@ -86,6 +86,8 @@ def main(argv=None):
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--head-mode", default="query")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--reconstruct", action="store_true",
+                   help="least-squares refit of down_proj/o_proj after pruning (flap then skips its bias fold)")
     args = p.parse_args(argv)
 
     from sketchprune.datasets import load_smollm2, token_batches, wikipedia_texts
@@ -113,8 +115,9 @@ def main(argv=None):
         model = copy.deepcopy(dense)
         t = time.perf_counter()
         try:
+            extra = {"reconstruct": True, "flap_bias": "none"} if args.reconstruct else {}
             rep = prune_model(model, calib_batches, sparsity=args.sparsity, criterion=crit,
-                              head_mode=args.head_mode, seed=args.seed, progress=False)
+                              head_mode=args.head_mode, seed=args.seed, progress=False, **extra)
         except Exception as e:  # report and go on with the other criteria
             res["pruned"].append({"criterion": crit, "error": f"{type(e).__name__}: {e}"})
             print(f"{crit}: FAILED {type(e).__name__}: {e}", flush=True)
