@@ -110,6 +110,7 @@ def adaptive(X: torch.Tensor, n: int, seed: int = 0) -> torch.Tensor:
     N = X.shape[0]
     check_size(N, n)
     R = X.double().clone()
+    floor = 1e-12 * max(float(R.square().sum()), 1e-300)  # residual mass below this: span exhausted
     gen = _gen(seed)
     chosen = torch.zeros(N, dtype=torch.bool)
     out = []
@@ -117,7 +118,7 @@ def adaptive(X: torch.Tensor, n: int, seed: int = 0) -> torch.Tensor:
         w = R.square().sum(1)
         w[chosen] = 0.0
         tot = float(w.sum())
-        if tot <= 1e-12 * max(float(X.double().square().sum()), 1e-300):  # exhausted the span
+        if tot <= floor:
             rest = torch.nonzero(~chosen).squeeze(1)
             i = int(rest[torch.randint(rest.numel(), (1,), generator=gen)])
         else:

@@ -53,6 +53,21 @@ class MomentSolution:
     history: list = field(default_factory=list)  # (iteration, objective, gap)
 
 
+def second_moment(x: torch.Tensor, chunk: int = 65536) -> torch.Tensor:
+    """X^T X / N (float64, m x m) of a sketch, streamed in row chunks: through cov_accumulate_ for
+    float32/16 rows (no float64 copy of X is made), a chunked float64 matmul for float64 rows."""
+    N, m = x.shape
+    sigma = torch.zeros(m, m, dtype=torch.float64, device=x.device)
+    for i in range(0, N, chunk):
+        c = x[i:i + chunk]
+        if c.dtype == torch.float64:
+            sigma.addmm_(c.T, c, alpha=1.0 / N)
+        else:
+            cov_accumulate_(sigma, c if c.dtype in (torch.float32, torch.float16, torch.bfloat16) else c.float(),
+                            1.0 / N)
+    return sigma
+
+
 def moment_problem(sketch: torch.Tensor, rank_tol: float = 1e-10, chunk: int = 65536,
                    dtype: torch.dtype = torch.float64) -> MomentProblem:
     """Build (A, lam, V) from a sketch G~ (N x m).  Directions with lam_j <= rank_tol * lam_max
@@ -62,10 +77,7 @@ def moment_problem(sketch: torch.Tensor, rank_tol: float = 1e-10, chunk: int = 6
         raise ValueError(f"sketch must be a non-empty 2-D tensor (N x m), got shape {tuple(sketch.shape)}")
     N, m = sketch.shape
     x = sketch if sketch.dtype in (torch.float32, torch.float16, torch.bfloat16) else sketch.float()
-    sigma = torch.zeros(m, m, dtype=torch.float64, device=sketch.device)
-    for i in range(0, N, chunk):
-        cov_accumulate_(sigma, x[i:i + chunk], 1.0 / N)
-    lam, V = torch.linalg.eigh(sigma)
+    lam, V = torch.linalg.eigh(second_moment(x, chunk))
     lam, V = lam.flip(0), V.flip(1)
     keep = lam > rank_tol * lam[0].clamp_min(torch.finfo(torch.float64).tiny)
     lam, V = lam[keep], V[:, keep]

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .maxmin import solve_maxmin
-from .moment_matching import moment_problem, solve_moment_matching
+from .moment_matching import moment_problem, second_moment, solve_moment_matching
 from .rounding import round_weights
 
 
@@ -24,10 +24,8 @@ def variance_proxy(sketch: torch.Tensor, indices: torch.Tensor) -> float:
     """tr(Sigma~ Sigma~_S^+) with Sigma~ = G~^T G~ / N and Sigma~_S the same over the selected rows:
     how much of the full data's sketched second moment the coreset fails to cover (lower is better;
     m for a coreset whose moments equal the full data's)."""
-    g = sketch.double()
-    full = g.T @ g / g.shape[0]
-    gs = g[indices.to(g.device)]
-    sub = gs.T @ gs / gs.shape[0]
+    full = second_moment(sketch)
+    sub = second_moment(sketch[indices.to(sketch.device)])
     return float(torch.trace(full @ torch.linalg.pinv(sub, hermitian=True)))
 
 

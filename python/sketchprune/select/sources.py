@@ -22,6 +22,7 @@ import torch
 
 from ..budget import Budget
 from ..ops import sparse_sign_sketch
+from .moment_matching import second_moment
 
 GAUSS_BLOCK = 4096
 
@@ -88,9 +89,8 @@ def intrinsic_dimension(sketch: torch.Tensor) -> int:
     Sigma~ = G~^T G~ / N falls under tr(Sigma~) / N: the number of directions that carry more
     than a single sample's share of the energy.  A pilot sketch with m well above the answer
     gives the default m for SkMM."""
-    g = sketch.double()
-    N = g.shape[0]
-    lam = torch.linalg.eigvalsh(g.T @ g / N).flip(0).clamp_min(0)
+    N = sketch.shape[0]
+    lam = torch.linalg.eigvalsh(second_moment(sketch)).flip(0).clamp_min(0)
     tr = float(lam.sum())
     tail = torch.flip(torch.cumsum(torch.flip(lam, [0]), 0), [0])  # tail[t] = sum_{j >= t} lam_j
     below = torch.nonzero(tail <= tr / N).squeeze(1)
