@@ -69,14 +69,14 @@ class LayerCosts:
 
 def layer_costs(adapter, layer) -> LayerCosts:
     ffn, attn, hs = adapter.ffn(layer), adapter.attention(layer), adapter.head_structure(layer)
-    d_in = ffn.gate.in_features
-    ffn_unit = 2 * d_in + _nb(ffn.gate) + _nb(ffn.up) + ffn.down.out_features
+    first = [lin for lin in (ffn.gate, ffn.up) if lin is not None]   # gate is None for ungated FFNs
+    ffn_unit = sum(lin.in_features + _nb(lin) for lin in first) + ffn.down.out_features
     hd = hs.head_dim
     q_head = hd * (attn.q.in_features + _nb(attn.q)) + hd * attn.o.out_features
     kv_head = hd * (attn.k.in_features + _nb(attn.k)) + hd * (attn.v.in_features + _nb(attn.v))
-    return LayerCosts(ffn.gate.out_features, ffn_unit, hs.num_heads, hs.num_kv_heads, q_head, kv_head,
+    return LayerCosts(ffn.up.out_features, ffn_unit, hs.num_heads, hs.num_kv_heads, q_head, kv_head,
                       sum(_numel(m) for m in (attn.q, attn.k, attn.v, attn.o)),
-                      sum(_numel(m) for m in (ffn.gate, ffn.up, ffn.down)))
+                      sum(_numel(m) for m in (*first, ffn.down)))
 
 
 @dataclass
@@ -168,6 +168,66 @@ def head_removal(costs: LayerCosts, attn_sparsity: float, head_mode: str,
     return r, m
 
 
+@dataclass(frozen=True)
+class LayerRemoval:
+    """How many units one layer loses under uniform allocation, known before scoring.
+
+    ``q_per_group``: query heads removed from every KV group (``head_mode="query"``);
+    ``groups``: whole KV groups removed (``head_mode="group"``); ``ffn``: FFN channels removed.
+    Exactly one of ``q_per_group`` / ``groups`` can be non-zero.
+    """
+
+    q_per_group: int
+    groups: int
+    ffn: int
+    head_mode: str
+
+    def query_heads(self, costs: LayerCosts) -> int:
+        """Query heads removed in total (``q_per_group * num_kv_heads + groups * group_size``)."""
+        return self.q_per_group * costs.num_kv_heads + self.groups * costs.group_size
+
+    def attention_params(self, costs: LayerCosts) -> int:
+        """Attention parameters removed."""
+        return self.query_heads(costs) * costs.query_head + self.groups * costs.kv_head
+
+
+def _check_targets(costs: LayerCosts, sparsity: float, attn_sparsity: float, where: str) -> None:
+    need = sparsity * costs.total - attn_sparsity * costs.attn_total
+    if need < -1e-9 * costs.total or need > costs.ffn_total * (1 + 1e-9):
+        raise ValueError(
+            f"sketchprune.prune: {where}: sparsity {sparsity} with attn_sparsity {attn_sparsity} "
+            f"would need the FFN to lose {need / max(costs.ffn_total, 1):.3f} of its parameters; "
+            "choose targets with 0 <= sparsity*total - attn_sparsity*attention <= FFN parameters")
+
+
+def layer_removal(costs: LayerCosts, sparsity: float, attn_sparsity: float | None = None,
+                  head_mode: str = "query") -> LayerRemoval:
+    """The uniform allocation's removal counts for one layer (steps 1-2 of the module doc).
+
+    Depends only on the layer's parameter counts, so a pipeline can tell a criterion how many
+    units will go before it scores them (``LayerContext.ffn_remove`` / ``heads_remove``).
+    :func:`allocate` uses exactly these counts.  Raises ``ValueError`` for infeasible targets.
+    """
+    sparsity = _check_fraction("sparsity", sparsity)
+    attn_sparsity = sparsity if attn_sparsity is None else _check_fraction("attn_sparsity", attn_sparsity)
+    if head_mode not in HEAD_MODES:
+        raise ValueError(f"sketchprune.prune: head_mode must be one of {HEAD_MODES}, got {head_mode!r}")
+    _check_targets(costs, sparsity, attn_sparsity, "layer")
+    r, m = head_removal(costs, attn_sparsity, head_mode, sparsity)
+    rem = LayerRemoval(r, m, 0, head_mode)
+    n_rm = round((sparsity * costs.total - rem.attention_params(costs)) / costs.ffn_unit)
+    return LayerRemoval(r, m, min(max(n_rm, 0), costs.ffn_units), head_mode)
+
+
+def removal_plan(model: nn.Module, sparsity: float, attn_sparsity: float | None = None,
+                 head_mode: str = "query", layers=None) -> dict[int, LayerRemoval]:
+    """:func:`layer_removal` for each of ``layers`` (default all) of ``model``."""
+    adapter = get_adapter(model)
+    all_layers = adapter.layers(model)
+    idx = range(len(all_layers)) if layers is None else sorted({int(i) for i in layers})
+    return {i: layer_removal(layer_costs(adapter, all_layers[i]), sparsity, attn_sparsity, head_mode) for i in idx}
+
+
 def _lowest_first(scores: torch.Tensor) -> torch.Tensor:
     """Indices ordered from least to most important (ties: higher index first)."""
     s = scores.detach().to("cpu", torch.float64)
@@ -177,60 +237,79 @@ def _lowest_first(scores: torch.Tensor) -> torch.Tensor:
     return (n - 1 - order)
 
 
+def _check_scores(i: int, c: LayerCosts, fs: torch.Tensor, hsc: torch.Tensor) -> None:
+    if fs.shape != (c.ffn_units,) or hsc.shape != (c.num_heads,):
+        raise ValueError(f"sketchprune.prune: layer {i} scores have shapes {tuple(fs.shape)}, "
+                         f"{tuple(hsc.shape)}; expected ({c.ffn_units},), ({c.num_heads},)")
+    if not (torch.isfinite(fs).all() and torch.isfinite(hsc).all()):
+        raise ValueError(f"sketchprune.prune: layer {i} has non-finite scores")
+
+
+def _layer_plan(i: int, c: LayerCosts, fs: torch.Tensor, hsc: torch.Tensor, rem: LayerRemoval) -> LayerPlan:
+    """Within one layer: drop the lowest-scored units in the counts of ``rem``."""
+    g = c.group_size
+    hs = hsc.detach().to("cpu", torch.float64)
+    if rem.head_mode == "query":
+        per_group = hs.reshape(c.num_kv_heads, g)
+        keep = []
+        for k in range(c.num_kv_heads):
+            drop = set(_lowest_first(per_group[k])[:rem.q_per_group].tolist())
+            keep += [k * g + j for j in range(g) if j not in drop]
+        heads = QueryHeads(keep)
+        q_kept, kv_kept = len(keep), c.num_kv_heads
+    else:
+        drop = set(_lowest_first(hs.reshape(c.num_kv_heads, g).sum(1))[:rem.groups].tolist())
+        kv = [k for k in range(c.num_kv_heads) if k not in drop]
+        heads = KVGroups(kv)
+        q_kept, kv_kept = len(kv) * g, len(kv)
+    attn_removed = (c.num_heads - q_kept) * c.query_head + (c.num_kv_heads - kv_kept) * c.kv_head
+    mask = torch.ones(c.ffn_units, dtype=torch.bool)
+    mask[_lowest_first(fs)[:rem.ffn]] = False
+    ffn_keep = torch.nonzero(mask).reshape(-1)
+    after = c.total - attn_removed - rem.ffn * c.ffn_unit
+    return LayerPlan(i, ffn_keep, heads, q_kept, kv_kept, c.total, after)
+
+
+ALLOCATIONS = ("uniform", "global")
+
+
+def _global_removal(costs, ffn_scores, head_scores, sparsity, attn_sparsity, head_mode, ffn_floor, normalise):
+    raise NotImplementedError("sketchprune.prune: allocation='global' is not implemented yet")
+
+
 def allocate(model: nn.Module, ffn_scores: dict, head_scores: dict, sparsity: float = 0.2,
-             attn_sparsity: float | None = None, head_mode: str = "query") -> Allocation:
-    """Uniform allocation of the layers in ``ffn_scores`` (see the module doc).
+             attn_sparsity: float | None = None, head_mode: str = "query", allocation: str = "uniform",
+             ffn_floor: float = 0.1, normalise: str = "mean") -> Allocation:
+    """Per-layer keep-sets of the layers in ``ffn_scores`` (see the module doc).
 
     ``ffn_scores[i]``: (d_ff,) scores of layer ``i``'s FFN channels; ``head_scores[i]``: (H,) its
     query heads' scores (higher = keep).  ``attn_sparsity`` defaults to ``sparsity``.
+    ``allocation``: ``"uniform"`` (default; every layer loses the same fractions) or
+    ``"global"`` (units ranked across layers; ``ffn_floor`` and ``normalise`` apply only there).
     """
     sparsity = _check_fraction("sparsity", sparsity)
     attn_sparsity = sparsity if attn_sparsity is None else _check_fraction("attn_sparsity", attn_sparsity)
     if head_mode not in HEAD_MODES:
         raise ValueError(f"sketchprune.prune: head_mode must be one of {HEAD_MODES}, got {head_mode!r}")
+    if allocation not in ALLOCATIONS:
+        raise ValueError(f"sketchprune.prune: allocation must be one of {ALLOCATIONS}, got {allocation!r}")
     if set(ffn_scores) != set(head_scores):
         raise ValueError("sketchprune.prune: ffn_scores and head_scores must cover the same layers")
     adapter = get_adapter(model)
     layers = adapter.layers(model)
+    costs = {i: layer_costs(adapter, layers[i]) for i in sorted(ffn_scores)}
+    for i, c in costs.items():
+        _check_scores(i, c, ffn_scores[i], head_scores[i])
+    if allocation == "uniform":
+        removal = {}
+        for i, c in costs.items():
+            _check_targets(c, sparsity, attn_sparsity, f"layer {i}")
+            removal[i] = layer_removal(c, sparsity, attn_sparsity, head_mode)
+    else:
+        removal = _global_removal(costs, ffn_scores, head_scores, sparsity, attn_sparsity, head_mode,
+                                 ffn_floor=ffn_floor, normalise=normalise)
     out = Allocation(sparsity=sparsity, attn_sparsity=attn_sparsity, head_mode=head_mode)
-    for i in sorted(ffn_scores):
-        c = layer_costs(adapter, layers[i])
-        fs, hsc = ffn_scores[i], head_scores[i]
-        if fs.shape != (c.ffn_units,) or hsc.shape != (c.num_heads,):
-            raise ValueError(f"sketchprune.prune: layer {i} scores have shapes {tuple(fs.shape)}, "
-                             f"{tuple(hsc.shape)}; expected ({c.ffn_units},), ({c.num_heads},)")
-        if not (torch.isfinite(fs).all() and torch.isfinite(hsc).all()):
-            raise ValueError(f"sketchprune.prune: layer {i} has non-finite scores")
-        need = sparsity * c.total - attn_sparsity * c.attn_total
-        if need < -1e-9 * c.total or need > c.ffn_total * (1 + 1e-9):
-            raise ValueError(
-                f"sketchprune.prune: layer {i}: sparsity {sparsity} with attn_sparsity {attn_sparsity} "
-                f"would need the FFN to lose {need / max(c.ffn_total, 1):.3f} of its parameters; "
-                "choose targets with 0 <= sparsity*total - attn_sparsity*attention <= FFN parameters")
-        r, m = head_removal(c, attn_sparsity, head_mode, sparsity)
-        g = c.group_size
-        hs = hsc.detach().to("cpu", torch.float64)
-        if head_mode == "query":
-            per_group = hs.reshape(c.num_kv_heads, g)
-            keep = []
-            for k in range(c.num_kv_heads):
-                drop = set(_lowest_first(per_group[k])[:r].tolist())
-                keep += [k * g + j for j in range(g) if j not in drop]
-            heads = QueryHeads(keep)
-            q_kept, kv_kept = len(keep), c.num_kv_heads
-        else:
-            drop = set(_lowest_first(hs.reshape(c.num_kv_heads, g).sum(1))[:m].tolist())
-            kv = [k for k in range(c.num_kv_heads) if k not in drop]
-            heads = KVGroups(kv)
-            q_kept, kv_kept = len(kv) * g, len(kv)
-        attn_removed = (c.num_heads - q_kept) * c.query_head + (c.num_kv_heads - kv_kept) * c.kv_head
-        n_rm = round((sparsity * c.total - attn_removed) / c.ffn_unit)
-        n_rm = min(max(n_rm, 0), c.ffn_units)
-        drop = _lowest_first(fs)[:n_rm]
-        mask = torch.ones(c.ffn_units, dtype=torch.bool)
-        mask[drop] = False
-        ffn_keep = torch.nonzero(mask).reshape(-1)
-        after = c.total - attn_removed - n_rm * c.ffn_unit
-        out.layers[i] = LayerPlan(i, ffn_keep, heads, q_kept, kv_kept, c.total, after)
+    for i, c in costs.items():
+        out.layers[i] = _layer_plan(i, c, ffn_scores[i], head_scores[i], removal[i])
         out.costs[i] = c
     return out

@@ -42,11 +42,34 @@ class LayerContext:
     heads: HeadStructure
     stats: LayerStatistics | None
     generator: torch.Generator
+    #: FFN channels / query heads this layer will lose (None: unknown, rank every unit).  Under
+    #: ``head_mode="query"`` ``heads_remove`` is a multiple of ``num_kv_heads`` (the same number
+    #: per KV group); under ``"group"`` a multiple of the group size (whole groups).
+    ffn_remove: int | None = None
+    heads_remove: int | None = None
+    head_mode: str = "query"
+    #: per-unit gradient reductions of this layer (see :func:`~sketchprune.prune.gradient_scores.gradient_statistics`)
+    grads: dict | None = None
+    #: criterion options (e.g. ``{"block": 8}`` for ``greedy``)
+    options: dict = field(default_factory=dict)
 
     def stat(self, name: str):
         if self.stats is None:
             raise KeyError(f"sketchprune.prune: layer {self.index} has no calibration statistics")
         return self.stats.get(name)
+
+    def grad(self, name: str) -> torch.Tensor:
+        if self.grads is None:
+            raise KeyError(f"sketchprune.prune: layer {self.index} has no gradient statistics; "
+                           "pass grads=gradient_statistics(model, batches)")
+        try:
+            return self.grads[name]
+        except KeyError:
+            raise KeyError(f"sketchprune.prune: gradient statistic {name!r} missing for layer {self.index}") from None
+
+    @property
+    def d_ff(self) -> int:
+        return self.ffn.up.out_features
 
 
 @dataclass(frozen=True)
@@ -58,6 +81,8 @@ class Criterion:
     ffn: Callable[[LayerContext], torch.Tensor]
     heads: Callable[[LayerContext], torch.Tensor]
     doc: str = ""
+    #: scores come from gradients of the loss (``LayerContext.grads``), computed on the dense model
+    needs_gradients: bool = False
 
     @property
     def data_free(self) -> bool:
@@ -67,11 +92,12 @@ class Criterion:
 CRITERIA: dict[str, Criterion] = {}
 
 
-def register_criterion(name: str, needs: dict | None = None):
+def register_criterion(name: str, needs: dict | None = None, needs_gradients: bool = False):
     """Decorator for a class-free criterion: a function returning ``(ffn_fn, heads_fn)``."""
     def deco(make):
         ffn_fn, heads_fn = make()
-        CRITERIA[name] = Criterion(name, dict(needs or {}), ffn_fn, heads_fn, (make.__doc__ or "").strip())
+        CRITERIA[name] = Criterion(name, dict(needs or {}), ffn_fn, heads_fn, (make.__doc__ or "").strip(),
+                                   needs_gradients)
         return make
     return deco
 
@@ -98,8 +124,8 @@ def _per_head(v: torch.Tensor, hs: HeadStructure) -> torch.Tensor:
 
 
 def _first_half_sq(ctx: LayerContext) -> torch.Tensor:
-    """||G_i||^2 + ||U_i||^2 per FFN channel."""
-    return _w(ctx.ffn.gate).square().sum(1) + _w(ctx.ffn.up).square().sum(1)
+    """||G_i||^2 + ||U_i||^2 per FFN channel (||U_i||^2 for an FFN without gate)."""
+    return sum(_w(lin).square().sum(1) for lin in (ctx.ffn.gate, ctx.ffn.up) if lin is not None)
 
 
 # ---------------------------------------------------------------------------- criteria
@@ -107,8 +133,7 @@ def _first_half_sq(ctx: LayerContext) -> torch.Tensor:
 def _random():
     """Data-free: i.i.d. U(0,1) scores from a generator seeded by (seed, layer)."""
     def ffn(ctx):
-        n = ctx.ffn.gate.out_features
-        return torch.rand(n, generator=ctx.generator, dtype=torch.float64).to(ctx.ffn.gate.weight.device)
+        return torch.rand(ctx.d_ff, generator=ctx.generator, dtype=torch.float64).to(ctx.ffn.up.weight.device)
 
     def heads(ctx):
         return torch.rand(ctx.heads.num_heads, generator=ctx.generator,
@@ -120,7 +145,7 @@ def _random():
 def _mag_l1():
     """Data-free, first-layer weights:  ffn_i = sum_j |G_ij| + sum_j |U_ij|;  head_h = sum |Q_h|."""
     def ffn(ctx):
-        return _w(ctx.ffn.gate).abs().sum(1) + _w(ctx.ffn.up).abs().sum(1)
+        return sum(_w(lin).abs().sum(1) for lin in (ctx.ffn.gate, ctx.ffn.up) if lin is not None)
 
     def heads(ctx):
         return _head_rows(_w(ctx.attn.q), ctx.heads).abs().sum((1, 2))
@@ -227,17 +252,37 @@ def required_statistics(criterion: str) -> dict[str, str]:
 
 
 def score_model(model: nn.Module, criterion: str, stats: CalibrationStatistics | None = None,
-                layers=None, seed: int = 0) -> Scores:
+                layers=None, seed: int = 0, grads: dict | None = None, removal: dict | None = None,
+                head_mode: str = "query", options: dict | None = None) -> Scores:
     """Score every FFN channel and query head of the given layers (default: all; for criteria
-    that need statistics, the layers that have them) with ``criterion``."""
+    that need statistics, the layers that have them) with ``criterion``.
+
+    ``grads``: per-layer gradient reductions from
+    :func:`~sketchprune.prune.gradient_scores.gradient_statistics` (criteria with
+    ``needs_gradients``).  ``removal``: per layer, the
+    :class:`~sketchprune.prune.allocation.LayerRemoval` the allocation will apply (from
+    :func:`~sketchprune.prune.allocation.removal_plan`); criteria that choose units jointly
+    (``greedy``, ``head-similarity``) then stop at, and honour, those counts.  ``head_mode``: the
+    allocation's head mode (must match ``removal``'s).  ``options``: criterion options.
+    """
     crit = get_criterion(criterion)
+    if head_mode not in ("query", "group"):
+        raise ValueError(f"sketchprune.prune: head_mode must be 'query' or 'group', got {head_mode!r}")
     adapter = get_adapter(model)
     all_layers = adapter.layers(model)
     if crit.needs and stats is None:
         raise ValueError(f"sketchprune.prune: criterion {criterion!r} needs calibration statistics "
                          f"({crit.needs}); pass stats=collect_statistics(...)")
+    if crit.needs_gradients and grads is None:
+        raise ValueError(f"sketchprune.prune: criterion {criterion!r} needs gradients; "
+                         "pass grads=gradient_statistics(model, batches)")
     if layers is None:
-        layers = sorted(stats.layers) if crit.needs else range(len(all_layers))
+        if crit.needs:
+            layers = sorted(stats.layers)
+        elif crit.needs_gradients:
+            layers = sorted(grads)
+        else:
+            layers = range(len(all_layers))
     out = Scores(criterion)
     with torch.no_grad():
         for i in layers:
@@ -245,10 +290,24 @@ def score_model(model: nn.Module, criterion: str, stats: CalibrationStatistics |
             ls = None if stats is None else stats.layers.get(i)
             if crit.needs and ls is None:
                 raise KeyError(f"sketchprune.prune: no calibration statistics for layer {i}")
+            lg = None if grads is None else grads.get(i)
+            if crit.needs_gradients and lg is None:
+                raise KeyError(f"sketchprune.prune: no gradient statistics for layer {i}")
             g = torch.Generator().manual_seed(int(seed) * 1_000_003 + int(i))
-            ctx = LayerContext(i, adapter.ffn(layer), adapter.attention(layer), adapter.head_structure(layer), ls, g)
+            hs = adapter.head_structure(layer)
+            ffn_rm = heads_rm = None
+            if removal is not None and i in removal:
+                rem = removal[i]
+                if rem.head_mode != head_mode:
+                    raise ValueError(f"sketchprune.prune: removal for layer {i} is for head_mode "
+                                     f"{rem.head_mode!r}, scoring for {head_mode!r}")
+                ffn_rm = rem.ffn
+                heads_rm = rem.q_per_group * hs.num_kv_heads + rem.groups * hs.group_size
+            ctx = LayerContext(i, adapter.ffn(layer), adapter.attention(layer), hs, ls, g,
+                               ffn_remove=ffn_rm, heads_remove=heads_rm, head_mode=head_mode, grads=lg,
+                               options=dict(options or {}))
             f, h = crit.ffn(ctx), crit.heads(ctx)
-            if f.shape != (ctx.ffn.gate.out_features,) or h.shape != (ctx.heads.num_heads,):
+            if f.shape != (ctx.d_ff,) or h.shape != (ctx.heads.num_heads,):
                 raise RuntimeError(f"sketchprune.prune: criterion {criterion!r} returned scores of shapes "
                                    f"{tuple(f.shape)}, {tuple(h.shape)} for layer {i}")
             out.ffn[i], out.heads[i] = f, h
