@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from sketchprune.select import select
+from sketchprune.select import ModelOutputs, select
 from sketchprune.select.api import METHODS
 
 
@@ -16,8 +16,11 @@ def _data(N=90, m=8, C=3, seed=0):
 @pytest.mark.parametrize("method", METHODS)
 def test_every_method_returns_exactly_n_distinct(method):
     sk, probs, labels, gn = _data()
+    g = torch.Generator().manual_seed(9)
+    out = ModelOutputs(features=sk, head_weight=torch.randn(3, 8, generator=g), labels=labels, grad_norms=gn,
+                       correctness=torch.rand(4, 90, generator=g) < 0.5)
     for n in (1, 17, 90):
-        sel = select(n, method, sk, probs=probs, labels=labels, grad_norms=gn, seed=2)
+        sel = select(n, method, sk, outputs=out, seed=2)
         idx = sel.indices
         assert idx.numel() == n and torch.unique(idx).numel() == n and int(idx.max()) < 90
         assert sel.info["method"] == method and sel.info["n"] == n

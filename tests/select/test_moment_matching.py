@@ -103,3 +103,27 @@ def test_skmm_maxmin_formulation():
     assert sel.info["converged"] and sel.info["objective"] >= 1.0 - 1e-9
     with pytest.raises(ValueError, match="formulation"):
         skmm_select(_clustered_sketch(), 10, formulation="lp")
+
+
+def test_paper_formulation_exact_n_and_better_than_its_start():
+    from sketchprune.select import moment_problem, skmm_select
+    from sketchprune.select.paper import solve_paper
+
+    g = torch.Generator().manual_seed(11)
+    # two clusters of very different sizes: a random start rarely matches the small one's moments
+    sk = torch.cat([torch.randn(270, 6, generator=g), 5 + torch.randn(30, 6, generator=g)])
+    prob = moment_problem(sk)
+    sol = solve_paper(prob, 30, c=0.6, seed=0, iters=600)
+    assert sol.weights.shape == (300,) and abs(float(sol.weights.sum()) - 1) < 1e-9
+    assert float(sol.weights.max()) <= 1 / 30 + 1e-12 and float(sol.weights.min()) >= 0
+    start = torch.randperm(300, generator=torch.Generator().manual_seed(0))[:30]
+    s0 = torch.zeros(300, dtype=torch.float64)
+    s0[start] = 1 / 30
+    B = prob.A.double() / prob.lam
+    f0 = float(torch.relu(1 / 0.6 - B.T @ s0).square().mean())
+    assert sol.objective < 0.5 * f0
+    sel = skmm_select(sk, 30, formulation="paper", iters=300, seed=1)
+    assert sel.indices.numel() == 30 and torch.unique(sel.indices).numel() == 30
+    assert sel.info["formulation"] == "paper"
+    with pytest.raises(ValueError, match="relative weighting"):
+        skmm_select(sk, 30, formulation="paper", weighting="absolute")

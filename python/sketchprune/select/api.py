@@ -2,53 +2,87 @@
 
 from __future__ import annotations
 
+from dataclasses import fields, replace
+
 import torch
 
 from . import baselines as B
+from . import model_based as MB
+from .model_based import ModelOutputs
 from .skmm import Selection, skmm_select, variance_proxy
 
 GEOMETRY = ("uniform", "herding", "kcenter", "leverage", "ridge-leverage", "adaptive")
 SCORES = ("grand", "el2n", "entropy", "margin", "least-confidence")
-METHODS = ("skmm",) + GEOMETRY + SCORES
+MODEL = ("forgetting", "contextual-diversity", "glister", "deepfool")
+METHODS = ("skmm",) + GEOMETRY + SCORES + MODEL
+
+# what each method reads (for documentation, the CLI and error messages)
+NEEDS = {"skmm": "sketch", **{m: "sketch" for m in GEOMETRY}, "grand": "grad_norms", "el2n": "probs + labels",
+         "entropy": "probs", "margin": "probs", "least-confidence": "probs", "forgetting": "correctness",
+         "contextual-diversity": "probs", "glister": "features + labels (head optional)",
+         "deepfool": "logits + head_weight (or features + head_weight)"}
 
 
-def select(n: int, method: str = "skmm", sketch: torch.Tensor | None = None, *, probs: torch.Tensor | None = None,
-           labels: torch.Tensor | None = None, grad_norms: torch.Tensor | None = None, seed: int = 0,
-           class_balanced: bool = False, **options) -> Selection:
+def select(n: int, method: str = "skmm", sketch: torch.Tensor | None = None, *, outputs: ModelOutputs | None = None,
+           probs: torch.Tensor | None = None, labels: torch.Tensor | None = None,
+           grad_norms: torch.Tensor | None = None, seed: int = 0, class_balanced: bool = False,
+           **options) -> Selection:
     """Select exactly n distinct samples.
 
     ``sketch`` (N x m): a gradient sketch or feature matrix, needed by skmm and the geometry
-    methods.  Score methods take model outputs: ``probs`` (N x classes) for entropy / margin /
-    least-confidence / el2n (with ``labels``), ``grad_norms`` (N,) for grand.  ``options`` go to
-    the method (e.g. c, weighting, rounding, tol for skmm; rank for leverage; ridge for
-    ridge-leverage).  With ``class_balanced=True`` (needs ``labels``) n is split across classes in
-    proportion to their sizes (largest remainders) and each class is selected on its own rows.
-    The info record always holds the method, n, seed and, when a sketch is given, the variance proxy.
+    methods.  Methods that read a trained model take its outputs as ``outputs=ModelOutputs(...)``
+    (see :mod:`sketchprune.select.model_based`); ``probs``, ``labels`` and ``grad_norms`` are
+    shorthands that fill the same record.  ``options`` go to the method (e.g. c, weighting,
+    rounding, formulation, tol for skmm; rank for leverage; ridge for ridge-leverage;
+    val_features / val_labels, eta, batch for glister).  With ``class_balanced=True`` (needs labels)
+    n is split across classes in proportion to their sizes (largest remainders) and each class is
+    selected on its own rows.  The info record always holds the method, n, seed and, when a sketch
+    is given, the variance proxy.
     """
     if method not in METHODS:
         raise ValueError(f"unknown selection method {method!r}; choose one of {', '.join(METHODS)}")
+    outputs = _merge(outputs, probs, labels, grad_norms)
     if class_balanced:
-        return _class_balanced(n, method, sketch, probs, labels, grad_norms, seed, options)
-    N = _size(sketch, probs, grad_norms)
+        return _class_balanced(n, method, sketch, outputs, seed, options)
+    N = _size(sketch, outputs)
     if not 1 <= n <= N:
         raise ValueError(f"n must be in [1, N={N}], got {n}")
     if method == "skmm":
         _need(sketch, "sketch", method)
         sel = skmm_select(sketch, n, seed=seed, **options)
     else:
-        idx = _baseline(n, method, sketch, probs, labels, grad_norms, seed, options)
-        sel = Selection(indices=idx, weights=None, info={"method": method, **options})
+        idx = _baseline(n, method, sketch, outputs, seed, options)
+        sel = Selection(indices=idx, weights=None, info={"method": method, **_plain(options)})
     sel.info.update(n=n, seed=seed)
     if sketch is not None and "variance_proxy" not in sel.info:
         sel.info["variance_proxy"] = variance_proxy(sketch, sel.indices)
     return sel
 
 
-def _size(sketch, probs, grad_norms) -> int:
-    for t in (sketch, probs, grad_norms):
-        if t is not None:
-            return int(t.shape[0])
-    raise ValueError("give a sketch (N x m), probs (N x classes) or grad_norms (N,)")
+def _plain(options):
+    """Options as recorded in the info dict (tensors summarised by their shape)."""
+    return {k: (f"tensor{tuple(v.shape)}" if isinstance(v, torch.Tensor) else v) for k, v in options.items()}
+
+
+def _merge(outputs, probs, labels, grad_norms) -> ModelOutputs:
+    extra = {k: v for k, v in (("probs", probs), ("labels", labels), ("grad_norms", grad_norms)) if v is not None}
+    if outputs is None:
+        return ModelOutputs(**extra)
+    for k, v in extra.items():
+        if getattr(outputs, k) is not None and getattr(outputs, k) is not v:
+            raise ValueError(f"{k} given both directly and in outputs")
+    return replace(outputs, **extra) if extra else outputs
+
+
+def _size(sketch, outputs: ModelOutputs) -> int:
+    if sketch is not None:
+        N = int(sketch.shape[0])
+        if outputs.size is not None and outputs.size != N:
+            raise ValueError(f"the sketch has {N} rows but the model outputs describe {outputs.size} samples")
+        return N
+    if outputs.size is not None:
+        return outputs.size
+    raise ValueError("give a sketch (N x m) or model outputs (probs, logits, features, grad_norms, correctness)")
 
 
 def _need(t, name, method):
@@ -56,7 +90,7 @@ def _need(t, name, method):
         raise ValueError(f"method {method!r} needs {name}")
 
 
-def _baseline(n, method, sketch, probs, labels, grad_norms, seed, options):
+def _baseline(n, method, sketch, out: ModelOutputs, seed, options):
     if method in GEOMETRY:
         _need(sketch, "sketch", method)
         if method == "uniform":
@@ -71,20 +105,48 @@ def _baseline(n, method, sketch, probs, labels, grad_norms, seed, options):
             return B.ridge_leverage(sketch, n, seed=seed, **options)
         return B.adaptive(sketch, n, seed)
     if method == "grand":
-        _need(grad_norms, "grad_norms", method)
-        return B.grand(grad_norms, n)
+        _need(out.grad_norms, "grad_norms", method)
+        return B.grand(out.grad_norms, n)
+    if method == "forgetting":
+        _need(out.correctness, "ModelOutputs.correctness (epochs x N bool)", method)
+        return MB.forgetting(out.correctness, n, seed)
+    if method == "glister":
+        out.require(method, "features", "labels")
+        return MB.glister(out.features, out.labels, n, head_weight=out.head_weight, head_bias=out.head_bias,
+                          **options)
+    if method == "deepfool":
+        out.require(method, "logits", "head_weight")
+        return MB.deepfool(MB.deepfool_distances(out.get_logits(), out.head_weight), n)
+    probs = out.get_probs()
     _need(probs, "probs", method)
+    if method == "contextual-diversity":
+        return MB.contextual_diversity(probs, n, seed)
     if method == "el2n":
-        _need(labels, "labels", method)
-        return B.el2n(probs, labels, n)
+        _need(out.labels, "labels", method)
+        return B.el2n(probs, out.labels, n)
     return {"entropy": B.entropy, "margin": B.margin, "least-confidence": B.least_confidence}[method](probs, n)
 
 
-def _class_balanced(n, method, sketch, probs, labels, grad_norms, seed, options) -> Selection:
-    _need(labels, "labels", "class-balanced selection")
-    labels = torch.as_tensor(labels).long().cpu()
-    classes, counts = torch.unique(labels, return_counts=True)
+def _subset(out: ModelOutputs, rows: torch.Tensor) -> ModelOutputs:
+    kw = {}
+    for f in fields(out):
+        v = getattr(out, f.name)
+        if v is None or f.name in ("head_weight", "head_bias"):
+            kw[f.name] = v
+        elif f.name == "correctness":
+            kw[f.name] = v[:, rows]
+        else:
+            kw[f.name] = v[rows.to(v.device)]
+    return ModelOutputs(**kw)
+
+
+def _class_balanced(n, method, sketch, outputs: ModelOutputs, seed, options) -> Selection:
+    _need(outputs.labels, "labels", "class-balanced selection")
+    labels = torch.as_tensor(outputs.labels).long().cpu()
     N = int(labels.numel())
+    if sketch is not None and int(sketch.shape[0]) != N:
+        raise ValueError(f"labels have length {N} but the sketch has {sketch.shape[0]} rows")
+    classes, counts = torch.unique(labels, return_counts=True)
     if not 1 <= n <= N:
         raise ValueError(f"n must be in [1, N={N}], got {n}")
     quota = counts.double() * n / N
@@ -97,12 +159,11 @@ def _class_balanced(n, method, sketch, probs, labels, grad_norms, seed, options)
             continue
         rows = torch.nonzero(labels == cls).squeeze(1)
         sub = select(k, method, None if sketch is None else sketch[rows.to(sketch.device)],
-                     probs=None if probs is None else probs[rows], labels=labels[rows],
-                     grad_norms=None if grad_norms is None else grad_norms[rows], seed=seed, **options)
+                     outputs=_subset(outputs, rows), seed=seed, **options)
         picked.append(rows[sub.indices.cpu()])
         infos[int(cls)] = {k_: v for k_, v in sub.info.items() if k_ in ("n", "duality_gap", "converged")}
     idx = torch.cat(picked).sort().values
-    info = {"method": method, "class_balanced": True, "per_class": infos, **options}
+    info = {"method": method, "class_balanced": True, "per_class": infos, **_plain(options)}
     if sketch is not None:
         info["variance_proxy"] = variance_proxy(sketch, idx)
     return Selection(indices=idx, weights=None, info=info)

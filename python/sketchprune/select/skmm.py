@@ -8,6 +8,7 @@ import torch
 
 from .maxmin import solve_maxmin
 from .moment_matching import moment_problem, second_moment, solve_moment_matching
+from .paper import solve_paper
 from .rounding import round_weights
 
 
@@ -41,12 +42,16 @@ def skmm_select(
     max_iter: int = 20000,
     time_limit: float | None = None,
     progress: bool = False,
+    iters: int = 1000,
+    lr: float = 0.05,
 ) -> Selection:
     """Select n of the N rows of a gradient sketch (N x m) by Sketchy Moment Matching.
 
     Defaults (c = 0.6, relative weighting, top rounding) are the variant chosen by validation error
     in the synthetic experiment (results/selection/synthetic.md).  ``formulation="hinge"`` (default): the squared-hinge moment matching with ratio c;
-    ``"maxmin"``: maximise the smallest moment ratio (scale-free, no c).  Returns the indices, the
+    ``"maxmin"``: maximise the smallest moment ratio (scale-free, no c); ``"paper"``: Adam from a
+    random size-n start with a sparsity term (``iters``, ``lr``; see :mod:`.paper`; uncertified,
+    relative weighting only).  Returns the indices, the
     solver's relaxed weights s (on the capped simplex), and an info dict with the certified gap,
     objective values, iterations, time and the variance proxy.
     """
@@ -59,8 +64,12 @@ def skmm_select(
         tol = 1e-2 if tol is None else tol
         sol = solve_maxmin(problem, n, tol=tol, max_iter=max_iter, time_limit=time_limit)
         c = weighting = None
+    elif formulation == "paper":
+        if weighting != "relative":
+            raise ValueError("formulation='paper' uses the relative weighting only")
+        sol = solve_paper(problem, n, c=c, seed=seed, iters=iters, lr=lr)
     else:
-        raise ValueError(f"formulation must be 'hinge' or 'maxmin', got {formulation!r}")
+        raise ValueError(f"formulation must be 'hinge', 'maxmin' or 'paper', got {formulation!r}")
     gen = torch.Generator().manual_seed(seed)
     idx = round_weights(sol.weights, n, rounding, gen)
     info = {
