@@ -1,8 +1,9 @@
 """Allocation: turn unit scores and target sparsities into per-layer keep-sets.
 
-Uniform allocation (the default and, in this step, the only one): every layer loses the same
-fraction ``attn_sparsity`` of its attention parameters and the same overall fraction
-``sparsity`` of its block parameters (attention + FFN Linears).  Per layer:
+Uniform allocation (the default): every layer loses the same fraction ``attn_sparsity`` of its
+attention parameters and the same overall fraction ``sparsity`` of its block parameters
+(attention + FFN Linears).  Per layer (:func:`layer_removal`, which depends only on parameter
+counts, so a pipeline can pass the counts to a criterion before scoring):
 
 1. the number of heads to remove is rounded to a valid value -- ``head_mode="query"`` removes
    the same number of query heads from every KV group (so, for 9 query / 3 KV heads, steps of 3),
@@ -18,6 +19,26 @@ target unless the clip is hit.  Within a layer the lowest-scored units go: FFN c
 score; query heads by score within each KV group (``"query"``); KV groups by the sum of their
 query heads' scores (``"group"``).  Ties are broken towards removing the higher index.
 
+Global allocation (``allocation="global"``): the same targets for the whole set of layers, with
+the units ranked across layers.  Scores are first normalised per layer and unit type
+(``normalise="mean"``: divided by the layer's mean FFN-channel resp. query-head score, so a
+unit's score says how it compares with its layer's average; scores must be non-negative;
+``"none"`` compares raw scores).  Then
+
+1. attention: a step of layer ``l`` is one more query head from each of its KV groups
+   (``"query"``; its key is the mean over groups of the ``r``-th lowest normalised head score)
+   or one more KV group (``"group"``; the group's mean normalised head score).  Steps are taken
+   in ascending key order, each layer's in order, while the attention parameters removed end no
+   farther from ``attn_sparsity`` x all attention parameters than before; every KV group keeps
+   at least one query head and every layer one group;
+2. FFN: all channels above the per-layer floor (each layer keeps at least
+   ``ceil(ffn_floor * d_ff)`` channels, and at least one; default ``ffn_floor=0.1``) are ranked
+   by normalised score and removed lowest first until the overall parameters removed are within
+   half a channel of ``sparsity`` x all block parameters.
+
+Within each layer the units removed are then chosen exactly as in the uniform allocation (the
+lowest-scored, per KV group for heads), only the counts differ.
+
 Parameters counted: the weights and biases of q, k, v, o, gate, up, down.  Per FFN channel:
 a row of gate and up (+ their bias entries) and a column of down; per query head: head_dim rows
 of q (+ bias) and columns of o; per KV group additionally head_dim rows of k and v (+ biases).
@@ -26,6 +47,7 @@ The down/o biases are never removed.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -273,8 +295,81 @@ def _layer_plan(i: int, c: LayerCosts, fs: torch.Tensor, hsc: torch.Tensor, rem:
 ALLOCATIONS = ("uniform", "global")
 
 
+NORMALISATIONS = ("mean", "none")
+
+
+def _normalised(scores: torch.Tensor, normalise: str, what: str, i: int) -> torch.Tensor:
+    s = scores.detach().to("cpu", torch.float64)
+    if normalise == "none":
+        return s
+    if (s < 0).any():
+        raise ValueError(f"sketchprune.prune: layer {i} has negative {what} scores; normalise='mean' needs "
+                         "non-negative scores (use normalise='none')")
+    m = float(s.mean())
+    return s / m if m > 0 else torch.ones_like(s)
+
+
+def _take_in_order(items, target: float):
+    """items: (key, layer, step, cost) -- accept in ascending key order while the removed total
+    ends no farther from ``target`` than before (``removed + cost/2 <= target``); a layer's steps
+    are taken in order, so once one is refused the layer's later steps are too."""
+    taken: dict[int, int] = {}
+    blocked = set()
+    removed = 0.0
+    for _, layer, step, cost in sorted(items, key=lambda t: (t[0], t[1], t[2])):
+        if layer in blocked:
+            continue
+        if removed + cost / 2 <= target and taken.get(layer, 0) == step - 1:
+            taken[layer] = step
+            removed += cost
+        else:
+            blocked.add(layer)
+    return taken, removed
+
+
 def _global_removal(costs, ffn_scores, head_scores, sparsity, attn_sparsity, head_mode, ffn_floor, normalise):
-    raise NotImplementedError("sketchprune.prune: allocation='global' is not implemented yet")
+    """Removal counts per layer from one ranking across layers (see the module doc)."""
+    if normalise not in NORMALISATIONS:
+        raise ValueError(f"sketchprune.prune: normalise must be one of {NORMALISATIONS}, got {normalise!r}")
+    if not 0.0 <= float(ffn_floor) <= 1.0:
+        raise ValueError(f"sketchprune.prune: ffn_floor must be in [0, 1], got {ffn_floor}")
+    total = sum(c.total for c in costs.values())
+    attn_total = sum(c.attn_total for c in costs.values())
+    floors = {i: max(1, math.ceil(ffn_floor * c.ffn_units)) for i, c in costs.items()}
+    ffn_room = sum((c.ffn_units - floors[i]) * c.ffn_unit for i, c in costs.items())
+    need = sparsity * total - attn_sparsity * attn_total
+    if need < -1e-9 * total or need > ffn_room * (1 + 1e-9):
+        raise ValueError(
+            f"sketchprune.prune: sparsity {sparsity} with attn_sparsity {attn_sparsity} would need the FFNs to "
+            f"lose {need / max(ffn_room, 1):.3f} of the parameters they can lose above the floor "
+            f"(ffn_floor={ffn_floor}); lower the targets or the floor")
+    # attention: one step = one more query head from every KV group ("query") / one more KV group
+    items = []
+    for i, c in costs.items():
+        hs = _normalised(head_scores[i], normalise, "head", i).reshape(c.num_kv_heads, c.group_size)
+        if head_mode == "query":
+            per_rank = torch.sort(hs, dim=1).values.mean(0)          # r-th lowest head, averaged over groups
+            items += [(float(per_rank[r - 1]), i, r, c.num_kv_heads * c.query_head) for r in range(1, c.group_size)]
+        else:
+            grp = torch.sort(hs.mean(1)).values
+            items += [(float(grp[m - 1]), i, m, c.group_size * c.query_head + c.kv_head)
+                      for m in range(1, c.num_kv_heads)]
+    taken, attn_removed = _take_in_order(items, attn_sparsity * attn_total)
+    # FFN: every channel above the floors, ranked by normalised score, fills the rest
+    ffn_target = sparsity * total - attn_removed
+    items = []
+    for i, c in costs.items():
+        fs = _normalised(ffn_scores[i], normalise, "FFN", i)
+        order = _lowest_first(fs)[:c.ffn_units - floors[i]]
+        vals = fs[order].tolist()
+        items += [(v, i, k + 1, c.ffn_unit) for k, v in enumerate(vals)]
+    ffn_taken, _ = _take_in_order(items, ffn_target)
+    out = {}
+    for i in costs:
+        r = taken.get(i, 0)
+        out[i] = LayerRemoval(r if head_mode == "query" else 0, r if head_mode == "group" else 0,
+                              ffn_taken.get(i, 0), head_mode)
+    return out
 
 
 def allocate(model: nn.Module, ffn_scores: dict, head_scores: dict, sparsity: float = 0.2,

@@ -16,8 +16,12 @@ input (concatenated head outputs, ``z_h`` head ``h``'s block); expectations over
 tokens (padding excluded).  All scores are float64 on the weights' device.
 
 The registry :data:`CRITERIA` holds ``random``, ``magnitude-l1``, ``magnitude-l2``,
-``magnitude-depth2``, ``wanda-sp``, ``flap`` and ``sigma``; :func:`score_model` applies one to
-every layer.
+``magnitude-depth2``, ``wanda-sp``, ``flap``, ``sigma``, the gradient criteria ``taylor`` and
+``fisher`` (``needs_gradients``: scores from
+:func:`~sketchprune.prune.gradient_scores.gradient_statistics` on the dense model) and the joint
+criteria ``greedy`` (structured OBS) and ``head-similarity`` (:mod:`~sketchprune.prune.greedy`),
+which eliminate units in order and use ``LayerContext.ffn_remove`` / ``heads_remove`` when the
+caller knows them; :func:`score_model` applies one to every layer.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from torch import nn
 
 from .adapters import AttnLinears, FFNLinears, HeadStructure, get_adapter
 from .calibration import CalibrationStatistics, LayerStatistics
+from .greedy import greedy_obs, order_scores, similarity_elimination
 
 
 @dataclass
@@ -208,14 +213,18 @@ def _flap():
     return ffn, heads
 
 
+def _sigma_ffn(ctx):
+    """sigma's FFN score E[h_i^2] ||D[:, i]||^2."""
+    return _w(ctx.ffn.down).square().sum(0) * ctx.stat("down_in").diag()
+
+
 @register_criterion("sigma", needs={"down_in": "diag", "o_in": "full"})
 def _sigma():
     """The output energy of each unit under the measured input second moments:
     ffn_i = E[h_i^2] * ||D[:, i]||^2  (= E||D[:, i] h_i||^2);
     head_h = E||O_h z_h||^2 = trace(O_h^T O_h Sigma_hh), Sigma = E[z z^T] (uncentred) and
     Sigma_hh its head_dim x head_dim diagonal block of head h."""
-    def ffn(ctx):
-        return _w(ctx.ffn.down).square().sum(0) * ctx.stat("down_in").diag()
+    ffn = _sigma_ffn
 
     def heads(ctx):
         hs = ctx.heads
@@ -226,6 +235,124 @@ def _sigma():
                               for h in range(hs.num_heads)])
         return (gram * blocks).sum((1, 2))
     return ffn, heads
+
+
+def _grad_heads(ctx, term: str) -> torch.Tensor:
+    """Per query head: its own q/o term; in head_mode "group" plus its KV head's k/v term shared
+    equally by the group's query heads (so a group's summed score is its whole term)."""
+    h = ctx.grad(f"head_{term}").to(torch.float64)
+    if ctx.head_mode == "group":
+        g = ctx.heads.group_size
+        h = h + (ctx.grad(f"kv_{term}").to(torch.float64) / g).repeat_interleave(g).to(h.device)
+    return h
+
+
+@register_criterion("taylor", needs_gradients=True)
+def _taylor():
+    """First-order Taylor (LLM-Pruner, element-wise): the unit's sum over its parameters p of
+    |w_p * G_p|, G = sum over calibration batches of dL_b/dw (L_b: mean next-token cross-entropy
+    of batch b, on the dense model).  FFN channel: row i of gate (if any) and up (+ bias entries),
+    column i of down.  Head: its q rows (+ bias) and o columns; k/v rows are removed only with
+    whole groups, so in head_mode "group" each query head also gets 1/group_size of its KV head's
+    k/v term (a group's score = its full term) and in "query" mode they are left out (the same
+    constant for every head of a group would not change which heads go)."""
+    def ffn(ctx):
+        return ctx.grad("ffn_taylor").to(torch.float64)
+
+    def heads(ctx):
+        return _grad_heads(ctx, "taylor")
+    return ffn, heads
+
+
+@register_criterion("fisher", needs_gradients=True)
+def _fisher():
+    """Second-order diagonal Fisher: 0.5 * sum over the unit's parameters of w^2 E_b[(dL_b/dw)^2]
+    (the mean over calibration batches of the squared per-batch gradient; units and the k/v rule
+    as for taylor)."""
+    def ffn(ctx):
+        return ctx.grad("ffn_fisher").to(torch.float64)
+
+    def heads(ctx):
+        return _grad_heads(ctx, "fisher")
+    return ffn, heads
+
+
+def _head_units(ctx):
+    """How heads are eliminated: (unit width in o columns, number of units to remove or None,
+    group_of, quota, expand(unit scores) -> per-query-head scores)."""
+    hs = ctx.heads
+    g = hs.group_size
+    rm = ctx.heads_remove
+    if ctx.head_mode == "group":
+        if rm is not None and rm % g:
+            raise ValueError(f"sketchprune.prune: layer {ctx.index}: heads_remove {rm} is not a whole number "
+                             f"of KV groups of {g}")
+        return (g * hs.head_dim, None if rm is None else rm // g, None, None,
+                lambda s: (s / g).repeat_interleave(g))
+    if rm is None:
+        return hs.head_dim, None, None, None, lambda s: s
+    if rm % hs.num_kv_heads:
+        raise ValueError(f"sketchprune.prune: layer {ctx.index}: heads_remove {rm} is not the same number "
+                         f"for each of the {hs.num_kv_heads} KV groups")
+    group_of = torch.arange(hs.num_heads) // g
+    quota = torch.full((hs.num_kv_heads,), rm // hs.num_kv_heads, dtype=torch.long)
+    return hs.head_dim, rm, group_of, quota, lambda s: s
+
+
+def _greedy_scores(W, H, width, n_remove, ctx, group_of=None, quota=None):
+    n = W.shape[1] // width
+    order, incs, rest, rest_costs, _ = greedy_obs(
+        W, H, width=width, n_remove=n_remove, block=int(ctx.options.get("block", 1)),
+        damp=float(ctx.options.get("damp", 1e-2)), group_of=group_of, quota=quota)
+    return order_scores(n, order, incs, rest, rest_costs)
+
+
+@register_criterion("greedy", needs={"down_in": "full", "o_in": "full"})
+def _greedy():
+    """Greedy structured OBS (prune.greedy): units are removed one at a time, each time the one
+    whose removal increases the least-squares-compensated output error E||W x - V x_kept||^2 of
+    down_proj (channels) / o_proj (head column blocks) least, H = E[x x^T] damped by
+    damp * mean diag (options "damp", default 1e-2; "block": units removed per step, default 1).
+    Stops after ctx.ffn_remove / ctx.heads_remove removals when known (in head_mode "query"
+    honouring the same count per KV group), else ranks every unit.  Score: the running maximum of
+    the removal increments in removal order (strictly increasing; survivors above, by their
+    increment at the final state)."""
+    def ffn(ctx):
+        W = _w(ctx.ffn.down)
+        H = ctx.stat("down_in").second_moment().to(W.device)
+        return _greedy_scores(W, H, 1, ctx.ffn_remove, ctx).to(W.device)
+
+    def heads(ctx):
+        W = _w(ctx.attn.o)
+        H = ctx.stat("o_in").second_moment().to(W.device)
+        width, n_rm, group_of, quota, expand = _head_units(ctx)
+        return expand(_greedy_scores(W, H, width, n_rm, ctx, group_of, quota)).to(W.device)
+    return ffn, heads
+
+
+def head_gram(o: torch.Tensor, sigma: torch.Tensor, width: int) -> torch.Tensor:
+    """D_ij = E[u_i^T u_j] for u_i = O_i z_i over column blocks of ``width``:
+    the block sums of (O^T O) * E[z z^T]."""
+    n = o.shape[1] // width
+    return ((o.T @ o) * sigma).reshape(n, width, n, width).sum((1, 3))
+
+
+@register_criterion("head-similarity", needs={"down_in": "diag", "o_in": "full"})
+def _head_similarity():
+    """Redundancy of heads' output contributions u_h = O_h z_h (prune.greedy): D_ij = E[u_i^T u_j]
+    = tr(O_i^T O_j Sigma_ji) from the o_in second moment, c_ij = |D_ij| / sqrt(D_ii D_jj);
+    heads are eliminated from the most redundant (largest max_j c_ij over surviving j; of the most
+    similar pair the lower-energy one goes, its partner stays), honouring the per-KV-group count
+    when ctx.heads_remove is known (head_mode "query"); in head_mode "group" whole groups
+    (block sums of D).  Score: running maximum of 1 - max_j c_ij in elimination order.  FFN
+    channels: sigma's score E[h_i^2] ||D[:, i]||^2 (no redundancy term)."""
+    def heads(ctx):
+        o = _w(ctx.attn.o)
+        width, n_rm, group_of, quota, expand = _head_units(ctx)
+        D = head_gram(o, ctx.stat("o_in").second_moment().to(o.device), width)
+        order, incs = similarity_elimination(D, n_rm, group_of, quota)
+        return expand(order_scores(D.shape[0], order, incs)).to(o.device)
+    return _sigma_ffn, heads
 
 
 # ---------------------------------------------------------------------------- application

@@ -1,0 +1,208 @@
+"""Elimination orders: greedy structured OBS and head-similarity redundancy.
+
+Both criteria choose units *jointly* (what one removal costs depends on what was removed
+before), so they produce an elimination order; :func:`order_scores` turns it into scores that
+the allocation's "drop the lowest" reproduces.
+
+Greedy structured OBS (``greedy``)
+----------------------------------
+A layer's second matrix ``W`` (d x n columns: down_proj's columns are FFN channels, o_proj's
+``head_dim``-wide column blocks are heads) reads inputs ``x`` with second moment
+``H = E[x x^T]``.  Removing a set ``R`` of column blocks and re-fitting the kept columns ``K`` by
+least squares, ``min_V E||W x - V x_K||^2``, costs ``tr(W_R ((H^-1)_RR)^-1 W_R^T)``.  The greedy
+removes one unit at a time, the one whose removal increases that error least given the ones
+already gone.  With ``W`` compensated after every removal (``W <- W - W_R (Hi_RR)^-1 Hi_R:``)
+and ``Hi = H^-1`` downdated by the Schur complement (``Hi <- Hi - Hi_:R (Hi_RR)^-1 Hi_R:``, rank
+one for channels, rank ``head_dim`` for heads), the increment of removing unit ``j`` is
+``tr(W_j (Hi_jj)^-1 W_j^T)`` -- for a channel ``||W[:, j]||^2 / Hi[j, j]``.  ``H`` is damped by
+``damp * mean(diag H)`` (default ``1e-2``).  One step costs ``O(d n + n^2)`` for channels (arrays
+are compacted to the surviving units as they shrink), all float64 on the weights' device.
+
+``block`` > 1 removes the ``block`` cheapest units of a step together (one rank-``block``
+downdate): ``block`` times fewer passes over ``Hi``, which is what bounds the run time (the
+update is memory-bound), at the price of ignoring the interactions inside a block.  ``block=1``
+is the exact greedy.
+
+Head-similarity (``head-similarity``)
+-------------------------------------
+Head ``h`` adds ``u_h = O_h z_h`` to the block output.  ``D_ij = E[u_i^T u_j] =
+tr(O_i^T O_j E[z_j z_i^T])`` and ``c_ij = |D_ij| / sqrt(D_ii D_jj)``.  The best multiple of
+``u_j`` explains the fraction ``c_ij^2`` of ``u_i``'s energy, so a head with a large ``c_ij`` to
+a surviving head is redundant (the sign does not matter: a re-fit rescales ``u_j`` either way).
+Elimination: repeatedly take the surviving head with the largest redundancy
+``r_i = max_{j alive, j != i} c_ij``; within the most similar pair (equal ``r``) the one with the
+smaller energy ``D_ii`` goes, its partner stays.  The increment recorded is ``r_i``'s
+complement ``1 - r_i``.
+
+Constraints (``head_mode="query"``): the allocation removes the same number of query heads from
+each KV group, so when that number is known (``quota``) both orders only pick, at each step,
+among heads whose group still has quota left; the allocation then drops exactly the greedy
+picks.  When it is not known the unconstrained order is used and the allocation's per-group
+lowest ``r`` are an approximation of the constrained greedy.  In ``head_mode="group"`` the units
+are whole KV groups (``group_size * head_dim`` columns) and each of a group's query heads gets the
+group's score divided by ``group_size`` (the allocation ranks groups by the sum).
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def _damped_inverse(H: torch.Tensor, damp: float) -> torch.Tensor:
+    n = H.shape[0]
+    diag = H.diagonal()
+    lam = damp * float(diag.mean()) if float(diag.mean()) > 0 else damp
+    Hd = H + lam * torch.eye(n, dtype=H.dtype, device=H.device)
+    L, info = torch.linalg.cholesky_ex(Hd)
+    if int(info) != 0:
+        raise ValueError("sketchprune.prune: the input second moment is not positive definite even after damping "
+                         f"({damp} x mean diagonal); increase damp")
+    Hi = torch.cholesky_inverse(L)
+    return 0.5 * (Hi + Hi.T)
+
+
+def _unit_costs(W: torch.Tensor, Hi: torch.Tensor, width: int) -> torch.Tensor:
+    """Per unit (contiguous ``width`` columns): tr(W_u (Hi_uu)^-1 W_u^T)."""
+    if width == 1:
+        return W.square().sum(0) / Hi.diagonal()
+    n = W.shape[1] // width
+    B = Hi.reshape(n, width, n, width).diagonal(dim1=0, dim2=2).permute(2, 0, 1)   # (n, w, w)
+    L = torch.linalg.cholesky(B)
+    Wt = W.T.reshape(n, width, W.shape[0])                                         # (n, w, d)
+    X = torch.linalg.solve_triangular(L, Wt, upper=False)
+    return X.square().sum((1, 2))
+
+
+def greedy_obs(W: torch.Tensor, H: torch.Tensor, width: int = 1, n_remove: int | None = None, block: int = 1,
+               damp: float = 1e-2, group_of: torch.Tensor | None = None, quota: torch.Tensor | None = None):
+    """Greedy structured OBS elimination (see the module doc).
+
+    ``W``: (d, n*width); ``H``: (n*width, n*width) input second moment.  Units are contiguous
+    blocks of ``width`` columns.  ``n_remove``: stop after that many removals (default: all n).
+    ``group_of`` (n,) / ``quota`` (n_groups,): remove at most ``quota[g]`` units of group ``g``
+    (with ``n_remove = quota.sum()``).  Returns ``(order, increments, rest, rest_costs, errors)``:
+    the removed units in order, each one's increment when chosen, the surviving units, their
+    increments at the final state, and the total output error after each step (cumulative joint
+    increments, one entry per step).
+    """
+    W = W.detach().to(torch.float64).clone()
+    H = H.detach().to(device=W.device, dtype=torch.float64)
+    if W.shape[1] % width or H.shape != (W.shape[1], W.shape[1]):
+        raise ValueError(f"sketchprune.prune: greedy_obs got W {tuple(W.shape)}, H {tuple(H.shape)}, width {width}")
+    n = W.shape[1] // width
+    n_remove = n if n_remove is None else int(n_remove)
+    if not 0 <= n_remove <= n:
+        raise ValueError(f"sketchprune.prune: cannot remove {n_remove} of {n} units")
+    if block < 1:
+        raise ValueError(f"sketchprune.prune: block must be >= 1, got {block}")
+    if quota is not None:
+        group_of = group_of.to("cpu", torch.long)
+        left = quota.to("cpu", torch.long).clone()
+        if int(left.sum()) != n_remove:
+            raise ValueError(f"sketchprune.prune: quotas sum to {int(left.sum())}, n_remove is {n_remove}")
+    Hi = _damped_inverse(H, damp)
+    alive = torch.arange(n)                     # original ids of the units in the current arrays
+    order, incs, errors = [], [], []
+    total = 0.0
+    cols_of = torch.arange(width)
+    while len(order) < n_remove:
+        costs = _unit_costs(W, Hi, width).clamp_min(0)
+        c_cpu = costs.to("cpu")
+        want = min(block, n_remove - len(order))
+        ranked = torch.argsort(c_cpu, stable=True).tolist()
+        pick = []
+        for p in ranked:
+            if quota is not None:
+                g = int(group_of[alive[p]])
+                if left[g] == 0:
+                    continue
+                left[g] -= 1
+            pick.append(p)
+            if len(pick) == want:
+                break
+        loc = torch.tensor(pick, device=W.device)
+        R = (loc[:, None] * width + cols_of.to(W.device)).reshape(-1)
+        M = Hi[R][:, R]
+        Lm = torch.linalg.cholesky(0.5 * (M + M.T))
+        HiR = Hi[R]                                           # (|R|, m)
+        A = torch.cholesky_solve(HiR, Lm)                     # M^-1 Hi_R:
+        WR = W[:, R]
+        total += float((torch.linalg.solve_triangular(Lm, WR.T, upper=False)).square().sum())
+        W -= WR @ A
+        Hi -= HiR.T @ A
+        for p in pick:
+            order.append(int(alive[p]))
+            incs.append(float(c_cpu[p]))
+        errors.append(total)
+        keep_units = torch.ones(alive.numel(), dtype=torch.bool)
+        keep_units[pick] = False
+        kc = (torch.nonzero(keep_units).reshape(-1)[:, None] * width + cols_of).reshape(-1).to(W.device)
+        W = W[:, kc].contiguous()
+        Hi = Hi[kc][:, kc].contiguous()
+        Hi = 0.5 * (Hi + Hi.T)
+        alive = alive[keep_units]
+    rest_costs = _unit_costs(W, Hi, width).clamp_min(0).to("cpu") if alive.numel() else torch.zeros(0)
+    return order, incs, alive.tolist(), rest_costs.tolist(), errors
+
+
+def order_scores(n: int, order, increments, rest=(), rest_costs=()) -> torch.Tensor:
+    """Scores (float64, CPU) whose ascending order is ``order`` then ``rest`` sorted by ``rest_costs``.
+
+    Each score is the running maximum of the increments, nudged up by one ulp where needed so
+    that the order is strict (so the allocation's lowest-first reproduces it exactly, ties
+    included) and scores keep the increments' scale.
+    """
+    seq = list(order)
+    val = list(increments)
+    if len(rest):
+        rc = torch.tensor(list(rest_costs), dtype=torch.float64)
+        srt = torch.argsort(rc, stable=True).tolist()
+        seq += [rest[k] for k in srt]
+        val += [float(rc[k]) for k in srt]
+    if sorted(seq) != list(range(n)):
+        raise RuntimeError("sketchprune.prune: an elimination order must cover every unit exactly once")
+    out = torch.empty(n, dtype=torch.float64)
+    prev = torch.tensor(-1.0, dtype=torch.float64)
+    zero = torch.tensor(0.0, dtype=torch.float64)
+    inf = torch.tensor(float("inf"), dtype=torch.float64)
+    for u, v in zip(seq, val):
+        cur = torch.maximum(torch.tensor(max(v, 0.0), dtype=torch.float64), torch.maximum(prev, zero))
+        if cur <= prev:
+            cur = torch.nextafter(prev, inf)
+        out[u] = cur
+        prev = cur
+    return out
+
+
+def similarity_elimination(D: torch.Tensor, n_remove: int | None = None, group_of: torch.Tensor | None = None,
+                           quota: torch.Tensor | None = None):
+    """Redundancy elimination from a Gram matrix ``D`` (n x n, ``D_ij = E[u_i^T u_j]``); see the
+    module doc.  The first ``n_remove`` removals honour ``quota`` per group (when given); the
+    order then continues without constraint until every unit is ranked.  Returns
+    ``(order, increments)`` with ``increments[t] = 1 - r`` of the unit removed at step ``t``."""
+    D = D.detach().to("cpu", torch.float64)
+    n = D.shape[0]
+    n_remove = n if n_remove is None else int(n_remove)
+    energy = D.diagonal().clamp_min(0)
+    norm = energy.sqrt()
+    denom = norm[:, None] * norm[None, :]
+    C = torch.where(denom > 0, D.abs() / denom.clamp_min(torch.finfo(torch.float64).tiny), torch.zeros_like(D))
+    C = C.clamp(0, 1)
+    C.fill_diagonal_(-1.0)
+    alive = torch.ones(n, dtype=torch.bool)
+    left = None if quota is None else quota.to("cpu", torch.long).clone()
+    order, incs = [], []
+    while len(order) < n:
+        Cm = C.clone()
+        Cm[:, ~alive] = -1.0
+        r = Cm.max(1).values.clamp_min(0)
+        constrained = left is not None and len(order) < n_remove
+        cand = [k for k in range(n) if alive[k] and (not constrained or left[int(group_of[k])] > 0)]
+        # largest redundancy first, then smaller energy, then higher index
+        i = min(cand, key=lambda k: (-float(r[k]), float(energy[k]), -k))
+        if constrained:
+            left[int(group_of[i])] -= 1
+        alive[i] = False
+        order.append(i)
+        incs.append(1.0 - float(r[i]))
+    return order, incs
