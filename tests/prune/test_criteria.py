@@ -358,3 +358,117 @@ def test_prune_model_subset_of_layers_and_precomputed_stats():
     assert units[1].ffn_units == units[3].ffn_units == FFN and units[1].heads.num_heads == HEADS
     assert units[0].ffn_units < FFN and units[2].heads.num_heads < HEADS
     assert torch.isfinite(logits(model, data[0]["input_ids"])).all()
+
+
+# ---------------------------------------------------------------------------- gradient criteria
+def reference_gradients(model, data):
+    """Sum over batches of dL_b/dW (float64 next-token cross-entropy, explicit) and of its square
+    times W^2, for every parameter, by plain autograd."""
+    params = dict(model.named_parameters())
+    gsum = {n: torch.zeros_like(p) for n, p in params.items()}
+    fsum = {n: torch.zeros_like(p) for n, p in params.items()}
+    model.eval()
+    for bt in data:
+        ids, am = bt["input_ids"], bt["attention_mask"].bool()
+        logp = torch.log_softmax(model(input_ids=ids, attention_mask=bt["attention_mask"]).logits[:, :-1], -1)
+        nll = -logp.gather(-1, ids[:, 1:, None])[..., 0]
+        valid = am[:, 1:] & am[:, :-1]
+        loss = nll[valid].sum() / valid.sum()
+        grads = torch.autograd.grad(loss, list(params.values()), allow_unused=True)
+        for (n, p), g in zip(params.items(), grads):
+            if g is not None:
+                gsum[n] += g
+                fsum[n] += (p.detach() * g).square()
+    return gsum, fsum
+
+
+def test_gradient_statistics_equal_autograd():
+    from sketchprune.prune.gradient_scores import gradient_statistics
+    model = make_model("qwen2")                      # q/k/v biases
+    data = batches()
+    gsum, fsum = reference_gradients(make_model("qwen2"), data)
+    # state to restore
+    model.model.norm.weight.requires_grad_(False)
+    up1 = model.model.layers[1].mlp.up_proj.weight
+    up1.grad = sentinel = torch.full_like(up1, 7.0)
+    model.train()
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    gs = gradient_statistics(model, data, layers=[1, 3], progress=False)
+    assert sorted(gs) == [1, 3] and model.training
+    assert up1.grad is sentinel and not model.model.norm.weight.requires_grad
+    assert all(p.requires_grad for n, p in model.named_parameters() if n != "model.norm.weight")
+    assert all(p.grad is None for p in model.parameters() if p is not up1)
+    assert all(not getattr(p, "_post_accumulate_grad_hooks", None) for p in model.parameters())
+    assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())
+    hs = get_adapter(model).head_structure(model.model.layers[0])
+    hd, B = hs.head_dim, len(data)
+    for i in (1, 3):
+        pre = f"model.layers.{i}."
+        G = {k[len(pre):]: v for k, v in gsum.items() if k.startswith(pre)}
+        Fs = {k[len(pre):]: v for k, v in fsum.items() if k.startswith(pre)}
+        Wt = {k[len(pre):]: v.detach() for k, v in dict(model.named_parameters()).items() if k.startswith(pre)}
+        tay = {k: (Wt[k] * G[k]).abs() for k in G}
+
+        def unit(t, parts):
+            return torch.stack([sum(t[name][sl].sum() for name, sl in parts(u)) for u in range(n)])
+        n = FFN
+        ffn_parts = lambda u: [("mlp.gate_proj.weight", (u, slice(None))), ("mlp.up_proj.weight", (u, slice(None))),
+                               ("mlp.down_proj.weight", (slice(None), u))]
+        n = HEADS
+        blk = lambda u: slice(u * hd, (u + 1) * hd)
+        head_parts = lambda u: [("self_attn.q_proj.weight", blk(u)), ("self_attn.q_proj.bias", blk(u)),
+                                ("self_attn.o_proj.weight", (slice(None), blk(u)))]
+        kv_parts = lambda u: [(f"self_attn.{m}_proj.{w}", blk(u)) for m in "kv" for w in ("weight", "bias")]
+        for kind, parts, count in (("ffn", ffn_parts, FFN), ("head", head_parts, HEADS), ("kv", kv_parts, KV_HEADS)):
+            n = count
+            torch.testing.assert_close(gs[i][f"{kind}_taylor"], unit(tay, parts))
+            torch.testing.assert_close(gs[i][f"{kind}_fisher"], 0.5 * unit(Fs, parts) / B)
+        assert int(gs[i]["batches"]) == B
+    # criteria on top
+    g = HEADS // KV_HEADS
+    for name, term in (("taylor", "taylor"), ("fisher", "fisher")):
+        q = score_model(model, name, grads=gs)
+        assert sorted(q.ffn) == [1, 3]
+        assert torch.equal(q.ffn[3], gs[3][f"ffn_{term}"]) and torch.equal(q.heads[3], gs[3][f"head_{term}"])
+        grp = score_model(model, name, grads=gs, head_mode="group")
+        torch.testing.assert_close(grp.heads[1].reshape(KV_HEADS, g).sum(1),
+                                   gs[1][f"head_{term}"].reshape(KV_HEADS, g).sum(1) + gs[1][f"kv_{term}"])
+    with pytest.raises(ValueError, match="needs gradients"):
+        score_model(model, "taylor")
+
+
+def test_gradient_statistics_fisher_only_and_errors():
+    from sketchprune.prune.gradient_scores import gradient_statistics
+    model = make_model("llama")
+    data = batches(n=2)
+    both = gradient_statistics(model, data, layers=[0], progress=False)
+    only = gradient_statistics(model, data, layers=[0], progress=False, what=("fisher",))
+    assert set(only[0]) == {"ffn_fisher", "head_fisher", "kv_fisher", "batches"}
+    torch.testing.assert_close(only[0]["ffn_fisher"], both[0]["ffn_fisher"])
+    with pytest.raises(ValueError, match="subset"):
+        gradient_statistics(model, data, what=("hessian",))
+    with pytest.raises(ValueError, match="no calibration batches"):
+        gradient_statistics(model, [], progress=False)
+    with pytest.raises(IndexError):
+        gradient_statistics(model, data, layers=[LAYERS])
+    empty = {"input_ids": data[0]["input_ids"], "attention_mask": torch.zeros_like(data[0]["input_ids"])}
+    with pytest.raises(ValueError, match="no \\(input, next token\\)"):
+        gradient_statistics(model, [empty], progress=False)
+    assert all(p.requires_grad and p.grad is None for p in model.parameters())
+
+
+@pytest.mark.parametrize("name", ["taylor", "fisher", "greedy", "head-similarity"])
+def test_new_criteria_finite_shaped_deterministic(name):
+    from sketchprune.prune.gradient_scores import gradient_statistics
+    model = make_model("mistral")
+    data = batches(n=2)
+    stats = collect_statistics(model, data, what={"down_in": "full", "o_in": "full"}, progress=False)
+    grads = gradient_statistics(model, data, progress=False) if CRITERIA[name].needs_gradients else None
+    a = score_model(model, name, stats, grads=grads)
+    b = score_model(model, name, stats, grads=grads)
+    for i in range(LAYERS):
+        assert a.ffn[i].shape == (FFN,) and a.heads[i].shape == (HEADS,)
+        assert a.ffn[i].dtype == a.heads[i].dtype == torch.float64
+        assert torch.isfinite(a.ffn[i]).all() and (a.ffn[i] >= 0).all() and (a.heads[i] >= 0).all()
+        assert torch.equal(a.ffn[i], b.ffn[i]) and torch.equal(a.heads[i], b.heads[i])
+    assert CRITERIA[name].doc

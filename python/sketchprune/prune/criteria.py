@@ -239,9 +239,10 @@ def _sigma():
 
 def _grad_heads(ctx, term: str) -> torch.Tensor:
     """Per query head: its own q/o term; in head_mode "group" plus its KV head's k/v term shared
-    equally by the group's query heads (so a group's summed score is its whole term)."""
+    equally by the group's query heads (so a group's summed score is its whole term); likewise
+    without GQA, where a query head is removed with its k/v rows."""
     h = ctx.grad(f"head_{term}").to(torch.float64)
-    if ctx.head_mode == "group":
+    if ctx.head_mode == "group" or ctx.heads.group_size == 1:   # (without GQA a head goes with its k/v)
         g = ctx.heads.group_size
         h = h + (ctx.grad(f"kv_{term}").to(torch.float64) / g).repeat_interleave(g).to(h.device)
     return h
@@ -283,7 +284,7 @@ def _head_units(ctx):
     hs = ctx.heads
     g = hs.group_size
     rm = ctx.heads_remove
-    if ctx.head_mode == "group":
+    if ctx.head_mode == "group" or g == 1:  # without GQA, "query" heads go as single-head KV groups
         if rm is not None and rm % g:
             raise ValueError(f"sketchprune.prune: layer {ctx.index}: heads_remove {rm} is not a whole number "
                              f"of KV groups of {g}")

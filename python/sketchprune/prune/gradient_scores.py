@@ -66,8 +66,11 @@ def _reducers(adapter, layer):
 
 
 def causal_lm_loss(logits: torch.Tensor, input_ids: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    """Mean next-token cross-entropy over positions whose input and target are both unmasked."""
-    lg = logits[:, :-1].float()
+    """Mean next-token cross-entropy (float32, float64 for float64 logits) over the positions whose
+    input and target tokens are both unmasked."""
+    lg = logits[:, :-1]
+    if lg.dtype != torch.float64:
+        lg = lg.float()
     tgt = input_ids[:, 1:]
     valid = torch.ones_like(tgt, dtype=torch.bool) if mask is None else (mask[:, 1:] & mask[:, :-1])
     if not valid.any():
