@@ -1,4 +1,4 @@
-"""Command line: ``sketchprune info | select``.
+"""Command line: ``sketchprune info | select | prune | eval`` (prune and eval: :mod:`sketchprune.cli_prune`).
 
 ``sketchprune select --grads G.npy --n 1000 [--method skmm] [--m 512] [--out selection.json]``
 sketches a per-sample gradient (or feature) matrix stored as .npy (memory-mapped, never loaded
@@ -84,7 +84,12 @@ def main(argv=None) -> int:
     s.add_argument("--budget", default=None, help="memory budget, e.g. 8GiB")
     s.add_argument("--out", default=None, help="output JSON (default: stdout)")
     s.add_argument("--quiet", action="store_true")
+    from .cli_prune import add_subparsers as _add_prune_eval, run as _run_prune_eval
+
+    _add_prune_eval(sub)
     args = parser.parse_args(argv)
+    if args.cmd in ("prune", "eval"):
+        return _run_prune_eval(args, argv)
     if args.cmd == "info":
         from .info import main as info_main
 
