@@ -174,9 +174,9 @@ def head_removal(costs: LayerCosts, attn_sparsity: float, head_mode: str,
     """
     target = attn_sparsity * costs.attn_total
     g = costs.group_size
-    if head_mode == "query":
+    if head_mode == "query" and g > 1:
         options = [(r, 0, r * costs.num_kv_heads * costs.query_head) for r in range(g)]
-    elif head_mode == "group":
+    elif head_mode in HEAD_MODES:  # "group", or "query" without GQA (each KV group is one query head)
         options = [(0, m, m * (g * costs.query_head + costs.kv_head)) for m in range(costs.num_kv_heads)]
     else:
         raise ValueError(f"sketchprune.prune: head_mode must be one of {HEAD_MODES}, got {head_mode!r}")
@@ -271,7 +271,7 @@ def _layer_plan(i: int, c: LayerCosts, fs: torch.Tensor, hsc: torch.Tensor, rem:
     """Within one layer: drop the lowest-scored units in the counts of ``rem``."""
     g = c.group_size
     hs = hsc.detach().to("cpu", torch.float64)
-    if rem.head_mode == "query":
+    if rem.head_mode == "query" and g > 1:  # (without GQA, query heads go as single-head KV groups)
         per_group = hs.reshape(c.num_kv_heads, g)
         keep = []
         for k in range(c.num_kv_heads):
@@ -347,7 +347,7 @@ def _global_removal(costs, ffn_scores, head_scores, sparsity, attn_sparsity, hea
     items = []
     for i, c in costs.items():
         hs = _normalised(head_scores[i], normalise, "head", i).reshape(c.num_kv_heads, c.group_size)
-        if head_mode == "query":
+        if head_mode == "query" and c.group_size > 1:
             per_rank = torch.sort(hs, dim=1).values.mean(0)          # r-th lowest head, averaged over groups
             items += [(float(per_rank[r - 1]), i, r, c.num_kv_heads * c.query_head) for r in range(1, c.group_size)]
         else:
@@ -367,8 +367,8 @@ def _global_removal(costs, ffn_scores, head_scores, sparsity, attn_sparsity, hea
     out = {}
     for i in costs:
         r = taken.get(i, 0)
-        out[i] = LayerRemoval(r if head_mode == "query" else 0, r if head_mode == "group" else 0,
-                              ffn_taken.get(i, 0), head_mode)
+        per_query = head_mode == "query" and costs[i].group_size > 1  # else whole (single-head) groups
+        out[i] = LayerRemoval(r if per_query else 0, 0 if per_query else r, ffn_taken.get(i, 0), head_mode)
     return out
 
 
