@@ -184,9 +184,10 @@ def test_empty_ffn_layer_is_allowed(tokens):
 def test_unsupported_architecture_names_supported_ones():
     cfg = pytest.importorskip("transformers").GPT2Config(n_embd=32, n_layer=1, n_head=2, vocab_size=50)
     from transformers import GPT2LMHeadModel
-    with pytest.raises(ValueError, match="unsupported architecture 'gpt2'.*llama, mistral, qwen2"):
+    with pytest.raises(ValueError, match="unsupported architecture 'gpt2'.*"
+                       "bert, gemma2, gemma3_text, llama, mistral, opt, qwen2"):
         slice_model(GPT2LMHeadModel(cfg), ffn={0: [0]})
-    assert supported_architectures() == ["llama", "mistral", "qwen2"]
+    assert supported_architectures() == ["bert", "gemma2", "gemma3_text", "llama", "mistral", "opt", "qwen2"]
 
 
 @pytest.mark.parametrize("kind", KINDS)

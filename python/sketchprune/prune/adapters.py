@@ -2,19 +2,24 @@
 
 A transformer block holds two kinds of independent depth-2 units:
 
-* an FFN inner channel ``i``: row ``i`` of the gate/up projections with column ``i`` of the
-  down projection;
+* an FFN inner channel ``i``: row ``i`` of the first projection(s) -- gate and up for a gated
+  FFN (``down(act(gate x) * up x)``), the single up projection for a plain one
+  (``down(act(up x))``, OPT's ``fc1``/``fc2``, BERT's ``intermediate``/``output``) -- with column
+  ``i`` of the down projection;
 * an attention head: its Q (and, per KV group, K/V) row block of ``head_dim`` rows, with the
   matching ``head_dim`` column block of the output projection.
 
-An adapter knows, for one family of Hugging Face models, how to find the decoder layers and their
-``nn.Linear`` modules, how to read each layer's unit structure (from the module shapes, so an
-already pruned model with different sizes per layer reads correctly), and which module attributes
-Hugging Face's forward reads and must be updated after slicing.
+An adapter knows, for one family of Hugging Face models, how to find the decoder (or encoder)
+layers and their ``nn.Linear`` modules, how to read each layer's unit structure (from the module
+shapes, so an already pruned model with different sizes per layer reads correctly), which module
+attributes Hugging Face's forward reads and must be updated after slicing, and which stock config
+fields can describe a model whose layers all have the same sizes.
 
 Adapters are kept in a small registry keyed by ``config.model_type``; :func:`get_adapter` picks
 one for a model and raises a ``ValueError`` naming the supported architectures otherwise.  New
-families (GPT-2, OPT, Gemma, BERT, ...) are added with :func:`register_adapter`.
+families are added with :func:`register_adapter`.  Supported: the Llama family (``llama``,
+``mistral``, ``qwen2``), Gemma 2 / Gemma 3 text models (``gemma2``, ``gemma3_text``), OPT
+(``opt``) and BERT encoders (``bert``).
 """
 
 from __future__ import annotations
@@ -52,11 +57,22 @@ class LayerUnits:
 
 @dataclass(frozen=True)
 class FFNLinears:
-    """The gated FFN of one layer: ``down(act(gate(x)) * up(x))``."""
+    """The FFN of one layer: ``down(act(gate(x)) * up(x))`` when gated, ``down(act(up(x)))``
+    when ``gate`` is ``None``."""
 
-    gate: nn.Linear
+    gate: nn.Linear | None
     up: nn.Linear
     down: nn.Linear
+
+    @property
+    def units(self) -> int:
+        """The number of FFN channels (rows of up, columns of down)."""
+        return self.up.out_features
+
+    @property
+    def first(self) -> tuple[nn.Linear, ...]:
+        """The first-half Linears whose rows are the channels: (gate, up), or (up,) if not gated."""
+        return (self.up,) if self.gate is None else (self.gate, self.up)
 
 
 @dataclass(frozen=True)
@@ -101,8 +117,36 @@ class ArchitectureAdapter:
 
     def layer_units(self, model: nn.Module) -> list[LayerUnits]:
         """Per layer: the FFN channel count and the attention head structure."""
-        return [LayerUnits(i, self.ffn(layer).gate.out_features, self.head_structure(layer))
+        return [LayerUnits(i, self.ffn(layer).units, self.head_structure(layer))
                 for i, layer in enumerate(self.layers(model))]
+
+    #: our per-layer size keys (see ``record_structure``) -> the stock config field holding it;
+    #: a key without a stock field (no GQA in the family) is left out
+    config_fields: dict[str, str] = {}
+    #: whether the modelling code reads an explicit ``config.head_dim`` (else it derives
+    #: ``hidden_size // num_attention_heads``)
+    explicit_head_dim: bool = False
+
+    def stock_config(self, config, sizes: dict, head_dim: int) -> dict | None:
+        """The stock config fields that describe a model whose layers all have ``sizes``
+        (``intermediate_size``, ``num_attention_heads``, ``num_key_value_heads``) and per-head
+        width ``head_dim``, or ``None`` when the stock config cannot describe it.
+
+        Hugging Face configs reject ``hidden_size`` not divisible by ``num_attention_heads``
+        (even with an explicit ``head_dim``), and where the modelling code derives the head width
+        from ``hidden_size // num_attention_heads`` the head count cannot change at all.
+        """
+        heads = sizes["num_attention_heads"]
+        if config.hidden_size % heads:
+            return None
+        if not self.explicit_head_dim and config.hidden_size // heads != head_dim:
+            return None
+        if "num_key_value_heads" not in self.config_fields and sizes["num_key_value_heads"] != heads:
+            return None
+        out = {self.config_fields[k]: v for k, v in sizes.items() if k in self.config_fields}
+        if self.explicit_head_dim:
+            out["head_dim"] = head_dim
+        return out
 
 
 _REGISTRY: dict[str, type[ArchitectureAdapter]] = {}
@@ -147,6 +191,32 @@ def _decoder_stack(model: nn.Module) -> nn.Module:
     return inner if isinstance(inner, nn.Module) and hasattr(inner, "layers") else model
 
 
+def _base_model(model: nn.Module) -> nn.Module:
+    """The bare transformer inside a head model (Hugging Face's ``base_model_prefix``), else ``model``."""
+    prefix = getattr(model, "base_model_prefix", "")
+    inner = getattr(model, prefix, None) if prefix else None
+    return inner if isinstance(inner, nn.Module) else model
+
+
+def _require_gate(adapter: ArchitectureAdapter, ffn: FFNLinears, gated: bool) -> None:
+    if (ffn.gate is not None) != gated:
+        raise ValueError(f"sketchprune.prune: {type(adapter).__name__} expects "
+                         f"{'a gated FFN (gate, up, down)' if gated else 'a plain FFN without gate'}")
+
+
+def _check_head_shapes(where, hd: int, q: nn.Linear, k: nn.Linear, v: nn.Linear, o: nn.Linear) -> HeadStructure:
+    """The head structure implied by the q/k/v/o shapes and ``head_dim``, or a clear error."""
+    nq, rem_q = divmod(q.out_features, hd)
+    nkv, rem_kv = divmod(k.out_features, hd)
+    if rem_q or rem_kv or nkv == 0 or nq % nkv or v.out_features != k.out_features \
+            or o.in_features != q.out_features:
+        raise ValueError(
+            f"sketchprune.prune: inconsistent attention shapes in layer {where}: "
+            f"q {q.out_features}, k {k.out_features}, v {v.out_features}, "
+            f"o in {o.in_features}, head_dim {hd}")
+    return HeadStructure(nq, nkv, hd)
+
+
 def _replace(parent: nn.Module, name: str, new: nn.Module) -> None:
     setattr(parent, name, new)
 
@@ -180,25 +250,21 @@ class LlamaAdapter(ArchitectureAdapter):
         a = layer.self_attn
         return AttnLinears(a.q_proj, a.k_proj, a.v_proj, a.o_proj)
 
+    config_fields = {"intermediate_size": "intermediate_size", "num_attention_heads": "num_attention_heads",
+                     "num_key_value_heads": "num_key_value_heads"}
+    explicit_head_dim = True
+
     def head_structure(self, layer):
         a = layer.self_attn
-        hd = int(a.head_dim)
-        nq, rem_q = divmod(a.q_proj.out_features, hd)
-        nkv, rem_kv = divmod(a.k_proj.out_features, hd)
-        if rem_q or rem_kv or nkv == 0 or nq % nkv or a.v_proj.out_features != a.k_proj.out_features \
-                or a.o_proj.in_features != a.q_proj.out_features:
-            raise ValueError(
-                f"sketchprune.prune: inconsistent attention shapes in layer {a.layer_idx}: "
-                f"q {a.q_proj.out_features}, k {a.k_proj.out_features}, v {a.v_proj.out_features}, "
-                f"o in {a.o_proj.in_features}, head_dim {hd}")
-        return HeadStructure(nq, nkv, hd)
+        return _check_head_shapes(a.layer_idx, int(a.head_dim), a.q_proj, a.k_proj, a.v_proj, a.o_proj)
 
     def set_ffn_size(self, layer, ffn):
+        _require_gate(self, ffn, True)
         m = layer.mlp
         _replace(m, "gate_proj", ffn.gate)
         _replace(m, "up_proj", ffn.up)
         _replace(m, "down_proj", ffn.down)
-        m.intermediate_size = ffn.gate.out_features
+        m.intermediate_size = ffn.units
 
     def set_attention(self, layer, attn, heads):
         a = layer.self_attn
@@ -210,3 +276,144 @@ class LlamaAdapter(ArchitectureAdapter):
         a.num_heads = heads.num_heads
         a.num_key_value_heads = heads.num_kv_heads
         a.head_dim = heads.head_dim
+
+
+@register_adapter("gemma2", "gemma3_text")
+class GemmaAdapter(LlamaAdapter):
+    """Gemma 2 and Gemma 3 text models (``Gemma2ForCausalLM``, ``Gemma3ForCausalLM``,
+    ``Gemma3TextModel``): the Llama module layout with a GeGLU FFN, an explicit
+    ``config.head_dim`` (not ``hidden_size // num_attention_heads``), local sliding-window layers
+    and, in Gemma 3, RMS norms ``self_attn.q_norm`` / ``k_norm`` over ``head_dim``.
+
+    The attention forward reshapes with ``view(..., -1, head_dim)`` and reads only
+    ``num_key_value_groups``, ``head_dim``, ``scaling`` (from ``query_pre_attn_scalar``, not the
+    head count) and ``sliding_window`` from the module; the q/k norms act within each head with
+    weights shared by all heads, so slicing whole heads leaves them as they are.  The multimodal
+    ``gemma3`` (``Gemma3ForConditionalGeneration``) is not covered.
+    """
+
+    def head_structure(self, layer):
+        hs = super().head_structure(layer)
+        a = layer.self_attn
+        for name in ("q_norm", "k_norm"):
+            norm = getattr(a, name, None)
+            w = getattr(norm, "weight", None)
+            if w is not None and tuple(w.shape) != (hs.head_dim,):
+                raise ValueError(f"sketchprune.prune: {name} of layer {a.layer_idx} has shape {tuple(w.shape)}; "
+                                 f"expected one weight per head_dim ({hs.head_dim}) shared by all heads")
+        return hs
+
+
+@register_adapter("opt")
+class OPTAdapter(ArchitectureAdapter):
+    """OPT (``OPTForCausalLM``, ``OPTModel``): ``base.decoder.layers[i]`` holding
+    ``self_attn.{q_proj,k_proj,v_proj,out_proj}`` and a plain FFN ``fc1 -> act -> fc2`` directly
+    on the layer, all with biases; no GQA (one KV head per query head).
+
+    The attention forward reshapes with ``view(bsz, -1, self.num_heads, self.head_dim)``, so
+    ``self_attn.num_heads`` is set per layer.  ``head_dim`` (and the ``head_dim ** -0.5`` query
+    scaling) is fixed at construction from ``hidden_size // num_attention_heads``, so after head
+    pruning the stock config cannot describe the model: ``config.num_attention_heads`` keeps its
+    value and :func:`~sketchprune.prune.load_pruned` restores the per-layer sizes.  Uniform FFN
+    pruning alone updates ``config.ffn_dim`` and loads with the stock ``from_pretrained``.
+    """
+
+    config_fields = {"intermediate_size": "ffn_dim", "num_attention_heads": "num_attention_heads"}
+
+    def layers(self, model):
+        decoder = getattr(_base_model(model), "decoder", None)
+        layers = getattr(decoder, "layers", None)
+        if layers is None or len(layers) == 0 or not all(
+                hasattr(l, "self_attn") and hasattr(l, "fc1") and hasattr(l, "fc2") for l in layers):
+            raise ValueError(
+                f"sketchprune.prune: {type(model).__name__} does not have the OPT module layout "
+                "(decoder.layers[i].self_attn / .fc1 / .fc2)")
+        return list(layers)
+
+    def ffn(self, layer):
+        return FFNLinears(None, layer.fc1, layer.fc2)
+
+    def attention(self, layer):
+        a = layer.self_attn
+        return AttnLinears(a.q_proj, a.k_proj, a.v_proj, a.out_proj)
+
+    def head_structure(self, layer):
+        a = layer.self_attn
+        hs = _check_head_shapes(a.layer_idx, int(a.head_dim), a.q_proj, a.k_proj, a.v_proj, a.out_proj)
+        if hs.num_kv_heads != hs.num_heads:
+            raise ValueError(f"sketchprune.prune: OPT layer {a.layer_idx} has {hs.num_heads} query heads but "
+                             f"{hs.num_kv_heads} KV heads; OPT attention has one KV head per query head")
+        return hs
+
+    def set_ffn_size(self, layer, ffn):
+        _require_gate(self, ffn, False)
+        _replace(layer, "fc1", ffn.up)
+        _replace(layer, "fc2", ffn.down)
+
+    def set_attention(self, layer, attn, heads):
+        if heads.num_kv_heads != heads.num_heads:
+            raise ValueError(f"sketchprune.prune: OPT needs as many KV heads as query heads, got {heads}")
+        a = layer.self_attn
+        for name, lin in (("q_proj", attn.q), ("k_proj", attn.k), ("v_proj", attn.v), ("out_proj", attn.o)):
+            _replace(a, name, lin)
+        a.num_heads = heads.num_heads  # read by the forward's reshapes
+
+
+@register_adapter("bert")
+class BertAdapter(ArchitectureAdapter):
+    """BERT encoders (``BertModel`` -- e.g. all-MiniLM-L6-v2 --, ``BertForMaskedLM``, ...):
+    ``base.encoder.layer[i]`` holding ``attention.self.{query,key,value}``,
+    ``attention.output.dense`` and the plain FFN ``intermediate.dense -> act -> output.dense``,
+    all with biases; no GQA.  Cross-attention (BERT as a decoder) is left untouched.
+
+    The self-attention forward reshapes with ``view(..., -1, attention_head_size)``;
+    ``num_attention_heads`` and ``all_head_size`` are set per layer as well to keep the module
+    consistent.  ``attention_head_size`` (and the scaling) come from
+    ``hidden_size // num_attention_heads`` at construction, so, as for OPT, after head pruning
+    the stock config keeps its head count and :func:`~sketchprune.prune.load_pruned` restores
+    the per-layer sizes; uniform FFN pruning alone loads with the stock ``from_pretrained``.
+    """
+
+    config_fields = {"intermediate_size": "intermediate_size", "num_attention_heads": "num_attention_heads"}
+
+    def layers(self, model):
+        encoder = getattr(_base_model(model), "encoder", None)
+        layers = getattr(encoder, "layer", None)
+        if layers is None or len(layers) == 0 or not all(
+                hasattr(l, "attention") and hasattr(l.attention, "self") and hasattr(l, "intermediate")
+                and hasattr(l, "output") for l in layers):
+            raise ValueError(
+                f"sketchprune.prune: {type(model).__name__} does not have the BERT module layout "
+                "(encoder.layer[i].attention.self / .attention.output / .intermediate / .output)")
+        return list(layers)
+
+    def ffn(self, layer):
+        return FFNLinears(None, layer.intermediate.dense, layer.output.dense)
+
+    def attention(self, layer):
+        s = layer.attention.self
+        return AttnLinears(s.query, s.key, s.value, layer.attention.output.dense)
+
+    def head_structure(self, layer):
+        s = layer.attention.self
+        hs = _check_head_shapes(s.layer_idx, int(s.attention_head_size), s.query, s.key, s.value,
+                                layer.attention.output.dense)
+        if hs.num_kv_heads != hs.num_heads:
+            raise ValueError(f"sketchprune.prune: BERT layer {s.layer_idx} has {hs.num_heads} query heads but "
+                             f"{hs.num_kv_heads} key/value heads")
+        return hs
+
+    def set_ffn_size(self, layer, ffn):
+        _require_gate(self, ffn, False)
+        _replace(layer.intermediate, "dense", ffn.up)
+        _replace(layer.output, "dense", ffn.down)
+
+    def set_attention(self, layer, attn, heads):
+        if heads.num_kv_heads != heads.num_heads:
+            raise ValueError(f"sketchprune.prune: BERT needs as many key/value heads as query heads, got {heads}")
+        s = layer.attention.self
+        for name, lin in (("query", attn.q), ("key", attn.k), ("value", attn.v)):
+            _replace(s, name, lin)
+        _replace(layer.attention.output, "dense", attn.o)
+        s.num_attention_heads = heads.num_heads
+        s.all_head_size = heads.num_heads * heads.head_dim

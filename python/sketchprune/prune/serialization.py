@@ -7,7 +7,10 @@ layer: ``intermediate_size``, ``num_attention_heads``, ``num_key_value_heads``) 
 
 * When every layer has the same sizes, :func:`~sketchprune.prune.slicing.record_structure` also
   updated the standard config fields, so the stock ``AutoModelForCausalLM.from_pretrained`` (or
-  ``LlamaForCausalLM.from_pretrained``) loads it.
+  ``LlamaForCausalLM.from_pretrained``, ``AutoModel.from_pretrained`` for a BERT encoder) loads
+  it -- except after head pruning in families whose head width is derived from the head count
+  (OPT, BERT): their stock config keeps the original head count and :func:`load_pruned` is
+  needed.
 * When sizes differ per layer, the stock classes build every layer from the global config fields
   and ``from_pretrained`` stops with a size-mismatch error.  :func:`load_pruned` loads it: it uses
   a subclass of the saved architecture whose constructor re-sizes each layer's Linears to
@@ -53,10 +56,11 @@ def resize_to_structure(model: nn.Module, layers: list[dict]) -> None:
     for layer, spec in zip(mods, layers):
         f = adapter.ffn(layer)
         n = int(spec["intermediate_size"])
-        if f.gate.out_features != n:
-            adapter.set_ffn_size(layer, FFNLinears(_empty_linear(f.gate, n, f.gate.in_features),
-                                                   _empty_linear(f.up, n, f.up.in_features),
-                                                   _empty_linear(f.down, f.down.out_features, n)))
+        if f.units != n:
+            adapter.set_ffn_size(layer, FFNLinears(
+                None if f.gate is None else _empty_linear(f.gate, n, f.gate.in_features),
+                _empty_linear(f.up, n, f.up.in_features),
+                _empty_linear(f.down, f.down.out_features, n)))
         old = adapter.head_structure(layer)
         h = HeadStructure(int(spec["num_attention_heads"]), int(spec["num_key_value_heads"]), old.head_dim)
         if h.num_kv_heads < 1 or h.num_heads % h.num_kv_heads:

@@ -5,7 +5,8 @@ gathers the kept rows/columns of each layer's weight group with one
 :func:`sketchprune.gather_slices` call per (layer, unit kind) and installs smaller ``nn.Linear``
 modules (same dtype, device and ``requires_grad``) in place:
 
-* FFN: rows ``keep`` of gate/up (weights and biases) and columns ``keep`` of down;
+* FFN: rows ``keep`` of gate (if the FFN is gated) and up, weights and biases, and columns
+  ``keep`` of down;
 * attention: row blocks of ``head_dim`` of q (kept query heads) and of k/v (kept KV heads), with
   their biases, and the column blocks of o for the kept query heads.  Biases of down and o are
   per output feature and stay as they are.
@@ -13,15 +14,18 @@ modules (same dtype, device and ``requires_grad``) in place:
 Heads are chosen per layer with :class:`KVGroups` (keep whole KV groups, each with all its query
 heads) or :class:`QueryHeads` (keep some query heads; every KV group that keeps any must keep the
 same number, and a group that keeps none is removed with its K/V heads).  Either way every
-remaining KV group serves the same number of query heads, ``head_dim`` is unchanged and RoPE,
-which acts within each head, is untouched.
+remaining KV group serves the same number of query heads, ``head_dim`` is unchanged and RoPE
+and per-head q/k norms (Gemma 3), which act within each head, are untouched.
 
-Layers may end up with different sizes.  Hugging Face's Llama-family attention reads the head
-counts from the module (``num_key_value_groups``) and reshapes with ``-1`` heads, so the module
-attributes are set per layer.  The per-layer sizes are recorded in
-``config.sketchprune_layers``; when all layers agree the standard fields
-(``intermediate_size``, ``num_attention_heads``, ``num_key_value_heads``) are updated too, so the
-stock ``from_pretrained`` loads the saved model.  See :mod:`sketchprune.prune.serialization`.
+Layers may end up with different sizes.  The attention modules read their head counts from
+module attributes (Llama: ``num_key_value_groups``; OPT: ``num_heads``; BERT:
+``num_attention_heads``), which the architecture adapter sets per layer.  The per-layer sizes
+are recorded in ``config.sketchprune_layers``; when all layers agree and the stock config can
+describe them (see :meth:`~sketchprune.prune.adapters.ArchitectureAdapter.stock_config`; not
+after head pruning in OPT/BERT, whose head width is ``hidden_size // num_attention_heads``) the
+standard fields (e.g. ``intermediate_size`` / ``ffn_dim``, ``num_attention_heads``,
+``num_key_value_heads``, ``head_dim``) are updated too, so the stock ``from_pretrained`` loads
+the saved model.  See :mod:`sketchprune.prune.serialization`.
 """
 
 from __future__ import annotations
@@ -154,23 +158,27 @@ def _check_linear(name: str, mod) -> None:
 
 
 def slice_ffn(ffn: FFNLinears, keep: torch.Tensor) -> FFNLinears:
-    """New gate/up/down Linears keeping FFN channels ``keep`` (one ``gather_slices`` call)."""
+    """New (gate/)up/down Linears keeping FFN channels ``keep`` (one ``gather_slices`` call)."""
     for n in ("gate", "up", "down"):
-        _check_linear(n, getattr(ffn, n))
-    dev = ffn.gate.weight.device
-    tensors = [ffn.gate.weight, ffn.up.weight, ffn.down.weight]
-    dims = [0, 0, 1]
-    biased = [m for m in (ffn.gate, ffn.up) if m.bias is not None]
+        if n != "gate" or ffn.gate is not None:
+            _check_linear(n, getattr(ffn, n))
+    first = ffn.first                         # (gate, up) or (up,)
+    dev = ffn.up.weight.device
+    tensors = [m.weight for m in first] + [ffn.down.weight]
+    dims = [0] * len(first) + [1]
+    biased = [m for m in first if m.bias is not None]
     tensors += [m.bias for m in biased]
     dims += [0] * len(biased)
     with torch.no_grad():
         out = gather_slices([t.detach() for t in tensors], keep.to(dev), dims=dims)
-    gw, uw, dw = out[:3]
-    bias = dict(zip([id(m) for m in biased], out[3:]))
+    n = len(first)
+    weights = dict(zip([id(m) for m in first], out[:n]))
+    bias = dict(zip([id(m) for m in biased], out[n + 1:]))
+    new = {id(m): _linear_like(m, weights[id(m)], bias.get(id(m))) for m in first}
     return FFNLinears(
-        _linear_like(ffn.gate, gw, bias.get(id(ffn.gate))),
-        _linear_like(ffn.up, uw, bias.get(id(ffn.up))),
-        _linear_like(ffn.down, dw, None if ffn.down.bias is None else ffn.down.bias.detach()),
+        None if ffn.gate is None else new[id(ffn.gate)],
+        new[id(ffn.up)],
+        _linear_like(ffn.down, out[n], None if ffn.down.bias is None else ffn.down.bias.detach()),
     )
 
 
@@ -209,15 +217,18 @@ def record_structure(model: nn.Module, adapter: ArchitectureAdapter | None = Non
     head_dims = {u.heads.head_dim for u in units}
     if len(head_dims) != 1:
         raise ValueError(f"sketchprune.prune: layers have different head_dim {sorted(head_dims)}")
-    cfg.head_dim = head_dims.pop()  # explicit: hidden_size // num_attention_heads no longer holds
+    head_dim = head_dims.pop()
+    if adapter.explicit_head_dim:
+        cfg.head_dim = head_dim  # explicit: hidden_size // num_attention_heads no longer holds
     cfg.sketchprune_layers = layers
-    # The stock fields can describe the model only when every layer agrees and the config stays
-    # valid: transformers rejects hidden_size not divisible by num_attention_heads even with an
-    # explicit head_dim.  Otherwise they keep the original values and load_pruned reads
+    # The stock fields can describe the model only when every layer agrees and the adapter says
+    # the config can hold the sizes (transformers rejects hidden_size not divisible by
+    # num_attention_heads even with an explicit head_dim; OPT/BERT derive the head width from
+    # the head count).  Otherwise they keep the original values and load_pruned reads
     # sketchprune_layers.
-    if all(l == layers[0] for l in layers) and cfg.hidden_size % layers[0]["num_attention_heads"] == 0:
-        for k, v in layers[0].items():
-            setattr(cfg, k, v)
+    stock = adapter.stock_config(cfg, layers[0], head_dim) if all(l == layers[0] for l in layers) else None
+    for k, v in (stock or {}).items():
+        setattr(cfg, k, v)
     return layers
 
 
@@ -233,7 +244,7 @@ def slice_model(model: nn.Module, ffn=None, heads=None) -> nn.Module:
     layers = adapter.layers(model)
     ffn_spec = _per_layer("ffn", ffn, len(layers))
     head_spec = _per_layer("heads", heads, len(layers))
-    ffn_keep = {i: _as_index(f"ffn keep of layer {i}", k, adapter.ffn(layers[i]).gate.out_features,
+    ffn_keep = {i: _as_index(f"ffn keep of layer {i}", k, adapter.ffn(layers[i]).units,
                              allow_empty=True) for i, k in ffn_spec.items()}
     head_plans = {i: resolve_heads(s, adapter.head_structure(layers[i]), f"heads of layer {i}")
                   for i, s in head_spec.items()}
