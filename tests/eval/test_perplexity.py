@@ -50,3 +50,48 @@ def test_attention_mask_skips_padding():
 def test_empty_raises():
     with pytest.raises(ValueError):
         perplexity(_tiny(), [], progress=False)
+
+
+def test_evaluate_top1_and_counts_match_direct():
+    from sketchprune.eval import evaluate
+
+    model = _tiny()
+    ids = torch.randint(0, 97, (4, 16), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        logits = model(ids).logits[:, :-1].double()
+    tgt = ids[:, 1:]
+    nll = F.cross_entropy(logits.reshape(-1, 97), tgt.reshape(-1))
+    top1 = (logits.argmax(-1) == tgt).double().mean().item()
+    res = evaluate(model, ids, chunk_size=3)
+    assert res["ppl"] == pytest.approx(math.exp(nll.item()), rel=1e-5)
+    assert res["top1"] == pytest.approx(top1, abs=1e-12)
+    assert (res["tokens"], res["predicted_tokens"], res["sequences"], res["seq_len"]) == (64, 60, 4, 16)
+
+
+def test_top1_with_padding_counts_only_real_predictions():
+    from sketchprune.eval import evaluate
+
+    model = _tiny()
+    ids = torch.randint(0, 97, (2, 10), generator=torch.Generator().manual_seed(4))
+    mask = torch.ones_like(ids)
+    mask[1, 6:] = 0
+    with torch.no_grad():
+        a = model(ids[:1]).logits[0, :-1].argmax(-1) == ids[0, 1:]
+        b = model(ids[1:, :6]).logits[0, :-1].argmax(-1) == ids[1, 1:6]
+    res = evaluate(model, [{"input_ids": ids, "attention_mask": mask}])
+    assert res["predicted_tokens"] == 9 + 5 and res["tokens"] == 16
+    assert res["top1"] == pytest.approx((a.sum() + b.sum()).item() / 14)
+
+
+def test_top1_is_one_on_the_models_own_greedy_continuation():
+    from sketchprune.eval import evaluate
+
+    model = _tiny()
+    ids = torch.tensor([[5]])
+    with torch.no_grad():
+        for _ in range(11):
+            ids = torch.cat([ids, model(ids).logits[:, -1:].argmax(-1)], 1)
+    assert evaluate(model, ids)["top1"] == 1.0
+    ids[0, 6] = (ids[0, 6] + 1) % 97  # one wrong target; the context after it changes too
+    res = evaluate(model, ids)
+    assert res["top1"] < 1.0 and res["predicted_tokens"] == 11

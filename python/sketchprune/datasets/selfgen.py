@@ -15,6 +15,8 @@ tokens/s at batch 8, i.e. a minute or more for 8 x 512 tokens, several times a p
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 
 __all__ = ["self_generated"]
@@ -51,6 +53,8 @@ def self_generated(model, n_seqs: int, seq_len: int, seed: int = 0, temperature:
     first_pool = torch.nonzero(allowed).reshape(-1)
     if first_pool.numel() == 0:
         raise ValueError("self-generated data: every token is excluded as a first token")
+    # the KV-cache argument is ``cache`` in recent transformers, ``past_key_values`` before
+    cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
     g = torch.Generator().manual_seed(int(seed))
     dev = next(model.parameters()).device
     out = torch.empty(n_seqs, seq_len, dtype=torch.long)
@@ -69,8 +73,8 @@ def self_generated(model, n_seqs: int, seq_len: int, seed: int = 0, temperature:
             if bar is not None:
                 bar.update(rows.shape[0])
             for t in range(1, seq_len):
-                res = model(input_ids=step_in, past_key_values=past, use_cache=True)
-                past = res.past_key_values
+                res = model(input_ids=step_in, use_cache=True, **({} if past is None else {cache_arg: past}))
+                past = getattr(res, "cache", None) if cache_arg == "cache" else res.past_key_values
                 logits = res.logits[:, -1].float().cpu() / float(temperature)
                 if top_k and top_k < logits.shape[-1]:
                     kth = torch.topk(logits, int(top_k), dim=-1).values[:, -1:]

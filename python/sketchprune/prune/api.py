@@ -194,17 +194,28 @@ def _jsonable(x):
     return str(x)
 
 
-def _recon_errors(entry: dict, info: dict | None):
-    """(recon_rel_error, heldout_rel_error) of one layer: the pipeline's own per-layer numbers
-    when it gives them, else per refit matrix from its reconstruction record."""
-    if "recon_rel_error" in entry or "heldout_rel_error" in entry:
-        return entry.get("recon_rel_error"), entry.get("heldout_rel_error")
-    if not info:
-        return None, None
-    names = {"down": "down_proj", "o": "o_proj"}
-    fit = {names.get(k, k): v.get("fit_error") for k, v in info.items() if isinstance(v, dict)}
-    held = {names.get(k, k): v.get("eval_error") for k, v in info.items() if isinstance(v, dict)}
-    return fit or None, (held if any(v is not None for v in held.values()) else None)
+_MATRIX = {"down": "down_proj", "o": "o_proj"}
+
+
+def _per_matrix(v):
+    """``{"down": x, "o": y}`` -> ``{"down_proj": x, "o_proj": y}``; empty or missing -> None."""
+    if isinstance(v, dict):
+        v = {_MATRIX.get(str(k), str(k)): x for k, x in v.items() if x is not None}
+        return v or None
+    return v
+
+
+def _recon_errors(entry: dict, info: dict | None) -> dict:
+    """One layer's reconstruction errors relative to the dense layer output, per refit matrix:
+    the pipeline's per-layer numbers when it gives them, else its reconstruction record."""
+    if any(k in entry for k in ("recon_rel_error", "heldout_rel_error")):
+        return {k: _per_matrix(entry.get(k)) for k in ("recon_rel_error", "heldout_rel_error",
+                                                       "no_refit_rel_error", "no_refit_heldout_rel_error")}
+    info = {k: v for k, v in (info or {}).items() if isinstance(v, dict)}
+    return {"recon_rel_error": _per_matrix({k: v.get("fit_error") for k, v in info.items()}),
+            "heldout_rel_error": _per_matrix({k: v.get("eval_error") for k, v in info.items()}),
+            "no_refit_rel_error": _per_matrix({k: v.get("fit_error_none") for k, v in info.items()}),
+            "no_refit_heldout_rel_error": _per_matrix({k: v.get("eval_error_none") for k, v in info.items()})}
 
 
 def _layer_entries(rep: dict, plan: list[dict] | None, n_layers: int) -> list[dict]:
@@ -214,7 +225,7 @@ def _layer_entries(rep: dict, plan: list[dict] | None, n_layers: int) -> list[di
     for i in range(n_layers):
         e = by_layer.get(i, {})
         p = plan[i] if plan else None
-        fit, held = _recon_errors(e, recon.get(i))
+        errors = _recon_errors(e, recon.get(i))
         out.append({
             "layer": i,
             "pruned": i in by_layer,
@@ -226,8 +237,8 @@ def _layer_entries(rep: dict, plan: list[dict] | None, n_layers: int) -> list[di
             "total_kv_heads": e.get("kv_heads_total"),
             "params_before": e.get("params_before"),
             "params_after": e.get("params_after"),
-            "recon_rel_error": fit,
-            "heldout_rel_error": held,
+            **errors,
+            "stream_rel_error": e.get("stream_rel_error"),
         })
     return out
 

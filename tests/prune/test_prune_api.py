@@ -1,0 +1,133 @@
+"""``sketchprune.prune(model, calib, ...)``: the input model is untouched unless inplace, the report
+is consistent with the model, the recovered plan reproduces the pruned model, bad arguments are
+named before any work, and the measurements mean what they say."""
+
+import copy
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+
+from _tiny_lm import tiny_lm  # noqa: E402
+
+import sketchprune as sp  # noqa: E402
+from sketchprune.prune import slice_model  # noqa: E402
+from sketchprune.prune.api import PruneInputError  # noqa: E402
+from sketchprune.prune.measure import measure_forward, weights_bytes  # noqa: E402
+from sketchprune.prune.slicing import QueryHeads  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def dense():
+    m, _ = tiny_lm(seed=1)
+    return m
+
+
+@pytest.fixture(scope="module")
+def calib():
+    return torch.randint(0, 257, (8, 24), generator=torch.Generator().manual_seed(0))
+
+
+def _state(m):
+    return {k: v.clone() for k, v in m.state_dict().items()}
+
+
+def test_copy_by_default_inplace_on_request(dense, calib):
+    before = _state(dense)
+    pruned, rep = sp.prune(dense, calib, sparsity=0.25, criterion="wanda-sp", reconstruct=False, progress=False,
+                           measure=False)
+    assert pruned is not dense
+    after = dense.state_dict()
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    assert sum(p.numel() for p in pruned.parameters()) == rep["params"]["after"] < rep["params"]["before"]
+    work = copy.deepcopy(dense)
+    same, rep2 = sp.prune(work, calib, sparsity=0.25, criterion="wanda-sp", reconstruct=False, progress=False,
+                          measure=False, inplace=True)
+    assert same is work and rep2["plan"] == rep["plan"]
+
+
+def test_report_layers_and_no_reconstruction_errors(dense, calib):
+    _, rep = sp.prune(dense, calib, sparsity=0.3, criterion="sigma", reconstruct=False, progress=False, measure=False)
+    assert rep["reconstruct"] is False and rep["sparsity"]["requested"] == 0.3
+    assert len(rep["layers"]) == 4
+    for layer in rep["layers"]:
+        assert layer["recon_rel_error"] is None and layer["heldout_rel_error"] is None
+        assert 0 < layer["kept_channels"] < layer["total_channels"] == 96
+        assert layer["params_after"] < layer["params_before"]
+    s = sum(l["params_before"] - l["params_after"] for l in rep["layers"]) / sum(l["params_before"] for l in rep["layers"])
+    assert rep["sparsity"]["achieved"] == pytest.approx(s)
+    assert rep["calibration"]["tokens"] == calib.numel()
+
+
+def test_recovered_plan_reproduces_the_pruned_model(dense, calib):
+    pruned, rep = sp.prune(dense, calib, sparsity=0.3, criterion="flap", reconstruct=False, progress=False,
+                           measure=False, flap_bias="none")
+    rebuilt = copy.deepcopy(dense)
+    ffn = {p["layer"]: torch.tensor(p["ffn_channels"]) for p in rep["plan"]}
+    heads = {p["layer"]: QueryHeads(torch.tensor(p["q_heads"])) for p in rep["plan"]}
+    slice_model(rebuilt, ffn=ffn, heads=heads)
+    x = torch.randint(0, 257, (2, 16), generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        assert torch.equal(rebuilt(input_ids=x).logits, pruned(input_ids=x).logits)
+    assert rep["plan_error"] is None
+
+
+def test_reconstruction_reports_errors_per_layer(dense, calib):
+    _, rep = sp.prune(dense, calib, sparsity=0.3, criterion="sigma", reconstruct=True, progress=False, measure=False)
+    for layer in rep["layers"]:
+        assert layer["recon_rel_error"] is not None and layer["heldout_rel_error"] is not None
+
+
+def test_self_calibration(dense):
+    _, rep = sp.prune(dense, "self", sparsity=0.2, criterion="wanda-sp", reconstruct=False, progress=False,
+                      measure=False, seq_len=16, calib_tokens=64)
+    assert rep["calibration"]["source"] == "self" and rep["calibration"]["tokens"] == 64
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"sparsity": 1.0}, r"sparsity must be in \[0, 1\)"),
+    ({"sparsity": -0.01}, r"sparsity must be in \[0, 1\)"),
+    ({"sparsity": "0.2"}, "sparsity must be a number"),
+    ({"criterion": "nope"}, "unknown criterion"),
+    ({"budget": "lots"}, "budget"),
+    ({"calib": None}, "needs calibration data"),
+    ({"calib": torch.randn(4, 8)}, "integer"),
+    ({"calib": torch.randint(0, 257, (1, 8))}, "at least 2"),
+    ({"calib": "self", "seq_len": 16, "calib_tokens": 8}, "shorter than the sequence length"),
+])
+def test_bad_arguments(dense, calib, kwargs, match):
+    kw = {"calib": calib, "sparsity": 0.2, "criterion": "sigma", "progress": False, "measure": False}
+    kw.update(kwargs)
+    before = _state(dense)
+    with pytest.raises(PruneInputError, match=match):
+        sp.prune(dense, kw.pop("calib"), **kw)
+    assert all(torch.equal(before[k], v) for k, v in dense.state_dict().items())
+
+
+def test_unsupported_architecture(calib):
+    cfg = transformers.GPT2Config(vocab_size=257, n_embd=32, n_layer=1, n_head=2)
+    with pytest.raises(PruneInputError, match="unsupported architecture 'gpt2'"):
+        sp.prune(transformers.GPT2LMHeadModel(cfg), calib, progress=False)
+
+
+def test_measure_forward_counts_weights_and_activations(dense):
+    x = torch.randint(0, 257, (1, 40), generator=torch.Generator().manual_seed(2))
+    m = measure_forward(dense, x, repeats=2)
+    assert m["weights_bytes"] == weights_bytes(dense) >= 4 * sum(p.numel() for p in dense.parameters())
+    # the logits alone (1 x 40 x 257 fp32) are allocated during the pass
+    assert m["activation_peak_bytes"] >= 40 * 257 * 4
+    assert m["peak_memory_bytes"] == m["weights_bytes"] + m["activation_peak_bytes"]
+    assert len(m["latency_runs_s"]) == 2 and m["latency_s"] > 0
+    # longer input, more activation memory; the measurement is repeatable
+    m2 = measure_forward(dense, torch.cat([x, x], 1), repeats=1)
+    assert m2["activation_peak_bytes"] > m["activation_peak_bytes"]
+    assert measure_forward(dense, x, repeats=1)["activation_peak_bytes"] == m["activation_peak_bytes"]
+
+
+def test_callable_packages_keep_their_modules():
+    from sketchprune.prune import prune_model  # the subpackage still imports as before
+
+    assert callable(sp.prune) and callable(sp.select) and callable(prune_model)
+    sel = sp.select(3, "uniform", torch.randn(10, 4))
+    assert len(set(sel.indices.tolist())) == 3
