@@ -45,4 +45,4 @@ def test_moment_matching(benchmark, device, weighting):
                     objective_rel=sol.objective / sol.objective_uniform)
 
     benchmark.pedantic(run, rounds=1, iterations=1)
-    benchmark.extra_info.update(info, case=f"N={N} m=512 n=1000 c=0.8 {weighting}", backend="sketchprune")
+    benchmark.extra_info.update(info, details=dict(info), case=f"N={N} m=512 n=1000 c=0.8 {weighting}", backend="sketchprune")

@@ -2,7 +2,12 @@
 # GPU check: build with CUDA, run the whole test suite on the GPU, run the benchmarks, and
 # write OUT_DIR/<device>-<date>.{json,md}.
 #
-#   bash bench/gpu_check.sh [OUT_DIR]          (default OUT_DIR: bench/results)
+#   bash bench/gpu_check.sh [OUT_DIR] [all|tests|bench]   (default: bench/results all)
+#
+# all: tests then benchmarks in one time box; tests: the build and the whole test suite with the
+# whole time box; bench: the build and the benchmarks only (kernels, moment matching, end-to-end
+# selection on ResNet18 last-two-layer shapes, pruning on LLaMA-7B layer shapes).  With a
+# 10-minute limit per call, `tests` then `bench` as two calls gives each its full time.
 #
 # For a GPU machine with torch, triton, pybind11, scikit-build-core, cmake and ninja already
 # installed and no network: nothing is downloaded (pip runs with --no-index
@@ -17,6 +22,8 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 REPO=$(pwd)
 OUT_DIR=${1:-bench/results}
+MODE=${2:-all}
+case "$MODE" in all|tests|bench) ;; *) echo "gpu_check: mode must be all, tests or bench, got '$MODE'" >&2; exit 2;; esac
 mkdir -p "$OUT_DIR"
 OUT_DIR=$(cd "$OUT_DIR" && pwd)
 LOG="$OUT_DIR/gpu_check"
@@ -82,21 +89,34 @@ stage "python -m sketchprune.info"
 done_stage info 0
 
 # ------------------------------------------------------------------ tests
-TEST_LIMIT=$(( $(remaining) - 150 ))
-[ "$TEST_LIMIT" -gt 270 ] && TEST_LIMIT=270
-[ "$TEST_LIMIT" -lt 30 ] && TEST_LIMIT=30
-stage "test suite on the GPU (time limit ${TEST_LIMIT}s)"
 test_rc=0
-timeout -k 10 "$TEST_LIMIT" "$PY" -m pytest -q -ra tests 2>&1 | tee "$LOG/tests.log" || test_rc=$?
-[ "$test_rc" -eq 124 ] && echo "---- the test suite hit its ${TEST_LIMIT}s limit (status 124)"
-done_stage tests "$test_rc"
+if [ "$MODE" != bench ]; then
+    if [ "$MODE" = tests ]; then
+        TEST_LIMIT=$(( $(remaining) - 15 ))
+    else
+        TEST_LIMIT=$(( $(remaining) - 150 ))
+        [ "$TEST_LIMIT" -gt 270 ] && TEST_LIMIT=270
+    fi
+    [ "$TEST_LIMIT" -lt 30 ] && TEST_LIMIT=30
+    stage "test suite on the GPU (time limit ${TEST_LIMIT}s)"
+    timeout -k 10 "$TEST_LIMIT" "$PY" -m pytest -q -ra --durations=15 tests 2>&1 | tee "$LOG/tests.log" || test_rc=$?
+    [ "$test_rc" -eq 124 ] && echo "---- the test suite hit its ${TEST_LIMIT}s limit (status 124)"
+    done_stage tests "$test_rc"
+fi
+if [ "$MODE" = tests ]; then
+    echo
+    echo "==== gpu_check (tests) finished in $(( SECONDS - START ))s: tests status $test_rc"
+    cat "$STATUS_FILE"
+    exit "$test_rc"
+fi
 
 # ------------------------------------------------------------------ benchmarks
 export SKETCHPRUNE_BENCH_DEVICE=cuda
 unset TRITON_INTERPRET SKETCHPRUNE_BACKEND SKETCHPRUNE_POISON || true
 bench_rc=0
 BENCH_TOTAL=$(( $(remaining) - 25 ))
-for spec in bench_gather:15 bench_cov:30 bench_sketch:55; do
+# shares of the benchmark time (percent); the end-to-end ones run once (rounds=1)
+for spec in bench_gather:12 bench_cov:22 bench_sketch:30 bench_moment_matching:8 bench_select_e2e:10 bench_prune_llama:18; do
     name=${spec%%:*}
     share=${spec##*:}
     slice=$(( BENCH_TOTAL * share / 100 ))

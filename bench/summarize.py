@@ -57,6 +57,16 @@ def fmt_num(x: float | None, digits: int = 1) -> str:
     return f"{x:.{digits}f}"
 
 
+def fmt_detail(v) -> str:
+    """One value of a benchmark's ``details`` dict: floats to 4 significant digits, dicts item by
+    item, everything else as is."""
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    if isinstance(v, dict):
+        return "{" + ", ".join(f"{k}: {fmt_detail(x)}" for k, x in v.items()) + "}"
+    return str(v)
+
+
 def fmt_pct(x: float | None) -> str:
     if x is None:
         return "—"
@@ -229,6 +239,11 @@ def render_md(device: str, date: str, runs: list[dict], rows: list[dict], skips:
                           fmt_pct(r.get("frac_bw_roofline")), "—" if no_flops else fmt_pct(r.get("frac_matmul_roofline")),
                           fmt_pct(r.get("roofline_frac")), ratio]
                 lines.append("| " + " | ".join(cells) + " |")
+        for (case, _run), lst in by_case.items():
+            for r in lst:
+                if isinstance(r.get("details"), dict):
+                    kv = ", ".join(f"{k} = {fmt_detail(v)}" for k, v in r["details"].items())
+                    lines.append(f"* {case}, `{r['impl']}`: {kv}")
         notes = sorted({f"`{r['impl']}`: {r['note']}" for lst in by_case.values() for r in lst if r.get("note")})
         if notes:
             lines += [""] + [f"* {n}" for n in notes]
