@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from sketchprune.prune.reconstruct import refit_columns
@@ -77,3 +78,54 @@ def test_reconstruction_at_sparsity_zero_leaves_the_model_exactly():
                 progress=False)
     sd, sr = model.state_dict(), ref.state_dict()
     assert all(torch.equal(sd[k], sr[k]) for k in sr)
+
+
+def _stream_moments(X, Y, chunks=5, dtype=torch.float64, mask=None):
+    """FullMoments with targets, fed in chunks (dtype float32 goes through the kernels)."""
+    from sketchprune.prune.calibration import FullMoments
+
+    m = FullMoments(X.shape[1], "cpu", cross_dim=Y.shape[1], stage_rows=0)
+    for idx in torch.arange(len(X)).chunk(chunks):
+        m.update(X[idx].to(dtype), None if mask is None else mask[idx], y=Y[idx].to(dtype))
+    return m
+
+
+def test_fit_linear_matches_float64_lstsq():
+    """V = argmin ||X_K V^T - Y||^2 + lam' ||V - A||^2 (sum form, lam' = n * lam) by lstsq on the
+    stacked system [X_K; sqrt(lam') I] V^T = [Y; sqrt(lam') A^T], on random correlated data."""
+    from sketchprune.prune.reconstruct import fit_linear
+
+    X, W = _data(T=300, d_in=12, d_out=5)
+    g = torch.Generator().manual_seed(7)
+    Y = X @ W.T + 0.3 * torch.randn(300, 5, generator=g, dtype=torch.float64)   # not exactly reachable
+    keep = torch.tensor([0, 2, 3, 7, 9, 11])
+    A = torch.randn(5, len(keep), generator=g, dtype=torch.float64)
+    fit = _stream_moments(X, Y)
+    V, info = fit_linear(A, keep, fit, None, default_alpha=0.05)
+    Xk = X[:, keep]
+    lam = 0.05 * float((Xk ** 2).sum()) / len(X) / len(keep)
+    assert info["lambda"] == pytest.approx(lam, rel=1e-12)
+    s = (len(X) * lam) ** 0.5
+    ref = torch.linalg.lstsq(torch.cat([Xk, s * torch.eye(len(keep), dtype=torch.float64)]),
+                             torch.cat([Y, s * A.T])).solution.T
+    torch.testing.assert_close(V, ref, rtol=1e-9, atol=1e-11)
+    # the reported relative errors are the real ones
+    err = lambda M: float(((Xk @ M.T - Y) ** 2).sum() / (Y ** 2).sum())
+    assert info["fit_error"] == pytest.approx(err(V), rel=1e-9)
+    assert info["fit_error_none"] == pytest.approx(err(A), rel=1e-9)
+    assert info["fit_error"] < info["fit_error_none"]
+
+
+def test_streamed_cross_moments_kernel_path_and_mask():
+    """float32 inputs go through cov_accumulate_/cross_accumulate_; masked rows are skipped."""
+    X, W = _data(T=257, d_in=12, d_out=5)
+    Y = X @ W.T
+    mask = torch.rand(257, generator=torch.Generator().manual_seed(2)) > 0.3
+    m = _stream_moments(X.float(), Y.float(), chunks=7, dtype=torch.float32, mask=mask)
+    Xr, Yr = X.float().double()[mask], Y.float().double()[mask]
+    n = int(mask.sum())
+    assert m.count == n
+    tol = dict(rtol=1e-5, atol=1e-5 * float(Xr.abs().max() * Yr.abs().max()))
+    torch.testing.assert_close(m.second_moment(), Xr.T @ Xr / n, **tol)
+    torch.testing.assert_close(m.cross(), Xr.T @ Yr / n, **tol)
+    assert m.target_energy() == pytest.approx(float((Yr ** 2).sum()) / n, rel=1e-5)

@@ -5,7 +5,7 @@ each decoder layer and streams the inputs of
 
 * ``down_in``: ``mlp.down_proj`` -- the FFN intermediate activation ``h = act(gate x) * up x``;
 * ``o_in``: ``self_attn.o_proj`` -- the concatenated head outputs ``z = [z_1; ...; z_H]``;
-* ``mlp_in``: ``mlp.gate_proj`` (= ``up_proj``) -- the block's normed hidden state before the FFN;
+* ``mlp_in``: ``mlp.up_proj`` (= ``gate_proj``) -- the block's normed hidden state before the FFN;
 * ``attn_in``: ``self_attn.q_proj`` (= ``k_proj`` = ``v_proj``) -- the normed hidden state
   before attention,
 
@@ -16,7 +16,10 @@ into per-layer statistics.  Each is collected as
   cheap for ``down_in`` whose full covariance (``d_ff^2``) would be large;
 * ``"full"`` (:class:`FullMoments`): the full second moment ``E[x x^T]`` through a
   :class:`~sketchprune.CovarianceAccumulator` (the ``cov_accumulate_`` kernel; float64 inputs, which
-  the kernels do not take, are accumulated with a float64 matmul instead), plus the mean.
+  the kernels do not take, are accumulated with a float64 matmul instead), plus the mean; with
+  ``cross_dim`` also the cross moment ``E[x y^T]`` with a token-aligned target ``y``
+  (``cross_accumulate_``) and its energy ``E||y||^2`` -- what least-squares reconstruction needs
+  (:mod:`~sketchprune.prune.reconstruct`, :mod:`~sketchprune.prune.sequential`).
 
 Padding is skipped: rows where the batch's ``attention_mask`` is 0 are not counted.
 """
@@ -95,40 +98,81 @@ class DiagMoments:
 
 
 class FullMoments(DiagMoments):
-    """Full second moment E[x x^T] (plus the mean), through :class:`CovarianceAccumulator`."""
+    """Full second moment E[x x^T] (plus the mean), through :class:`CovarianceAccumulator`.
+
+    With ``cross_dim``, :meth:`update` also takes targets ``y`` (..., cross_dim) aligned row by
+    row with ``x`` and accumulates ``E[x y^T]`` (:meth:`cross`) and ``E||y||^2``
+    (:meth:`target_energy`).  ``stage_rows`` is passed to the accumulator (0: no staging, each
+    update is one kernel launch).
+    """
 
     kind = "full"
 
-    def __init__(self, dim: int, device, budget=None, dtype=torch.float64):
+    def __init__(self, dim: int, device, budget=None, dtype=torch.float64, cross_dim: int | None = None,
+                 stage_rows: int = 8192):
         super().__init__(dim, device)
         self._device, self._budget, self._dtype = device, budget, dtype
+        self.cross_dim, self._stage_rows = cross_dim, stage_rows
         self._acc: CovarianceAccumulator | None = None
         self._sigma64: torch.Tensor | None = None   # float64 inputs: plain matmul
+        self._cross64: torch.Tensor | None = None
+        self._yy = torch.zeros((), dtype=torch.float64, device=device)
 
-    def update(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> None:
+    def update(self, x: torch.Tensor, mask: torch.Tensor | None = None, y: torch.Tensor | None = None) -> None:
         x = x.detach()
+        if (y is None) != (self.cross_dim is None):
+            raise ValueError(f"sketchprune.prune: targets y must be given exactly when cross_dim is set "
+                             f"(cross_dim={self.cross_dim})")
+        if y is not None:
+            y = y.detach().to(device=x.device, dtype=x.dtype)
+            if y.shape[:-1] != x.shape[:-1] or y.shape[-1] != self.cross_dim:
+                raise ValueError(f"sketchprune.prune: targets of shape {tuple(y.shape)} do not match inputs "
+                                 f"{tuple(x.shape)} (cross_dim {self.cross_dim})")
+        m = None if mask is None else mask.to(device=x.device, dtype=torch.bool).reshape(x.shape[:-1])
         if x.dtype in _KERNEL_DTYPES:
             if self._acc is None:
                 self._acc = CovarianceAccumulator(self.dim, device=self._device, dtype=self._dtype,
-                                                  budget=self._budget)
-            m = None if mask is None else mask.to(device=x.device, dtype=torch.bool).reshape(x.shape[:-1])
-            self._acc.update(x, mask=m)
+                                                  cross_dim=self.cross_dim, budget=self._budget,
+                                                  stage_rows=self._stage_rows)
+            self._acc.update(x, y, mask=m)
         super().update(x, mask)     # sums / squares / count
         if x.dtype not in _KERNEL_DTYPES:
-            r = _rows(x, mask).to(torch.float64)
+            r = _rows(x, m).to(torch.float64)
             if self._sigma64 is None:
                 self._sigma64 = torch.zeros(self.dim, self.dim, dtype=torch.float64, device=r.device)
             self._sigma64 += r.T @ r
+            if y is not None:
+                if self._cross64 is None:
+                    self._cross64 = torch.zeros(self.dim, self.cross_dim, dtype=torch.float64, device=r.device)
+                self._cross64 += r.T @ _rows(y, m).to(torch.float64)
+        if y is not None:
+            yr = _rows(y, m)
+            self._yy += torch.sum(yr.to(torch.float64).square()).to(self._yy.device)
+
+    def _combine(self, acc_part, part64, shape) -> torch.Tensor:
+        n = self._n()
+        s = torch.zeros(*shape, dtype=torch.float64, device=self._sum.device)
+        if self._acc is not None and self._acc.count:
+            s += acc_part().to(torch.float64) * (self._acc.count / n)
+        if part64 is not None:
+            s += part64 / n
+        return s
 
     def second_moment(self) -> torch.Tensor:
         """E[x x^T] (float64)."""
-        n = self._n()
-        s = torch.zeros(self.dim, self.dim, dtype=torch.float64, device=self._sum.device)
-        if self._acc is not None and self._acc.count:
-            s += self._acc.covariance().to(torch.float64) * (self._acc.count / n)
-        if self._sigma64 is not None:
-            s += self._sigma64 / n
-        return s
+        return self._combine(lambda: self._acc.covariance(), self._sigma64, (self.dim, self.dim))
+
+    def cross(self) -> torch.Tensor:
+        """E[x y^T] (float64, dim x cross_dim)."""
+        if self.cross_dim is None:
+            raise RuntimeError("sketchprune.prune: this statistic has no cross moment (cross_dim not set)")
+        return self._combine(lambda: self._acc.cross(), self._cross64, (self.dim, self.cross_dim))
+
+    def target_energy(self) -> float:
+        """E||y||^2 over the accumulated rows."""
+        if self.cross_dim is None:
+            raise RuntimeError("sketchprune.prune: this statistic has no targets (cross_dim not set)")
+        return float(self._yy) / self._n()
 
 
 @dataclass
@@ -249,7 +293,9 @@ def collect_statistics(model: nn.Module, batches: Iterable, layers=None, budget=
         def pre_hook(module, args, kwargs=None):
             x = args[0] if args else next(iter(kwargs.values()))
             mask = state["mask"]
-            if mask is not None and tuple(mask.shape) != tuple(x.shape[:-1]):
+            # (OPT's FFN sees the tokens flattened to (B*T, d), in the mask's order)
+            if mask is not None and tuple(mask.shape) != tuple(x.shape[:-1]) \
+                    and not (x.dim() == 2 and x.shape[0] == mask.numel()):
                 mask = None if mask.all() else _raise_mask(mask, x)
             stat.update(x, mask)
         return pre_hook
@@ -260,7 +306,8 @@ def collect_statistics(model: nn.Module, batches: Iterable, layers=None, budget=
             layer = all_layers[i]
             ffn, attn = adapter.ffn(layer), adapter.attention(layer)
             ls = LayerStatistics(i)
-            modules = {"down_in": ffn.down, "o_in": attn.o, "mlp_in": ffn.gate, "attn_in": attn.q}
+            modules = {"down_in": ffn.down, "o_in": attn.o, "mlp_in": ffn.up if ffn.gate is None else ffn.gate,
+                       "attn_in": attn.q}
             for name, kind in what.items():
                 mod = modules[name]
                 s = make_stat(kind, mod.in_features, mod.weight.device)

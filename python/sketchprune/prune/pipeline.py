@@ -1,7 +1,9 @@
 """One call from a dense model and calibration text to a physically sliced model.
 
-:func:`prune_model` = :func:`~sketchprune.prune.calibration.collect_statistics` (skipped for
-data-free criteria) -> :func:`~sketchprune.prune.criteria.score_model` ->
+:func:`prune_model` prunes sequentially by default -- layer by layer on the activations of the
+model pruned so far, see :mod:`~sketchprune.prune.sequential` -- or, with ``sequential=False``,
+in one shot: :func:`~sketchprune.prune.calibration.collect_statistics` on the dense model
+(skipped for data-free criteria) -> :func:`~sketchprune.prune.criteria.score_model` ->
 :func:`~sketchprune.prune.allocation.allocate` -> (``flap`` only) bias compensation ->
 :func:`~sketchprune.prune.slicing.slice_model`, returning a report.
 
@@ -25,10 +27,11 @@ import torch
 from torch import nn
 
 from .adapters import get_adapter
-from .allocation import allocate
+from .allocation import allocate, removal_plan
 from .calibration import collect_statistics
 from .criteria import get_criterion, score_model
-from .reconstruct import head_columns, refit_columns
+from .reconstruct import ALPHAS, fold_mean_into_bias, head_columns, refit_columns
+from .sequential import prune_sequential
 from .slicing import resolve_heads, slice_model
 
 FLAP_BIAS = ("create", "existing", "none")
@@ -36,27 +39,6 @@ FLAP_BIAS = ("create", "existing", "none")
 
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
-
-
-def fold_mean_into_bias(linear: nn.Linear, removed: torch.Tensor, mean: torch.Tensor, create: bool = True) -> bool:
-    """bias += W[:, removed] @ mean[removed], in place (creating a zero bias if ``create``).
-
-    Returns whether anything was folded.
-    """
-    removed = removed.to(device=linear.weight.device, dtype=torch.long)
-    if removed.numel() == 0:
-        return False
-    if linear.bias is None:
-        if not create:
-            return False
-        linear.bias = nn.Parameter(torch.zeros(linear.out_features, dtype=linear.weight.dtype,
-                                               device=linear.weight.device),
-                                   requires_grad=linear.weight.requires_grad)
-    with torch.no_grad():
-        w = linear.weight.detach()[:, removed].to(torch.float64)
-        mu = mean.to(device=w.device, dtype=torch.float64)[removed]
-        linear.bias.add_((w @ mu).to(linear.bias.dtype))
-    return True
 
 
 def _removed(n: int, keep: torch.Tensor) -> torch.Tensor:
@@ -89,7 +71,7 @@ def _flap_compensate(model, adapter, alloc, stats, mode) -> list[str]:
 RECON_NEEDS = {"down_in": "full", "o_in": "full"}
 
 
-def _refit(model, adapter, alloc, stats, held) -> dict:
+def _refit(model, adapter, alloc, stats, held, alphas) -> dict:
     """Per pruned layer: {"down": (V, info), "o": (V, info)} re-fit over the kept units (dense weights)."""
     out = {}
     layers = adapter.layers(model)
@@ -99,8 +81,9 @@ def _refit(model, adapter, alloc, stats, held) -> dict:
         cols = head_columns(resolve_heads(plan.heads, hs).q_heads, hs.head_dim)
         out[i] = {
             "down": refit_columns(ffn.down.weight, plan.ffn_keep, st.get("down_in").second_moment(),
-                                  hd.get("down_in").second_moment()),
-            "o": refit_columns(attn.o.weight, cols, st.get("o_in").second_moment(), hd.get("o_in").second_moment()),
+                                  hd.get("down_in").second_moment(), alphas),
+            "o": refit_columns(attn.o.weight, cols, st.get("o_in").second_moment(), hd.get("o_in").second_moment(),
+                               alphas),
         }
     return out
 
@@ -124,8 +107,21 @@ def _merge_needs(*needs: dict) -> dict:
 def prune_model(model: nn.Module, batches=None, sparsity: float = 0.2, criterion: str = "sigma",
                 attn_sparsity: float | None = None, head_mode: str = "query", seed: int = 0,
                 layers=None, budget=None, progress: bool = True, flap_bias: str = "create",
-                stats=None, reconstruct: bool = False, heldout_fraction: float = 0.25) -> dict:
+                stats=None, reconstruct: bool = False, heldout_fraction: float = 0.25,
+                sequential: bool | None = None, recovery: bool = False, alphas=ALPHAS,
+                criterion_options: dict | None = None, allocation: str = "uniform") -> dict:
     """Score, allocate and physically slice ``model`` in place; returns a report dict.
+
+    ``sequential`` (default: on whenever calibration ``batches`` are given, no precomputed
+    ``stats`` are passed, ``allocation="uniform"`` and the criterion or a refit uses
+    activations -- a data-free criterion decides the same either way): prune layer by layer on the activations
+    of the model pruned so far (:mod:`sketchprune.prune.sequential`); with ``reconstruct`` the
+    refits then target the dense model's outputs on the pruned model's inputs, and
+    ``recovery=True`` also re-fits each layer's Linears toward the dense outputs before scoring
+    it.  ``sequential=False``: the one-shot path below (statistics of the dense model for all
+    layers at once; ``recovery`` is not available there).  ``alphas``: candidate regularisation
+    strengths of the refits; ``criterion_options``: passed to the criterion
+    (``LayerContext.options``); ``allocation``: ``"uniform"`` or ``"global"`` (one-shot only).
 
     ``sparsity``: the fraction of the pruned blocks' parameters (q/k/v/o/gate/up/down of the
     pruned layers) to remove; ``attn_sparsity``: the fraction of attention parameters to remove
@@ -139,6 +135,24 @@ def prune_model(model: nn.Module, batches=None, sparsity: float = 0.2, criterion
     regularisation chosen per layer on the last ``heldout_fraction`` of the calibration batches;
     the report gives, per layer, the chosen value and the in-sample and held-out errors.
     """
+    if sequential is None:   # data-free criteria without refits decide the same either way: one shot is cheaper
+        c = get_criterion(criterion)
+        data_free = not c.needs and not getattr(c, "needs_gradients", False) and not (reconstruct or recovery)
+        sequential = batches is not None and stats is None and allocation == "uniform" and not data_free
+    if sequential:
+        if stats is not None:
+            raise ValueError("sketchprune.prune: sequential pruning collects its own statistics layer by layer; "
+                             "pass sequential=False to prune from precomputed stats")
+        if allocation != "uniform":
+            raise ValueError(f"sketchprune.prune: allocation={allocation!r} ranks units across layers, which needs "
+                             "every layer's scores at once; use sequential=False with it")
+        return prune_sequential(model, batches, sparsity=sparsity, criterion=criterion, attn_sparsity=attn_sparsity,
+                                head_mode=head_mode, seed=seed, layers=layers, budget=budget, progress=progress,
+                                flap_bias=flap_bias, reconstruct=reconstruct, recovery=recovery,
+                                heldout_fraction=heldout_fraction, alphas=alphas,
+                                criterion_options=criterion_options)
+    if recovery:
+        raise ValueError("sketchprune.prune: recovery=True needs the sequential path (sequential=True)")
     t0 = time.perf_counter()
     crit = get_criterion(criterion)
     if flap_bias not in FLAP_BIAS:
@@ -168,9 +182,18 @@ def prune_model(model: nn.Module, batches=None, sparsity: float = 0.2, criterion
             raise ValueError(f"sketchprune.prune: criterion {criterion!r} needs calibration batches")
         stats = collect_statistics(model, batches, layers=layer_idx, budget=budget, progress=progress, what=needs)
     t_stats = time.perf_counter()
-    scores = score_model(model, criterion, stats if needs else None, layers=layer_idx, seed=seed)
+    grads = None
+    if getattr(crit, "needs_gradients", False):
+        if batches is None:
+            raise ValueError(f"sketchprune.prune: criterion {criterion!r} needs calibration batches for its gradients")
+        from .gradient_scores import gradient_statistics
+        grads = gradient_statistics(model, batches, layers=layer_idx, progress=progress)
+    removal = removal_plan(model, sparsity, attn_sparsity, head_mode, layers=layer_idx) \
+        if allocation == "uniform" else None
+    scores = score_model(model, criterion, stats if needs else None, layers=layer_idx, seed=seed, grads=grads,
+                         removal=removal, head_mode=head_mode, options=criterion_options)
     alloc = allocate(model, scores.ffn, scores.heads, sparsity=sparsity, attn_sparsity=attn_sparsity,
-                     head_mode=head_mode)
+                     head_mode=head_mode, allocation=allocation)
     params_before = count_parameters(model)
     folded = []
     if criterion == "flap" and flap_bias != "none":
@@ -179,13 +202,14 @@ def prune_model(model: nn.Module, batches=None, sparsity: float = 0.2, criterion
             warnings.warn("sketchprune.prune: FLAP bias compensation created down_proj/o_proj biases; "
                           "they are exact in memory but save_pretrained/load_pruned do not carry them yet",
                           stacklevel=2)
-    refits = _refit(model, adapter, alloc, stats, held) if reconstruct else {}
+    refits = _refit(model, adapter, alloc, stats, held, alphas) if reconstruct else {}
     slice_model(model, ffn=alloc.ffn, heads=alloc.heads)
     _install_refits(model, adapter, refits)
     params_after = count_parameters(model)
     return {
         "criterion": criterion,
         "head_mode": head_mode,
+        "sequential": False,
         "sparsity_requested": alloc.sparsity,
         "attn_sparsity_requested": alloc.attn_sparsity,
         "sparsity_achieved": alloc.achieved(),

@@ -1,22 +1,36 @@
-"""Closed-form least-squares refit of the second matrix of pruned depth-2 units.
+"""Closed-form least-squares reconstruction of the Linears of a pruned block.
 
-After units are removed, the second matrix W (d_out x d_in: down_proj over FFN channels, o_proj
-over head blocks) keeps only the columns K of the kept units.  Its remaining columns are re-fit so
-the layer output approximates the dense one, regularised toward the dense weights (never toward
-zero, which shrinks the weights and hurts):
+One estimator serves every refit.  A Linear ``y = W x + b`` whose input columns ``K`` are kept
+(all of them for a recovery fit) is re-fit so that on the inputs ``x`` it will actually see it
+reproduces a target ``y*`` -- the dense model's output of that Linear (bias removed), on the same
+calibration tokens -- regularised toward an anchor ``A`` (the current weights, never zero, which
+would shrink the weights and hurt):
 
-    V = argmin_V  E||W x - V x_K||^2 + lam ||V - W_K||_F^2
-      = (W Sigma_{:,K} + lam W_K) (Sigma_KK + lam I)^{-1},
+    V = argmin_V  E||y* - V x_K||^2 + lam ||V - A_K||_F^2
+    (Sigma_KK + lam I) V^T = C_K + lam A_K^T,      Sigma = E[x x^T],  C = E[x y*^T],
 
-with Sigma = E[x x^T] the second moment of the matrix's input on calibration tokens (so only the
-streamed statistics are needed, never the activations).  lam = alpha * tr(Sigma_KK) / |K| with
-alpha chosen per layer on held-out calibration tokens, by the same quadratic form:
+solved by Cholesky in float64.  Expectations are means over calibration tokens, so ``lam`` is
+per token (the sum-form ``(X_K^T X_K + lam' I) V^T = X_K^T Y + lam' A_K^T`` has
+``lam' = n_tokens * lam``).  ``lam = alpha * tr(Sigma_KK) / |K|`` with ``alpha`` chosen per Linear
+on held-out calibration tokens, by the same quadratic form
 
-    err(V; Sigma') = tr(W S' W^T) - 2 tr(V S'_{K,:} W^T) + tr(V S'_KK V^T),
+    err(V; Sigma', C', e') = e' - 2 tr(V C'_K) + tr(V Sigma'_KK V^T),   e' = E'||y*||^2,
 
-reported relative to tr(W S' W^T), in-sample and held out, next to the error of not refitting
-(V = W_K, also a candidate: if it is best on held-out tokens it is kept, so reconstruction never
-makes the held-out layer error worse).  Keeping every column returns W exactly.
+reported relative to ``e'``, in-sample and held out, next to the error of not refitting
+(``V = A_K``, also a candidate: if it is best held out it is kept, so a refit never makes the
+held-out error worse).  The bias ``b`` is not re-fit; the target excludes it, so it stays exact.
+
+Two uses:
+
+* :func:`refit_columns` (one-shot pruning): inputs and targets from the *dense* model's
+  second moment, target ``y* = W x`` (so ``C = Sigma W^T``, ``e = tr(W Sigma W^T)``).  Keeping
+  every column returns ``W`` exactly.
+* :func:`fit_linear` (sequential pruning, :mod:`~sketchprune.prune.sequential`): ``Sigma``,
+  ``C`` and ``e`` streamed over token-aligned batches of the pruned stream's inputs and the dense
+  stream's outputs (:class:`~sketchprune.prune.calibration.FullMoments` with ``cross_dim``).
+
+:func:`fold_mean_into_bias` is FLAP's bias compensation: removed input channels ``R`` replaced
+by their calibration mean, ``b += W[:, R] E[x_R]``.
 """
 
 from __future__ import annotations
@@ -24,58 +38,139 @@ from __future__ import annotations
 import math
 
 import torch
+from torch import nn
 
 ALPHAS = (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0)
 
 
-def _err(W, V, keep, S) -> float:
-    return float(torch.trace(W @ S @ W.T) - 2 * torch.trace(V @ S[keep, :] @ W.T)
-                 + torch.trace(V @ S[keep][:, keep] @ V.T))
+def rel_error(V: torch.Tensor, S_kk: torch.Tensor, C_k: torch.Tensor, energy: float) -> float:
+    """E||y - V x_K||^2 / E||y||^2 from the moments (see the module doc)."""
+    err = energy - 2 * float(torch.sum(V.T * C_k)) + float(torch.sum((V @ S_kk) * V))
+    return err / (energy if energy > 0 else 1.0)
+
+
+def ridge_toward(anchor: torch.Tensor, S_kk: torch.Tensor, C_k: torch.Tensor, energy: float,
+                 heldout: tuple[torch.Tensor, torch.Tensor, float] | None = None, alphas=ALPHAS,
+                 default_alpha: float = 1e-2) -> tuple[torch.Tensor, dict]:
+    """The ridge-toward-anchor fit of the module doc on restricted moments; returns (V float64, info).
+
+    ``anchor``: d_out x k (the no-refit weights ``A_K``); ``S_kk``: k x k; ``C_k``: k x d_out;
+    ``energy``: E||y||^2; ``heldout``: the same three on held-out tokens, used to choose among
+    ``alphas`` and the no-refit candidate (without it, ``default_alpha`` is used and no held-out
+    error is reported).  ``info``: ``alpha``/``lambda`` (None when not refit), ``refit``,
+    ``fit_error`` / ``fit_error_none`` (relative, in-sample), ``eval_error`` / ``eval_error_none``
+    (held out).
+    """
+    A = anchor.detach().to(torch.float64)
+    dev = A.device
+    S = S_kk.to(dev, torch.float64)
+    C = C_k.to(dev, torch.float64)
+    k = A.shape[1]
+    if S.shape != (k, k) or C.shape != (k, A.shape[0]):
+        raise ValueError(f"sketchprune.prune: moments of shapes {tuple(S.shape)}, {tuple(C.shape)} do not fit "
+                         f"weights of shape {tuple(A.shape)}")
+    scale = float(torch.trace(S)) / max(k, 1)
+    cand = {"none": A}
+    lams = {"none": None}
+    eye = torch.eye(k, dtype=torch.float64, device=dev)
+    for a in (alphas if heldout is not None else (default_alpha,)):
+        lam = a * scale if scale > 0 else a
+        chol, bad = torch.linalg.cholesky_ex(S + lam * eye)
+        if int(bad) != 0:
+            continue
+        cand[a] = torch.cholesky_solve(C + lam * A.T, chol).T
+        lams[a] = lam
+    fit = {a: rel_error(V, S, C, energy) for a, V in cand.items()}
+    info = {"fit_error_none": fit["none"]}
+    if heldout is not None:
+        Sh, Ch, eh = heldout[0].to(dev, torch.float64), heldout[1].to(dev, torch.float64), float(heldout[2])
+        ev = {a: rel_error(V, Sh, Ch, eh) for a, V in cand.items()}
+        finite = {a: e for a, e in ev.items() if math.isfinite(e)}
+        best = min(finite, key=finite.get) if finite else "none"
+        info.update(eval_error_none=ev["none"], eval_error=ev[best])
+    else:
+        best = default_alpha if default_alpha in cand else "none"
+    info.update(alpha=None if best == "none" else best, **{"lambda": lams[best]}, refit=best != "none",
+                fit_error=fit[best])
+    return cand[best], info
+
+
+def fit_linear(anchor: torch.Tensor, keep: torch.Tensor | None, fit, held=None, alphas=ALPHAS,
+               default_alpha: float = 1e-2) -> tuple[torch.Tensor, dict]:
+    """Re-fit a Linear's weight over input columns ``keep`` (None: all) from streamed moments.
+
+    ``anchor``: the current weight restricted to ``keep`` (d_out x |keep|); ``fit`` / ``held``:
+    :class:`~sketchprune.prune.calibration.FullMoments` with targets (``cross_dim = d_out``) of
+    the Linear's full input, on the fitting and held-out tokens.  Returns ``(V, info)`` with ``V``
+    in the anchor's dtype and device (see :func:`ridge_toward`).
+    """
+    def restrict(m):
+        S, C = m.second_moment(), m.cross()
+        if keep is not None:
+            k = keep.to(device=S.device, dtype=torch.int64)
+            S, C = S[k][:, k], C[k]
+        return S, C, m.target_energy()
+
+    S, C, e = restrict(fit)
+    V, info = ridge_toward(anchor, S, C, e, None if held is None else restrict(held), alphas, default_alpha)
+    return V.to(dtype=anchor.dtype, device=anchor.device), info
 
 
 def refit_columns(W: torch.Tensor, keep: torch.Tensor, sigma_fit: torch.Tensor, sigma_eval: torch.Tensor | None = None,
                   alphas=ALPHAS, default_alpha: float = 1e-2) -> tuple[torch.Tensor, dict]:
-    """Refit W restricted to the columns ``keep`` (see the module doc); returns (V, info).
+    """Refit W restricted to the columns ``keep`` toward ``W x`` under the input second moments
+    ``sigma_fit`` (choosing on ``sigma_eval``); returns (V, info).  See the module doc.
 
     Without ``sigma_eval`` the fixed ``default_alpha`` is used and no held-out error is reported.
     """
     keep = keep.to(torch.int64).cpu()
     d_in = W.shape[1]
     if keep.numel() == d_in and torch.equal(keep, torch.arange(d_in)):
-        return W.detach().clone(), {"alpha": None, "refit": False, "reason": "all columns kept"}
+        return W.detach().clone(), {"alpha": None, "lambda": None, "refit": False, "reason": "all columns kept"}
     Wd = W.detach().double().cpu()
-    S = sigma_fit.double().cpu()
-    S_kk = S[keep][:, keep]
-    rhs = S[keep, :] @ Wd.T  # |K| x d_out
-    scale = float(torch.trace(S_kk)) / max(keep.numel(), 1)
-    Wk = Wd[:, keep]
-    cand = {"none": Wk}
-    eye = torch.eye(keep.numel(), dtype=torch.float64)
-    for a in (alphas if sigma_eval is not None else (default_alpha,)):
-        lam = a * scale if scale > 0 else a
-        chol, info = torch.linalg.cholesky_ex(S_kk + lam * eye)
-        if int(info) != 0:
-            continue
-        cand[a] = torch.cholesky_solve(rhs + lam * Wk.T, chol).T
-    ref_fit = float(torch.trace(Wd @ S @ Wd.T)) or 1.0
-    fit = {a: _err(Wd, V, keep, S) / ref_fit for a, V in cand.items()}
-    out = {"fit_error_none": fit["none"]}
-    if sigma_eval is not None:
-        Se = sigma_eval.double().cpu()
-        ref_eval = float(torch.trace(Wd @ Se @ Wd.T)) or 1.0
-        ev = {a: _err(Wd, V, keep, Se) / ref_eval for a, V in cand.items()}
-        best = min(ev, key=ev.get)
-        out.update(eval_error_none=ev["none"], eval_error=ev[best])
-    else:
-        best = default_alpha if default_alpha in cand else "none"
-    out.update(alpha=None if best == "none" else best, refit=best != "none", fit_error=fit[best])
-    return cand[best].to(W.dtype).to(W.device), out
+
+    def moments(sigma):
+        S = sigma.double().cpu()
+        return S[keep][:, keep], S[keep, :] @ Wd.T, float(torch.sum((Wd @ S) * Wd))
+
+    S_kk, C_k, e = moments(sigma_fit)
+    V, info = ridge_toward(Wd[:, keep], S_kk, C_k, e, None if sigma_eval is None else moments(sigma_eval),
+                           alphas, default_alpha)
+    return V.to(W.dtype).to(W.device), info
 
 
 def head_columns(q_heads: torch.Tensor, head_dim: int) -> torch.Tensor:
     """Input columns of o_proj belonging to the given query heads (in order)."""
     q = q_heads.to(torch.int64).cpu()
     return (q[:, None] * head_dim + torch.arange(head_dim)).reshape(-1)
+
+
+def complement(n: int, keep: torch.Tensor) -> torch.Tensor:
+    """The indices in range(n) not in ``keep`` (sorted)."""
+    mask = torch.ones(n, dtype=torch.bool)
+    mask[keep.to("cpu", torch.int64)] = False
+    return torch.nonzero(mask).reshape(-1)
+
+
+def fold_mean_into_bias(linear: nn.Linear, removed: torch.Tensor, mean: torch.Tensor, create: bool = True) -> bool:
+    """bias += W[:, removed] @ mean[removed], in place (creating a zero bias if ``create``).
+
+    Returns whether anything was folded.
+    """
+    removed = removed.to(device=linear.weight.device, dtype=torch.long)
+    if removed.numel() == 0:
+        return False
+    if linear.bias is None:
+        if not create:
+            return False
+        linear.bias = nn.Parameter(torch.zeros(linear.out_features, dtype=linear.weight.dtype,
+                                               device=linear.weight.device),
+                                   requires_grad=linear.weight.requires_grad)
+    with torch.no_grad():
+        w = linear.weight.detach()[:, removed].to(torch.float64)
+        mu = mean.to(device=w.device, dtype=torch.float64)[removed]
+        linear.bias.add_((w @ mu).to(linear.bias.dtype))
+    return True
 
 
 def is_finite_info(info: dict) -> bool:

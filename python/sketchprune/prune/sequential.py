@@ -1,0 +1,495 @@
+"""Sequential (layer-by-layer) structured pruning with least-squares reconstruction.
+
+One-shot pruning scores every layer on the *dense* model's activations, so once early layers are
+pruned the later layers' decisions and refits were made for inputs they no longer see, and the
+errors compound.  :func:`prune_sequential` prunes one decoder layer at a time on the activations
+of the model pruned so far.
+
+The inputs of the layers are recorded once (:func:`~sketchprune.prune.streams.capture_layer_inputs`),
+then two streams of hidden states are kept in host memory, batch by batch and token-aligned:
+the **pruned stream** (through the layers pruned so far) and, when reconstruction or recovery is
+on, the **dense stream** (through the original layers).  Per pruned layer ``i``:
+
+1. **dense pass** -- the (still dense) layer on the dense stream: its next state, and the dense
+   outputs of the Linears the refits will target (``o``, ``down``; with ``recovery`` also
+   ``q, k, v, gate, up``), biases removed, kept on the host;
+2. **recovery** (``recovery=True``, before scoring): q/k/v re-fit so that on the pruned-stream
+   input they reproduce the dense outputs (one joint ridge fit, one Cholesky); then, on the
+   re-captured attention output, o (step 3's pass);
+3. **attention stage** -- one pass on the pruned stream collecting the attention-side statistics
+   the criterion needs (``attn_in``, ``o_in``) and, for the refits, ``E[z z^T]``, ``E[z y_o^T]``
+   of the o_proj input ``z`` against the dense o outputs (fitting and held-out batches apart);
+   the heads are scored (``LayerContext.heads_remove`` set), the lowest go (uniform allocation,
+   :func:`~sketchprune.prune.allocation.layer_removal`), FLAP's mean is folded into o's bias, the
+   attention is sliced and o re-fit over the kept head columns toward the dense o outputs
+   (:func:`~sketchprune.prune.reconstruct.fit_linear`; the kept heads' outputs do not change
+   when others are removed, so the same moments restricted to the kept columns are exact);
+4. **FFN stage** -- with ``recovery`` first gate/up re-fit on the re-captured FFN input, then one
+   pass collecting the FFN-side statistics (``mlp_in``, ``down_in``) on the inputs the FFN will
+   really see, i.e. *after* the attention was pruned (and down's moments against the dense down
+   outputs); with ``recovery`` down is re-fit over all channels, then the channels are scored,
+   the lowest go, FLAP folds down's bias, the FFN is sliced and down re-fit over the kept
+   channels;
+5. **propagation** -- the pruned layer on the pruned stream; NaN/Inf anywhere raises
+   :class:`~sketchprune.prune.streams.NonFiniteActivations` naming the layer.
+
+The order makes every fit use the inputs the Linear will actually receive.  Each fit's strength
+is chosen on the held-out batches (the last ``heldout_fraction``; a no-refit candidate wins when
+it is better held out) and the per-layer report gives the chosen ``lambda`` and the relative
+errors in-sample and held out, with and without the refit, and the relative distance of the two
+streams after the layer.  Nothing is re-fit where nothing was removed and the streams agree, so
+at sparsity 0 the model comes out bit-identical.  Biases of o/down are kept (the targets exclude
+them), not re-fit.
+
+Costs per pruned layer, in forward passes of one layer over the calibration tokens: 1 (dense)
++ 3 (attention stage, FFN stage, propagation; the last two on the smaller layer), + 2 with
+recovery.  Criteria without statistics and without reconstruction need only the propagation.
+Memory: the two streams and the dense targets on the host, one layer and one batch's
+activations on the model's device; checked against ``budget`` before any work.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+import warnings
+
+import torch
+from torch import nn
+
+from ..budget import Budget, format_bytes
+from .adapters import get_adapter
+from .allocation import Allocation, _layer_plan, layer_costs, layer_removal
+from .calibration import DiagMoments, FullMoments, LayerStatistics, _as_batch
+from .criteria import LayerContext, get_criterion
+from .reconstruct import ALPHAS, complement, fit_linear, fold_mean_into_bias, head_columns
+from .slicing import resolve_heads, slice_model
+from .streams import LayerInputs, capture_layer_inputs, check_finite, run_layer
+
+FLAP_BIAS = ("create", "existing", "none")
+
+
+def _progress(iterable, enabled: bool, desc: str):
+    if not (enabled and sys.stderr.isatty()):
+        return iterable
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # pragma: no cover - tqdm is optional
+        return iterable
+    return tqdm(iterable, desc=desc)
+
+
+def _sites(adapter, layer) -> dict[str, nn.Linear]:
+    """Statistic name -> the Linear whose input it is (fresh: slicing replaces modules)."""
+    ffn, attn = adapter.ffn(layer), adapter.attention(layer)
+    return {"attn_in": attn.q, "o_in": attn.o, "mlp_in": ffn.up, "down_in": ffn.down}
+
+
+def _install(linears: list[nn.Linear], V: torch.Tensor) -> None:
+    """Copy the rows of V (stacked Linears' weights) back into the Linears."""
+    with torch.no_grad():
+        r = 0
+        for lin in linears:
+            n = lin.out_features
+            lin.weight.copy_(V[r:r + n])
+            r += n
+
+
+class _Pruner:
+    def __init__(self, model, batches, crit, sparsity, attn_sparsity, head_mode, seed, idx, budget, progress,
+                 flap_bias, reconstruct, recovery, heldout_fraction, alphas, options, grads):
+        self.model, self.crit = model, crit
+        self.sparsity, self.attn_sparsity, self.head_mode, self.seed = sparsity, attn_sparsity, head_mode, seed
+        self.idx, self.budget, self.progress = idx, budget, progress
+        self.flap = crit.name == "flap" and flap_bias != "none"
+        self.flap_create = flap_bias == "create"
+        self.reconstruct, self.recovery, self.alphas, self.options = reconstruct, recovery, alphas, options
+        self.grads = grads
+        self.adapter = get_adapter(model)
+        self.layers = self.adapter.layers(model)
+        self.device = next(model.parameters()).device
+        self.host = torch.device("cpu")
+        self.track_dense = reconstruct or recovery
+        # whether any decision depends on activations (else no stream is needed at all)
+        self.needs_data = bool(crit.needs) or self.track_dense or self.flap
+        self.batches = list(batches)
+        n = len(self.batches)
+        if self.track_dense:
+            if n < 2:
+                raise ValueError("sketchprune.prune: reconstruct/recovery need at least 2 calibration batches "
+                                 "(some are held out to choose the regularisation)")
+            n_h = min(n - 1, max(1, round(n * heldout_fraction)))
+        else:
+            n_h = 0
+        self.held = [b >= n - n_h for b in range(n)]
+        self.removal = {i: layer_removal(layer_costs(self.adapter, self.layers[i]), sparsity, attn_sparsity, head_mode)
+                        for i in idx}
+        self.folded: list[str] = []
+        self.names = {id(m): nm for nm, m in model.named_modules()}
+
+    # ------------------------------------------------------------------ memory plan
+    def memory_plan(self) -> tuple[dict, dict]:
+        """Bytes needed on the host and on the device (see the module doc), by component."""
+        shapes = [_as_batch(b, "cpu")[0]["input_ids"].shape for b in self.batches]
+        rows = sum(s.numel() for s in shapes)
+        max_rows = max(s.numel() for s in shapes)
+        max_b, max_t = max(s[0] for s in shapes), max(s[-1] for s in shapes)
+        p0 = next(self.model.parameters())
+        item = p0.element_size()
+        worst = {}
+        for i in self.idx:
+            layer = self.layers[i]
+            ffn, attn, hs = self.adapter.ffn(layer), self.adapter.attention(layer), self.adapter.head_structure(layer)
+            d, d_ff, d_att = attn.q.in_features, ffn.up.out_features, attn.o.in_features
+            d_qkv = attn.q.out_features + attn.k.out_features + attn.v.out_features
+            d_first = sum(m.out_features for m in ffn.first)
+            tgt = (attn.o.out_features + ffn.down.out_features) if self.track_dense else 0
+            stat = 8 * (d_att * d_att + d_ff * d_ff + d * d)     # full criterion statistics, worst case
+            if self.track_dense:
+                stat = 8 * 2 * (d_att * (d_att + attn.o.out_features) + d_ff * (d_ff + ffn.down.out_features))
+            if self.recovery:
+                tgt += d_qkv + d_first
+                stat += 8 * 2 * (d * (d + max(d_qkv, d_first)))
+            block = sum(p.numel() for p in layer.parameters()) * item + 8 * 3 * max(d_ff, d_att) ** 2
+            act = max_rows * (3 * d_ff + 8 * d + d_qkv) * item + max_b * hs.num_heads * max_t * max_t * item
+            cand = {"dense targets": rows * tgt * item, "statistics": stat, "block workspace": block,
+                    "one batch's activations": act}
+            for k, v in cand.items():
+                worst[k] = max(worst.get(k, 0), v)
+        n_streams = 2 if self.track_dense else 1
+        first = self.layers[self.idx[0]]
+        hidden, head_dim = self.adapter.attention(first).q.in_features, self.adapter.head_structure(first).head_dim
+        host = {"hidden-state streams": (n_streams * rows + max_rows) * hidden * item,
+                # a (B, 1, T, T) mask and rotary (B, T, head_dim) cos/sin per batch, at most
+                "layer arguments (estimate)": sum(s[0] * s[-1] * (s[-1] + 2 * head_dim) for s in shapes) * item,
+                "dense targets": worst.pop("dense targets")}
+        return host, worst
+
+    def check_budget(self, first: int, last: int) -> None:
+        host, dev = self.memory_plan()
+        budget = Budget.of(self.budget)
+        what = (f"sequential pruning of layers {first}..{last} on {len(self.batches)} calibration batches "
+                f"({'; '.join(f'{k} {format_bytes(v)}' for k, v in {**host, **dev}.items())})")
+        if self.device.type == "cpu":
+            budget.check("cpu", sum(host.values()) + sum(dev.values()), what)
+        else:
+            budget.check(self.device, sum(dev.values()), what)
+            Budget(None).check("cpu", sum(host.values()), what + " [host memory]")
+
+    # ------------------------------------------------------------------ passes
+    def _pass(self, layer, j, stream, which, pre=None, post=None, out=None):
+        """Run layer ``j`` on every batch of ``stream``; ``pre``/``post``: module -> fn(tensor, b)
+        called with the module's input / output; outputs written into list ``out`` if given."""
+        state = {"b": 0}
+        handles = []
+        for mod, fn in (pre or {}).items():
+            handles.append(mod.register_forward_pre_hook(lambda m, a, fn=fn: fn(a[0], state["b"])))
+        for mod, fn in (post or {}).items():
+            handles.append(mod.register_forward_hook(lambda m, a, o, fn=fn: fn(o, state["b"])))
+        try:
+            with torch.no_grad():
+                for b in range(len(stream)):
+                    state["b"] = b
+                    y = run_layer(layer, stream[b], self.inputs.calls[j][b], self.device, self.inputs.masks[b],
+                                  f"the output of decoder layer {j} ({which} stream, calibration batch {b})")
+                    if out is not None:
+                        out[b] = y.to(self.host)
+        finally:
+            for h in handles:
+                h.remove()
+        return out
+
+    def _moments(self, site_mod, target_dim):
+        """(fit, held) FullMoments of the input of ``site_mod`` with targets of ``target_dim`` columns."""
+        return tuple(FullMoments(site_mod.in_features, self.device, self.budget, cross_dim=target_dim, stage_rows=0)
+                     for _ in range(2))
+
+    def _collect(self, layer, j, wants: dict, fits: dict, targets: dict) -> dict:
+        """One pruned-stream pass.  ``wants``: statistic -> kind for the criterion (fitting batches);
+        ``fits``: statistic -> (fit, held) FullMoments with targets; ``targets``: statistic -> per-batch
+        dense targets.  Returns statistic -> moments object for the criterion."""
+        sites = _sites(self.adapter, layer)
+        crit_stats = {}
+        for name, kind in wants.items():
+            if name in fits:
+                crit_stats[name] = fits[name][0]      # a FullMoments serves any criterion kind
+            else:
+                m = sites[name]
+                crit_stats[name] = (FullMoments(m.in_features, self.device, self.budget, stage_rows=0)
+                                    if kind == "full" else DiagMoments(m.in_features, self.device))
+        pre = {}
+        for name in set(crit_stats) | set(fits):
+            def fn(x, b, name=name):
+                mask = self.inputs.masks[b]
+                if name in fits:
+                    fits[name][1 if self.held[b] else 0].update(x, mask, y=targets[name][b].to(x.device))
+                elif not self.held[b]:
+                    crit_stats[name].update(x, mask)
+            pre[sites[name]] = fn
+        if pre:
+            self._pass(layer, j, self.pruned, "pruned", pre=pre)
+        return crit_stats
+
+    def _fit(self, linears, keep, moments, name, report, section):
+        """Re-fit the stacked weight of ``linears`` over input columns ``keep``; install if chosen."""
+        W = torch.cat([lin.weight.detach() for lin in linears], 0)
+        V, info = fit_linear(W, keep, moments[0], moments[1], self.alphas)
+        if info["refit"]:
+            _install(linears, V)
+        report.setdefault(section, {})[name] = info
+        return info["refit"]
+
+    def _ctx(self, j, layer, stats, rem, costs, generator):
+        hs = self.adapter.head_structure(layer)
+        return LayerContext(j, self.adapter.ffn(layer), self.adapter.attention(layer), hs,
+                            LayerStatistics(j, **stats), generator, ffn_remove=rem.ffn,
+                            heads_remove=rem.query_heads(costs), head_mode=self.head_mode,
+                            grads=None if self.grads is None else self.grads.get(j), options=dict(self.options))
+
+    def _scores(self, j, fn, ctx, n, what):
+        s = fn(ctx)
+        if s.shape != (n,) or not bool(torch.isfinite(s).all()):
+            raise ValueError(f"sketchprune.prune: criterion {self.crit.name!r} gave {what} scores of shape "
+                             f"{tuple(s.shape)} (expected ({n},), all finite) for layer {j}")
+        return s
+
+    def _fold(self, linear, removed, mean):
+        had = linear.bias is not None
+        if fold_mean_into_bias(linear, removed, mean, self.flap_create):
+            self.folded.append(self.names.get(id(linear), "?") + ("" if had else " (created)"))
+
+    # ------------------------------------------------------------------ one layer
+    def prune_layer(self, j: int) -> dict:
+        t0 = time.perf_counter()
+        layer, ad = self.layers[j], self.adapter
+        costs, rem = layer_costs(ad, layer), self.removal[j]
+        identical = self.dense is self.pruned
+        rep: dict = {"layer": j}
+        targets: dict = {}
+        new_dense = None
+        if self.track_dense:      # 1. dense pass: next dense state + dense Linear outputs (no bias)
+            ffn, attn = ad.ffn(layer), ad.attention(layer)
+            lins = {"o": attn.o, "down": ffn.down}
+            if self.recovery:
+                lins.update(q=attn.q, k=attn.k, v=attn.v, up=ffn.up)
+                if ffn.gate is not None:
+                    lins["gate"] = ffn.gate
+            store = {k: [None] * len(self.dense) for k in lins}
+
+            def keeper(k, lin):
+                def fn(y, b):
+                    y = y if lin.bias is None else y - lin.bias
+                    store[k][b] = y.detach().to(self.host)
+                return fn
+            new_dense = self.dense if not identical else [None] * len(self.dense)
+            self._pass(layer, j, self.dense, "dense", post={lin: keeper(k, lin) for k, lin in lins.items()},
+                       out=new_dense)
+            targets = {"o_in": store["o"], "down_in": store["down"]}
+            if self.recovery:
+                targets["attn_in"] = [torch.cat([store[k][b] for k in ("q", "k", "v")], -1) for b in range(len(new_dense))]
+                firsts = [k for k in ("gate", "up") if k in store]
+                targets["mlp_in"] = [torch.cat([store[k][b] for k in firsts], -1) for b in range(len(new_dense))]
+            del store
+        changed = False
+        gen = torch.Generator().manual_seed(int(self.seed) * 1_000_003 + int(j))
+        needs = self.crit.needs
+        recover = self.recovery and not identical
+        heads_rm, ffn_rm = rem.query_heads(costs), rem.ffn
+
+        # 2. recovery of q/k/v
+        if recover:
+            a = ad.attention(layer)
+            fits = {"attn_in": self._moments(a.q, targets["attn_in"][0].shape[-1])}
+            self._collect(layer, j, {}, fits, targets)
+            changed |= self._fit([a.q, a.k, a.v], None, fits["attn_in"], "qkv", rep, "recovery")
+            del fits
+
+        # 3. attention stage
+        want = {k: v for k, v in needs.items() if k in ("attn_in", "o_in")}
+        if self.flap and heads_rm:
+            want.setdefault("o_in", "diag")
+        fits = {}
+        if (self.reconstruct and heads_rm) or recover:
+            fits["o_in"] = self._moments(ad.attention(layer).o, targets["o_in"][0].shape[-1])
+        stats = self._collect(layer, j, want, fits, targets)
+        if recover:
+            changed |= self._fit([ad.attention(layer).o], None, fits["o_in"], "o", rep, "recovery")
+        hs0 = ad.head_structure(layer)
+        h_scores = self._scores(j, self.crit.heads, self._ctx(j, layer, stats, rem, costs, gen), hs0.num_heads, "head")
+        head_plan = _layer_plan(j, costs, torch.zeros(costs.ffn_units, dtype=torch.float64), h_scores, rem).heads
+        if heads_rm:
+            cols = head_columns(resolve_heads(head_plan, hs0).q_heads, hs0.head_dim)
+            if self.flap:
+                self._fold(ad.attention(layer).o, complement(hs0.num_heads * hs0.head_dim, cols), stats["o_in"].mean())
+            slice_model(self.model, heads={j: head_plan})
+            changed = True
+            if self.reconstruct:
+                self._fit([ad.attention(layer).o], cols, fits["o_in"], "o", rep, "refit")
+        attn_stats = {k: v for k, v in stats.items()}
+        del fits
+
+        # 4. FFN stage
+        recover_mlp = self.recovery and (changed or not identical)
+        if recover_mlp:
+            f = ad.ffn(layer)
+            fits = {"mlp_in": self._moments(f.up, targets["mlp_in"][0].shape[-1])}
+            self._collect(layer, j, {}, fits, targets)
+            changed |= self._fit(list(f.first), None, fits["mlp_in"], "gate_up", rep, "recovery")
+        want = {k: v for k, v in needs.items() if k in ("mlp_in", "down_in")}
+        if self.flap and ffn_rm:
+            want.setdefault("down_in", "diag")
+        fits = {}
+        if (self.reconstruct and ffn_rm) or recover_mlp:
+            fits["down_in"] = self._moments(ad.ffn(layer).down, targets["down_in"][0].shape[-1])
+        stats = self._collect(layer, j, want, fits, targets)
+        if recover_mlp:
+            changed |= self._fit([ad.ffn(layer).down], None, fits["down_in"], "down", rep, "recovery")
+        ctx = self._ctx(j, layer, {**attn_stats, **stats}, rem, costs, gen)
+        f_scores = self._scores(j, self.crit.ffn, ctx, costs.ffn_units, "FFN")
+        plan = _layer_plan(j, costs, f_scores, h_scores, rem)
+        if ffn_rm:
+            if self.flap:
+                self._fold(ad.ffn(layer).down, complement(costs.ffn_units, plan.ffn_keep), stats["down_in"].mean())
+            slice_model(self.model, ffn={j: plan.ffn_keep})
+            changed = True
+            if self.reconstruct:
+                self._fit([ad.ffn(layer).down], plan.ffn_keep, fits["down_in"], "down", rep, "refit")
+        del fits, stats, attn_stats, targets
+
+        # 5. propagation
+        if self.needs_data:
+            self._propagate(layer, j, identical, changed, new_dense, rep)
+        rep["plan"] = plan
+        rep["seconds"] = time.perf_counter() - t0
+        return rep
+
+    def _propagate(self, layer, j, identical, changed, new_dense, rep):
+        if self.track_dense and new_dense is None:           # an unpruned layer between pruned ones
+            new_dense = self.dense if not identical else [None] * len(self.dense)
+            self._pass(layer, j, self.dense, "dense", out=new_dense)
+        if self.track_dense and identical and not changed:
+            self.pruned = self.dense = new_dense             # nothing differs: one stream
+            rep["stream_rel_error"] = 0.0
+            return
+        self._pass(layer, j, self.pruned, "pruned", out=self.pruned)
+        if self.track_dense:
+            self.dense = new_dense
+            num = den = 0.0
+            for b, (p, d) in enumerate(zip(self.pruned, self.dense)):
+                m = self.inputs.masks[b]
+                diff, ref = (p - d), d
+                if m is not None:
+                    diff, ref = diff[m], ref[m]
+                num += float(diff.double().square().sum())
+                den += float(ref.double().square().sum())
+            rep["stream_rel_error"] = (num / den) ** 0.5 if den > 0 else 0.0
+
+    # ------------------------------------------------------------------ driver
+    def run(self) -> tuple[list[dict], dict]:
+        first, last = min(self.idx), max(self.idx)
+        t0 = time.perf_counter()
+        if self.needs_data:
+            self.inputs = capture_layer_inputs(self.model, self.layers, self.batches, first, last, self.host)
+        else:
+            self.inputs = LayerInputs(first, last, [None] * len(self.batches), tokens=[0] * len(self.batches))
+        for b, h in enumerate(self.inputs.hidden if self.needs_data else []):
+            check_finite(h, self.inputs.masks[b], f"the input of decoder layer {first} (calibration batch {b})")
+        self.pruned = self.inputs.hidden
+        self.dense = self.pruned if self.track_dense else None
+        t_cap = time.perf_counter() - t0
+        reports = []
+        todo = set(self.idx)
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            for j in _progress(range(first, last + 1), self.progress, "sequential pruning"):
+                if j in todo:
+                    reports.append(self.prune_layer(j))
+                elif j < last and self.needs_data:
+                    self._propagate(self.layers[j], j, self.dense is self.pruned, False, None, {})
+        finally:
+            self.model.train(was_training)
+        return reports, {"capture": t_cap, "layers": time.perf_counter() - t0 - t_cap}
+
+
+def _layer_report(r: dict, costs) -> dict:
+    plan = r.pop("plan")
+    out = plan.as_dict(costs)
+    out.update(kept_channels=int(plan.ffn_keep.numel()), kept_heads=plan.q_heads_kept,
+               kept_kv_heads=plan.kv_heads_kept)
+    refit = r.get("refit", {})
+    out["lambda"] = {k: v.get("lambda") for k, v in refit.items()}
+    out["recon_rel_error"] = {k: v["fit_error"] for k, v in refit.items()}
+    out["heldout_rel_error"] = {k: v.get("eval_error") for k, v in refit.items()}
+    out["no_refit_rel_error"] = {k: v["fit_error_none"] for k, v in refit.items()}
+    out["no_refit_heldout_rel_error"] = {k: v.get("eval_error_none") for k, v in refit.items()}
+    for k in ("refit", "recovery", "stream_rel_error", "seconds"):
+        if k in r:
+            out[k] = r[k]
+    return out
+
+
+def prune_sequential(model: nn.Module, batches, sparsity: float = 0.2, criterion: str = "sigma",
+                     attn_sparsity: float | None = None, head_mode: str = "query", seed: int = 0, layers=None,
+                     budget=None, progress: bool = True, flap_bias: str = "create", reconstruct: bool = False,
+                     recovery: bool = False, heldout_fraction: float = 0.25, alphas=ALPHAS,
+                     criterion_options: dict | None = None) -> dict:
+    """Prune ``model`` in place one decoder layer at a time (see the module doc); returns a report.
+
+    Arguments as for :func:`~sketchprune.prune.prune_model`; ``recovery``: re-fit each layer's
+    Linears toward the dense outputs before scoring it; ``alphas``: the candidate regularisation
+    strengths (relative to the mean input energy).  Raises
+    :class:`~sketchprune.BudgetError` before any work when the streams, targets, statistics and
+    one layer's activations cannot fit ``budget``.
+    """
+    t0 = time.perf_counter()
+    crit = get_criterion(criterion)
+    if flap_bias not in FLAP_BIAS:
+        raise ValueError(f"sketchprune.prune: flap_bias must be one of {FLAP_BIAS}, got {flap_bias!r}")
+    if reconstruct and criterion == "flap" and flap_bias != "none":
+        raise ValueError("sketchprune.prune: reconstruct=True re-fits the weights itself; use flap_bias='none' with it")
+    if not 0.0 < float(heldout_fraction) < 1.0:
+        raise ValueError(f"sketchprune.prune: heldout_fraction must be in (0, 1), got {heldout_fraction}")
+    if batches is None:
+        raise ValueError("sketchprune.prune: sequential pruning needs calibration batches")
+    batches = list(batches)
+    if not batches:
+        raise ValueError("sketchprune.prune: no calibration batches")
+    adapter = get_adapter(model)
+    n_layers = len(adapter.layers(model))
+    idx = list(range(n_layers)) if layers is None else sorted({int(i) for i in layers})
+    bad = [i for i in idx if not 0 <= i < n_layers]
+    if bad or not idx:
+        raise IndexError(f"sketchprune.prune: layers {bad or idx} out of range (model has {n_layers})")
+    pr = _Pruner(model, batches, crit, sparsity, attn_sparsity, head_mode, seed, idx, budget, progress, flap_bias,
+                 reconstruct, recovery, heldout_fraction, alphas, criterion_options or {}, None)
+    pr.check_budget(min(idx), max(idx))
+    if getattr(crit, "needs_gradients", False):     # on the dense model, before anything changes
+        from .gradient_scores import gradient_statistics
+        fit = [b for b, h in zip(pr.batches, pr.held) if not h]
+        pr.grads = gradient_statistics(model, fit, layers=idx, progress=progress)
+    costs = {i: layer_costs(adapter, pr.layers[i]) for i in idx}
+    params_before = sum(p.numel() for p in model.parameters())
+    reports, secs = pr.run()
+    if any(f.endswith("(created)") for f in pr.folded):
+        warnings.warn("sketchprune.prune: FLAP bias compensation created down_proj/o_proj biases; "
+                      "they are exact in memory but save_pretrained/load_pruned do not carry them yet", stacklevel=3)
+    plans = {r["layer"]: r["plan"] for r in reports}
+    alloc = Allocation(layers=plans, costs=costs, sparsity=float(sparsity),
+                       attn_sparsity=float(sparsity if attn_sparsity is None else attn_sparsity), head_mode=head_mode)
+    layer_reports = [_layer_report(r, costs[r["layer"]]) for r in reports]
+    fit_tokens = sum(t for t, h in zip(pr.inputs.tokens, pr.held) if not h)
+    return {
+        "criterion": criterion, "head_mode": head_mode, "sequential": True,
+        "reconstruct": reconstruct, "recovery": recovery,
+        "sparsity_requested": alloc.sparsity, "attn_sparsity_requested": alloc.attn_sparsity,
+        "sparsity_achieved": alloc.achieved(),
+        "block_params_before": alloc.params_before, "block_params_after": alloc.params_after,
+        "params_before": params_before, "params_after": sum(p.numel() for p in model.parameters()),
+        "layers": layer_reports,
+        "calibration_tokens": fit_tokens, "calibration_batches": pr.held.count(False) if pr.needs_data else 0,
+        "heldout_tokens": sum(pr.inputs.tokens) - fit_tokens, "heldout_batches": pr.held.count(True),
+        "biases_folded": pr.folded,
+        "reconstruction": {r["layer"]: r["refit"] for r in reports if r.get("refit")},
+        "seconds": {**secs, "total": time.perf_counter() - t0},
+    }
