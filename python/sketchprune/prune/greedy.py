@@ -16,7 +16,8 @@ and ``Hi = H^-1`` downdated by the Schur complement (``Hi <- Hi - Hi_:R (Hi_RR)^
 one for channels, rank ``head_dim`` for heads), the increment of removing unit ``j`` is
 ``tr(W_j (Hi_jj)^-1 W_j^T)`` -- for a channel ``||W[:, j]||^2 / Hi[j, j]``.  ``H`` is damped by
 ``damp * mean(diag H)`` (default ``1e-2``).  One step costs ``O(d n + n^2)`` for channels (arrays
-are compacted to the surviving units as they shrink), all float64 on the weights' device.
+are compacted to the surviving units whenever an eighth of them has gone; the downdates are in
+place), all float64 on the weights' device.
 
 ``block`` > 1 removes the ``block`` cheapest units of a step together (one rank-``block``
 downdate): ``block`` times fewer passes over ``Hi``, which is what bounds the run time (the
@@ -45,6 +46,8 @@ group's score divided by ``group_size`` (the allocation ranks groups by the sum)
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 
@@ -64,7 +67,7 @@ def _damped_inverse(H: torch.Tensor, damp: float) -> torch.Tensor:
 def _unit_costs(W: torch.Tensor, Hi: torch.Tensor, width: int) -> torch.Tensor:
     """Per unit (contiguous ``width`` columns): tr(W_u (Hi_uu)^-1 W_u^T)."""
     if width == 1:
-        return W.square().sum(0) / Hi.diagonal()
+        return torch.linalg.vector_norm(W, dim=0).square() / Hi.diagonal()
     n = W.shape[1] // width
     B = Hi.reshape(n, width, n, width).diagonal(dim1=0, dim2=2).permute(2, 0, 1)   # (n, w, w)
     L = torch.linalg.cholesky(B)
@@ -102,16 +105,27 @@ def greedy_obs(W: torch.Tensor, H: torch.Tensor, width: int = 1, n_remove: int |
             raise ValueError(f"sketchprune.prune: quotas sum to {int(left.sum())}, n_remove is {n_remove}")
     Hi = _damped_inverse(H, damp)
     alive = torch.arange(n)                     # original ids of the units in the current arrays
+    dead = torch.zeros(n, dtype=torch.bool)     # removed units not yet compacted away
     order, incs, errors = [], [], []
     total = 0.0
-    cols_of = torch.arange(width)
+    cols_of = torch.arange(width, device=W.device)
+    eye = torch.eye(width, dtype=torch.float64, device=W.device)
+    inf = torch.tensor(float("inf"), dtype=torch.float64)
+
+    def compact():
+        nonlocal W, Hi, alive, dead
+        live = ~dead
+        kc = (torch.nonzero(live).reshape(-1).to(W.device)[:, None] * width + cols_of).reshape(-1)
+        W = W[:, kc].contiguous()
+        Hi = Hi[kc][:, kc]
+        Hi = 0.5 * (Hi + Hi.T)
+        alive, dead = alive[live], dead[live]
+
     while len(order) < n_remove:
-        costs = _unit_costs(W, Hi, width).clamp_min(0)
-        c_cpu = costs.to("cpu")
+        c_cpu = torch.where(dead, inf, _unit_costs(W, Hi, width).clamp_min(0).to("cpu"))
         want = min(block, n_remove - len(order))
-        ranked = torch.argsort(c_cpu, stable=True).tolist()
         pick = []
-        for p in ranked:
+        for p in torch.argsort(c_cpu, stable=True).tolist():
             if quota is not None:
                 g = int(group_of[alive[p]])
                 if left[g] == 0:
@@ -120,27 +134,30 @@ def greedy_obs(W: torch.Tensor, H: torch.Tensor, width: int = 1, n_remove: int |
             pick.append(p)
             if len(pick) == want:
                 break
-        loc = torch.tensor(pick, device=W.device)
-        R = (loc[:, None] * width + cols_of.to(W.device)).reshape(-1)
+        R = (torch.tensor(pick, device=W.device)[:, None] * width + cols_of).reshape(-1)
         M = Hi[R][:, R]
         Lm = torch.linalg.cholesky(0.5 * (M + M.T))
         HiR = Hi[R]                                           # (|R|, m)
-        A = torch.cholesky_solve(HiR, Lm)                     # M^-1 Hi_R:
+        A = torch.cholesky_solve(HiR, Lm)                     # (Hi_RR)^-1 Hi_R:
         WR = W[:, R]
-        total += float((torch.linalg.solve_triangular(Lm, WR.T, upper=False)).square().sum())
-        W -= WR @ A
-        Hi -= HiR.T @ A
+        total += float(torch.linalg.solve_triangular(Lm, WR.T, upper=False).square().sum())
+        W.addmm_(WR, A, alpha=-1.0)                           # compensate the kept columns
+        Hi.addmm_(HiR.T, A, alpha=-1.0)                       # Schur-complement downdate
+        # the removed blocks are now zero up to rounding: make them exactly inert
+        W[:, R] = 0
+        Hi[R, :] = 0
+        Hi[:, R] = 0
+        Rb = R.reshape(len(pick), width)
+        Hi[Rb[:, :, None], Rb[:, None, :]] = eye              # identity diagonal blocks keep costs finite
         for p in pick:
             order.append(int(alive[p]))
             incs.append(float(c_cpu[p]))
+            dead[p] = True
         errors.append(total)
-        keep_units = torch.ones(alive.numel(), dtype=torch.bool)
-        keep_units[pick] = False
-        kc = (torch.nonzero(keep_units).reshape(-1)[:, None] * width + cols_of).reshape(-1).to(W.device)
-        W = W[:, kc].contiguous()
-        Hi = Hi[kc][:, kc].contiguous()
-        Hi = 0.5 * (Hi + Hi.T)
-        alive = alive[keep_units]
+        if int(dead.sum()) * 8 >= alive.numel():              # compact once 1/8 of the arrays is dead
+            compact()
+    if bool(dead.any()):
+        compact()
     rest_costs = _unit_costs(W, Hi, width).clamp_min(0).to("cpu") if alive.numel() else torch.zeros(0)
     return order, incs, alive.tolist(), rest_costs.tolist(), errors
 
@@ -161,17 +178,15 @@ def order_scores(n: int, order, increments, rest=(), rest_costs=()) -> torch.Ten
         val += [float(rc[k]) for k in srt]
     if sorted(seq) != list(range(n)):
         raise RuntimeError("sketchprune.prune: an elimination order must cover every unit exactly once")
-    out = torch.empty(n, dtype=torch.float64)
-    prev = torch.tensor(-1.0, dtype=torch.float64)
-    zero = torch.tensor(0.0, dtype=torch.float64)
-    inf = torch.tensor(float("inf"), dtype=torch.float64)
+    out = [0.0] * n
+    prev = -1.0
     for u, v in zip(seq, val):
-        cur = torch.maximum(torch.tensor(max(v, 0.0), dtype=torch.float64), torch.maximum(prev, zero))
+        cur = max(float(v), prev, 0.0)
         if cur <= prev:
-            cur = torch.nextafter(prev, inf)
+            cur = math.nextafter(prev, math.inf)
         out[u] = cur
         prev = cur
-    return out
+    return torch.tensor(out, dtype=torch.float64)
 
 
 def similarity_elimination(D: torch.Tensor, n_remove: int | None = None, group_of: torch.Tensor | None = None,
