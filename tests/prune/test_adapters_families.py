@@ -305,6 +305,19 @@ def test_gemma_uniform_sizes_load_with_stock_from_pretrained(kind, tokens, tmp_p
     assert torch.equal(logits(load_pruned(tmp_path, **EAGER).eval(), tokens), want)
 
 
+def test_gemma_head_count_not_dividing_hidden_needs_load_pruned(tokens, tmp_path):
+    """Gemma 3 with 8 -> 6 query heads: 64 % 6 != 0, which the config rejects even with its
+    explicit head_dim, so the stock fields stay and load_pruned restores the sliced sizes."""
+    model = slice_model(make_model("gemma3_text", **EAGER), heads=[QueryHeads([0, 1, 2, 4, 5, 6])] * LAYERS)
+    assert model.config.num_attention_heads == HEADS
+    want = logits(model, tokens)
+    model.save_pretrained(tmp_path)
+    loaded = load_pruned(tmp_path, **EAGER).eval()
+    assert loaded.model.layers[0].self_attn.q_proj.out_features == 6 * GEMMA_HEAD_DIM
+    assert loaded.model.layers[0].self_attn.num_key_value_groups == 6
+    assert torch.equal(logits(loaded, tokens), want)
+
+
 @pytest.mark.parametrize("kind", ["opt", "bert", "bert-mlm"])
 def test_derived_head_dim_families_uniform_ffn_loads_with_stock(kind, tokens, tmp_path):
     """OPT/BERT: uniform FFN pruning updates ffn_dim / intermediate_size; heads untouched."""
@@ -489,3 +502,13 @@ def test_prune_model_reconstruct(kind, tokens):
     report = prune_model(model, calib(n=4), sparsity=0.25, criterion="sigma", progress=False, reconstruct=True)
     _check_pruned(model, report, tokens, kind)
     assert sorted(report["reconstruction"]) == list(range(LAYERS))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_prune_model_one_pass_statistics(kind, tokens):
+    """The non-sequential path (statistics from one pass of the dense model) as well."""
+    if "sequential" not in inspect.signature(prune_model).parameters:
+        pytest.skip("prune_model has no sequential option")
+    model = make_model(kind, dtype=torch.float32)
+    report = prune_model(model, calib(), sparsity=0.25, criterion="sigma", progress=False, sequential=False)
+    _check_pruned(model, report, tokens, kind)

