@@ -1,0 +1,604 @@
+"""Fashion-MNIST data selection: linear probing and last-two-layer finetuning on coresets.
+
+    python bench/selection_fmnist.py [OUT_DIR] [--seeds 5] [--pool 20000] [--quick] [--workers 2]
+
+writes OUT_DIR/fmnist.json, fmnist.md, fmnist_linear_probe.png, fmnist_finetune.png (OUT_DIR
+defaults to results/selection/), and bench/results/selection-overhead-<cpu>-<date>.{json,md}
+(the cost of the gradient sketch against the model's own forward + backward).
+
+Setup (fixed before any selection result was looked at; sized for ~30 min on 2 shared CPU cores)
+---------------------------------------------------------------------------------------------
+* Data: Fashion-MNIST (``sketchprune.datasets.load_fashion_mnist``, Debian package
+  ``dataset-fashion-mnist``).  The 60k training images are split by a fixed permutation (seed
+  1234) into a pretraining set (10k), a validation set (5k) and the selection pool (the remaining
+  45k, of which a random subset of POOL = 10k is used to keep the geometry baselines -- O(n N m)
+  k-center, herding, adaptive sampling -- within the compute budget).  The 10k test images are
+  used only for the reported numbers.
+* Model: a small CNN, conv(1->16, 3x3) - ReLU - maxpool - conv(16->32, 3x3) - ReLU - maxpool -
+  flatten (1568) - fc1 (1568->64) - ReLU - fc2 (64->10); fc1 + fc2 hold 101,066 parameters.
+  Pretrained on the 10k pretraining images for 2 epochs (Adam, lr 1e-3, batch 128), one run
+  (seed 0), shared by every seed and method.
+* (a) Linear probing: a fresh softmax head on the frozen 1568-d conv features (standardised on
+  the pool), trained on the coreset by full-batch Adam (lr 0.01, 200 steps).
+* (b) Finetuning the last two layers: fc1 starts from the pretrained weights, fc2 from a fresh
+  random init (the classifier is re-learned), the conv trunk frozen; minibatch Adam, batch 64,
+  300 steps on the coreset.
+* Equal tuning effort: every method's coreset gets the same grid, chosen by validation accuracy:
+  (a) weight decay in {1e-4, 1e-3, 1e-2}; (b) lr in {3e-4, 1e-3, 3e-3}.  Test accuracy and macro-F1
+  of the chosen configuration are reported, mean and 95% t-interval over SEEDS = 5 seeds.  A seed
+  changes the randomised methods' draws and the training init / minibatch order; deterministic
+  selections are computed once.
+* Extra rows ``skmm-cb`` / ``uniform-cb``: the same methods made class-balanced with the pool's
+  labels (n split across classes in proportion to their sizes, each class selected on its own).
+* Selection signals (labels of the pool are available to the score methods, as in the methods'
+  papers):
+  - SkMM and the geometry methods (uniform, herding, k-center, leverage, ridge leverage, adaptive)
+    see a gradient sketch: (a) ``linear_probe_sketch`` of the probe at zero init with random
+    labels (as in the original SkMM experiments); (b) ``model_gradient_sketch`` of fc1 + fc2
+    (per-sample gradients sketched with ``outer_sketch``, never formed) at the finetuning start
+    (fc2 init of seed 0) with random labels.  Sparse-sign, k = 8, m = 2 x the intrinsic
+    dimension of a pilot sketch (m = 512), clamped to [64, 512].  SkMM runs with its defaults
+    (c = 0.6, relative weighting, top rounding: the variant validation chose on the synthetic
+    data; nothing tuned here), certified tolerance or a 60 s time limit.
+  - Model-output methods read the pretrained CNN's outputs on the pool through ``ModelOutputs``:
+    el2n, entropy, margin, least confidence, contextual diversity (probs), GraNd (last-layer
+    gradient norm ||p - y|| ||[h, 1]||), DeepFool (logits + fc2), GLISTER (penultimate features,
+    fc2, the validation split), forgetting (``correctness_record``: a 10-epoch softmax probe on the
+    frozen conv features of the pool with true labels).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+
+import numpy as np
+import torch
+from torch import nn
+
+from sketchprune.datasets import load_fashion_mnist
+from sketchprune.select import (ModelOutputs, correctness_record, intrinsic_dimension, linear_probe_sketch,
+                                model_gradient_sketch, select, skmm_select)
+from sketchprune.select.model_based import deepfool_distances
+
+N_SWEEP = [500, 1000, 2000, 4000]
+SEEDS = 5
+POOL = 10000
+N_PRE, N_VAL = 10000, 5000
+SPLIT_SEED = 1234
+PILOT_M, M_MIN, M_MAX = 512, 64, 512
+PROBE_WD = [1e-4, 1e-3, 1e-2]
+FT_LR = [3e-4, 1e-3, 3e-3]
+PROBE_STEPS, PROBE_LR = 200, 0.01
+FT_STEPS, FT_BATCH = 300, 64
+SKMM_TIME_LIMIT = 60.0
+GEOMETRY = ["uniform", "herding", "kcenter", "leverage", "ridge-leverage", "adaptive"]
+OUTPUT_METHODS = ["grand", "el2n", "entropy", "margin", "least-confidence", "forgetting", "contextual-diversity",
+                  "glister", "deepfool"]
+RANDOMISED = {"uniform", "uniform-cb", "kcenter", "leverage", "ridge-leverage", "adaptive", "forgetting", "contextual-diversity"}
+BALANCED = ["skmm-cb", "uniform-cb"]  # class-balanced variants (true pool labels), as extra rows
+METHODS = ["skmm"] + GEOMETRY + OUTPUT_METHODS + BALANCED
+T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
+
+
+class CNN(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.trunk = nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                                   nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten())
+        self.fc1 = nn.Linear(1568, 64)
+        self.fc2 = nn.Linear(64, 10)
+
+    def head(self, h0):
+        return self.fc2(torch.relu(self.fc1(h0)))
+
+    def forward(self, x):
+        return self.head(self.trunk(x))
+
+
+def _progress(it, **kw):
+    if sys.stderr.isatty():
+        from tqdm.auto import tqdm
+
+        return tqdm(it, **kw)
+    return it
+
+
+def images(x):
+    return ((x.float() / 255.0 - 0.2860) / 0.3530).unsqueeze(1)  # Fashion-MNIST mean / std; (N, 1, 28, 28)
+
+
+def pretrain(x, y, seed=0, epochs=2):
+    torch.manual_seed(seed)
+    model = CNN()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    g = torch.Generator().manual_seed(seed)
+    for _ in range(epochs):
+        for idx in torch.randperm(x.shape[0], generator=g).split(128):
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(images(x[idx])), y[idx]).backward()
+            opt.step()
+    return model.eval()
+
+
+@torch.no_grad()
+def trunk_features(model, x, bs=2000):
+    return torch.cat([model.trunk(images(x[i:i + bs])) for i in range(0, x.shape[0], bs)])
+
+
+def metrics(pred, y, C=10):
+    acc = float((pred == y).double().mean())
+    cm = torch.bincount(y * C + pred, minlength=C * C).view(C, C).double()
+    tp = cm.diagonal()
+    prec = tp / cm.sum(0).clamp_min(1)
+    rec = tp / cm.sum(1).clamp_min(1)
+    f1 = torch.where(prec + rec > 0, 2 * prec * rec / (prec + rec).clamp_min(1e-300), torch.zeros_like(tp))
+    return acc, float(f1.mean())
+
+
+# ---- training on a coreset ------------------------------------------------------------------------
+def train_probe(F, y, wd, seed):
+    torch.manual_seed(seed)
+    W = torch.zeros(10, F.shape[1], requires_grad=True)
+    b = torch.zeros(10, requires_grad=True)
+    opt = torch.optim.Adam([W, b], lr=PROBE_LR, weight_decay=0.0)
+    for _ in range(PROBE_STEPS):
+        opt.zero_grad()
+        loss = nn.functional.cross_entropy(F @ W.T + b, y) + 0.5 * wd * W.square().sum()
+        loss.backward()
+        opt.step()
+    return lambda Z: (Z @ W.detach().T + b.detach()).argmax(1)
+
+
+def train_finetune(pre_fc1, H, y, lr, seed):
+    torch.manual_seed(seed)
+    fc1 = nn.Linear(1568, 64)
+    fc1.load_state_dict(pre_fc1)
+    fc2 = nn.Linear(64, 10)  # fresh classifier, default init from the seed
+    params = list(fc1.parameters()) + list(fc2.parameters())
+    opt = torch.optim.Adam(params, lr=lr)
+    g = torch.Generator().manual_seed(seed)
+    n = H.shape[0]
+    for _ in range(FT_STEPS):
+        idx = torch.randint(n, (min(FT_BATCH, n),), generator=g)
+        opt.zero_grad()
+        nn.functional.cross_entropy(fc2(torch.relu(fc1(H[idx]))), y[idx]).backward()
+        opt.step()
+
+    @torch.no_grad()
+    def predict(Z):
+        return fc2(torch.relu(fc1(Z))).argmax(1)
+
+    return predict
+
+
+# ---- the experiment ---------------------------------------------------------------------------------
+def choose_m(sketch_fn):
+    pilot, _ = sketch_fn(PILOT_M)
+    return int(min(M_MAX, max(M_MIN, 2 * intrinsic_dimension(pilot))))
+
+
+def prepare(pool_size, quick):
+    t0 = time.perf_counter()
+    xtr, ytr = load_fashion_mnist("train")
+    xte, yte = load_fashion_mnist("test")
+    perm = torch.randperm(xtr.shape[0], generator=torch.Generator().manual_seed(SPLIT_SEED))
+    pre, val, rest = perm[:N_PRE], perm[N_PRE:N_PRE + N_VAL], perm[N_PRE + N_VAL:]
+    pool = rest[:pool_size]
+    model = pretrain(xtr[pre], ytr[pre], epochs=1 if quick else 2)
+    H_pool, H_val, H_test = (trunk_features(model, xtr[pool]), trunk_features(model, xtr[val]),
+                             trunk_features(model, xte))
+    mu, sd = H_pool.mean(0), H_pool.std(0).clamp_min(1e-6)
+    F = lambda H: (H - mu) / sd  # noqa: E731  (probe features, standardised on the pool)
+    with torch.no_grad():
+        pre_acc, pre_f1 = metrics(model.head(H_test).argmax(1), yte)
+    D = {"x_pool": xtr[pool], "y_pool": ytr[pool], "H_pool": H_pool, "H_val": H_val, "H_test": H_test,
+         "F_pool": F(H_pool), "F_val": F(H_val), "F_test": F(H_test), "y_val": ytr[val], "y_test": yte,
+         "fc1": {k: v.clone() for k, v in model.fc1.state_dict().items()}, "model": model,
+         "pretrained_test": {"accuracy": pre_acc, "macro_f1": pre_f1}, "prep_seconds": time.perf_counter() - t0}
+    return D
+
+
+def sketches(D):
+    """The two gradient sketches (probe; fc1 + fc2) with their records and timings."""
+    out = {}
+    t0 = time.perf_counter()
+    probe = lambda m: linear_probe_sketch(D["F_pool"], "random", 10, m=m, seed=0)  # noqa: E731
+    m = choose_m(probe)
+    sk, rec = probe(m)
+    out["probe"] = (sk, rec, time.perf_counter() - t0)
+    t0 = time.perf_counter()
+    ft_model = finetune_start(D)
+    ft = lambda m: last_two_layer_sketch(ft_model, D["x_pool"], m)  # noqa: E731
+    m = choose_m(ft)
+    sk, rec = ft(m)
+    out["finetune"] = (sk, rec, time.perf_counter() - t0)
+    return out
+
+
+def finetune_start(D):
+    """The model at the start of finetuning: pretrained trunk and fc1, fc2 from seed 0's init."""
+    model = CNN()
+    model.load_state_dict(D["model"].state_dict())
+    torch.manual_seed(0)
+    model.fc2 = nn.Linear(64, 10)
+    return model.eval()
+
+
+def _batches(x, labels, bs=1000):
+    for i in range(0, x.shape[0], bs):
+        yield images(x[i:i + bs]), labels[i:i + bs]
+
+
+def last_two_layer_sketch(model, x, m, seed=0):
+    labels = torch.randint(0, 10, (x.shape[0],), generator=torch.Generator().manual_seed(seed))
+    loss = lambda out, t: nn.functional.cross_entropy(out, t, reduction="none")  # noqa: E731
+    return model_gradient_sketch(model, [model.fc1, model.fc2], _batches(x, labels), loss, m=m, seed=seed)
+
+
+def model_outputs(D):
+    model = D["model"]
+    with torch.no_grad():
+        h1 = torch.relu(model.fc1(D["H_pool"]))
+        logits = model.fc2(h1)
+        hv = torch.relu(model.fc1(D["H_val"]))
+    p = torch.softmax(logits.double(), 1)
+    err = p.clone()
+    err[torch.arange(p.shape[0]), D["y_pool"]] -= 1
+    grad_norms = err.norm(dim=1) * (h1.double().square().sum(1) + 1).sqrt()
+    t0 = time.perf_counter()
+    corr = correctness_record(D["F_pool"], D["y_pool"], 10, epochs=10, seed=0)
+    out = ModelOutputs(logits=logits, labels=D["y_pool"], features=h1, head_weight=model.fc2.weight.detach(),
+                       head_bias=model.fc2.bias.detach(), correctness=corr, grad_norms=grad_norms)
+    return out, hv, time.perf_counter() - t0
+
+
+def selections(D, sks, outs, hv, seeds, n_sweep):
+    """{(setting, method, n, seed): (indices, seconds)}; deterministic methods are stored under seed None."""
+    sel = {}
+    for setting in ("probe", "finetune"):
+        sk = sks[setting][0]
+        for n in _progress(n_sweep, desc=f"selecting ({setting})"):
+            for method in ["skmm"] + GEOMETRY + BALANCED:
+                for s in (seeds if method in RANDOMISED else [None]):
+                    t0 = time.perf_counter()
+                    if method in BALANCED:
+                        r = select(n, method[:-3], sk, labels=D["y_pool"], class_balanced=True,
+                                   seed=0 if s is None else s,
+                                   **({"time_limit": SKMM_TIME_LIMIT} if method == "skmm-cb" else {}))
+                        info = None
+                    elif method == "skmm":
+                        r = skmm_select(sk, n, seed=0, time_limit=SKMM_TIME_LIMIT)
+                        info = {k: r.info[k] for k in ("duality_gap", "objective_uniform", "converged",
+                                                        "iterations", "seconds")}
+                    else:
+                        r = select(n, method, sk, seed=0 if s is None else s)
+                        info = None
+                    sel[(setting, method, n, s)] = (r.indices, time.perf_counter() - t0, info)
+    for n in _progress(n_sweep, desc="selecting (model outputs)"):
+        for method in OUTPUT_METHODS:
+            for s in (seeds if method in RANDOMISED else [None]):
+                t0 = time.perf_counter()
+                opts = {"val_features": hv, "val_labels": D["y_val"]} if method == "glister" else {}
+                r = select(n, method, outputs=outs, seed=0 if s is None else s, **opts)
+                for setting in ("probe", "finetune"):
+                    sel[(setting, method, n, s)] = (r.indices, time.perf_counter() - t0, None)
+    return sel
+
+
+def evaluate(job):
+    """Train on one coreset with the grid, choose by validation accuracy, report test metrics."""
+    setting, method, n, seed, idx, D = job
+    torch.set_num_threads(1)
+    best = None
+    grid = PROBE_WD if setting == "probe" else FT_LR
+    for hp in grid:
+        if setting == "probe":
+            pred = train_probe(D["F_pool"][idx], D["y_pool"][idx], hp, seed)
+            Zv, Zt = D["F_val"], D["F_test"]
+        else:
+            pred = train_finetune(D["fc1"], D["H_pool"][idx], D["y_pool"][idx], hp, seed)
+            Zv, Zt = D["H_val"], D["H_test"]
+        va, _ = metrics(pred(Zv), D["y_val"])
+        if best is None or va > best[1]:
+            best = (hp, va, pred, Zt)
+    hp, va, pred, Zt = best
+    acc, f1 = metrics(pred(Zt), D["y_test"])
+    return {"setting": setting, "method": method, "n": n, "seed": seed, "hp": hp, "val_accuracy": va,
+            "test_accuracy": acc, "test_macro_f1": f1,
+            "classes_covered": int(torch.unique(D["y_pool"][idx]).numel())}
+
+
+_SHARED = {}
+
+
+def _init_worker(D):
+    _SHARED["D"] = D
+
+
+def _eval_shared(job):
+    return evaluate((*job, _SHARED["D"]))
+
+
+# ---- overhead ----------------------------------------------------------------------------------------
+def overhead(D, budget="4GiB", n=1000, repeats=3):
+    """Last-two-layer source: end-to-end selection time (gradient sketch + SkMM) against the
+    model's own forward + backward over the same batches (the same loss, gradients to fc1/fc2)."""
+    from sketchprune.budget import Budget
+
+    model = finetune_start(D)
+    x = D["x_pool"]
+    labels = torch.randint(0, 10, (x.shape[0],), generator=torch.Generator().manual_seed(0))
+    params = [model.fc1.weight, model.fc1.bias, model.fc2.weight, model.fc2.bias]
+    m = 256
+    res = {"fwd_bwd": [], "sketch": [], "skmm": []}
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for xb, yb in _batches(x, labels):
+            loss = nn.functional.cross_entropy(model(xb), yb, reduction="none")
+            torch.autograd.grad(loss.sum(), params)
+        res["fwd_bwd"].append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        sk, _ = last_two_layer_sketch(model, x, m)
+        res["sketch"].append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        sel = skmm_select(sk, n, time_limit=SKMM_TIME_LIMIT)
+        res["skmm"].append(time.perf_counter() - t0)
+    fb, skt, sm = (float(np.median(res[k])) for k in ("fwd_bwd", "sketch", "skmm"))
+    e2e = skt + sm
+    # memory: the sketch and the solver's float64 problem are the selection's own allocations
+    N = x.shape[0]
+    own_bytes = N * m * 4 + N * m * 8 * 2 + m * m * 8 * 3  # sketch fp32, A (fp64) + its scaled copy, eigens
+    return {"N": N, "m": m, "n": n, "r": 1568 * 64 + 64 + 64 * 10 + 10, "batches_of": 1000,
+            "seconds_model_forward_backward": fb, "seconds_gradient_sketch_pass": skt, "seconds_skmm_solve": sm,
+            "seconds_end_to_end": e2e, "fraction_outside_model": (e2e - fb) / e2e,
+            "fraction_outside_model_sketch_pass_only": (skt - fb) / skt,
+            "skmm_converged": bool(sel.info["converged"]), "skmm_iterations": int(sel.info["iterations"]),
+            "budget": budget, "budget_bytes": Budget.of(budget).limit,
+            "within_budget": own_bytes <= Budget.of(budget).limit,
+            "selection_own_bytes_estimate": own_bytes,
+            "peak_rss_bytes_process": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+            "raw": res}
+
+
+# ---- statistics and reporting -------------------------------------------------------------------------
+def ci(vals):
+    v = np.asarray(vals, dtype=float)
+    mean = float(v.mean())
+    if len(v) < 2:
+        return mean, mean, mean
+    h = T975.get(len(v) - 1, 1.96) * float(v.std(ddof=1)) / math.sqrt(len(v))
+    return mean, mean - h, mean + h
+
+
+def table(res, setting, key):
+    n_sweep = res["config"]["n_sweep"]
+    rows = [r for r in res["runs"] if r["setting"] == setting]
+    means = {(m, n): ci([r[key] for r in rows if r["method"] == m and r["n"] == n]) for m in METHODS for n in n_sweep}
+    L = ["| method | " + " | ".join(f"n = {n}" for n in n_sweep) + " | mean over n |", "|---|" + "---|" * (len(n_sweep) + 1)]
+    best = {n: max(METHODS, key=lambda m: means[(m, n)][0]) for n in n_sweep}
+    for m in METHODS:
+        cells = []
+        for n in n_sweep:
+            mean, lo, hi = means[(m, n)]
+            s = f"{100 * mean:.2f} [{100 * lo:.1f}, {100 * hi:.1f}]"
+            cells.append(f"**{s}**" if best[n] == m else s)
+        L.append(f"| {m} | " + " | ".join(cells) + f" | {100 * np.mean([means[(m, n)][0] for n in n_sweep]):.2f} |")
+    return "\n".join(L), means, best
+
+
+def write_md(res, path):
+    cfg = res["config"]
+    L = ["# Fashion-MNIST data selection: linear probing and last-two-layer finetuning\n",
+         f"Date {res['date']}; machine: {res['machine']}; git {res['git_commit']}; wall time "
+         f"{res['wall_seconds']:.0f} s; {len(cfg['seeds'])} seeds; pool {cfg['pool']} of the 45k non-pretraining, "
+         f"non-validation training images; validation {cfg['n_val']}; test 10k.\n",
+         f"Pretrained CNN (10k images, {cfg['pretrain_epochs']} epochs): test accuracy "
+         f"{100 * res['pretrained_test']['accuracy']:.2f}%, macro-F1 {100 * res['pretrained_test']['macro_f1']:.2f}%. "
+         f"Sketch sizes: probe m = {res['sketch']['probe']['m']} (r = {res['sketch']['probe']['r']}), "
+         f"fc1 + fc2 m = {res['sketch']['finetune']['m']} (r = {res['sketch']['finetune']['r']}). "
+         "See the script's docstring for the protocol.\n"]
+    verdict = []
+    for setting, title in (("probe", "(a) Linear probing on frozen conv features"),
+                           ("finetune", "(b) Finetuning fc1 + fc2 (101k parameters)")):
+        for key, kname in (("test_accuracy", "test accuracy (%)"), ("test_macro_f1", "test macro-F1 (%)")):
+            t, means, best = table(res, setting, key)
+            L.append(f"## {title}: {kname}, mean [95% CI] over seeds (best per n in bold)\n")
+            L.append(t + "\n")
+            if key == "test_accuracy":
+                ns = cfg["n_sweep"]
+                diff = {n: 100 * (means[("skmm", n)][0] - means[("uniform", n)][0]) for n in ns}
+                wins = sum(best[n] == "skmm" for n in ns)
+                met = all(d >= 1.0 for d in diff.values()) and wins > len(ns) / 2
+                verdict.append(f"* {title}: SkMM - uniform accuracy = " + ", ".join(f"{diff[n]:+.2f}" for n in ns)
+                               + f" points (n = {', '.join(map(str, ns))}); SkMM best at {wins} of {len(ns)} n; "
+                               + f"best per n: {', '.join(best[n] for n in ns)}. Target (>= +1 point at every n and "
+                               + f"best at most n): **{'met' if met else 'not met'}**.")
+    L.insert(3, "## Verdict\n\n" + "\n".join(verdict) + "\n")
+    L.append("## Selection cost (seconds per selection, mean over n and seeds)\n")
+    L.append("| method | probe signal | fc1 + fc2 signal |\n|---|---|---|")
+    for m in METHODS:
+        cells = [np.mean([s["seconds"] for s in res["selection_seconds"] if s["method"] == m and s["setting"] == st])
+                 for st in ("probe", "finetune")]
+        L.append(f"| {m} | {cells[0]:.2f} | {cells[1]:.2f} |")
+    L.append("")
+    sk = [s for s in res["skmm_solver"]]
+    L.append(f"SkMM solver: {sum(s['converged'] for s in sk)} of {len(sk)} solves converged to the certified "
+             f"tolerance (1e-4 f(uniform)) within {SKMM_TIME_LIMIT:.0f} s; iterations "
+             f"{min(s['iterations'] for s in sk)}-{max(s['iterations'] for s in sk)}.\n")
+    L.append(f"Signals: gradient sketches {res['sketch']['probe']['seconds']:.1f} s (probe) and "
+             f"{res['sketch']['finetune']['seconds']:.1f} s (fc1 + fc2, incl. the pilot sketch for m); "
+             f"model outputs + forgetting record {res['outputs_seconds']:.1f} s.\n")
+    with open(path, "w") as f:
+        f.write("\n".join(L))
+
+
+def plot(res, out):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ns = res["config"]["n_sweep"]
+    for setting, fname, title in (("probe", "fmnist_linear_probe.png", "(a) linear probe"),
+                                  ("finetune", "fmnist_finetune.png", "(b) finetune fc1 + fc2")):
+        fig, ax = plt.subplots(figsize=(8, 5.5))
+        for m in METHODS:
+            st = [ci([r["test_accuracy"] for r in res["runs"] if r["setting"] == setting and r["method"] == m
+                      and r["n"] == n]) for n in ns]
+            lw = 2.8 if m == "skmm" else (1.8 if m == "uniform" else 1.0)
+            ls = "-" if m in ("skmm", "uniform") or m in GEOMETRY else "--"
+            line, = ax.plot(ns, [100 * s[0] for s in st], marker="o", ms=3, lw=lw, ls=ls, label=m)
+            if m in ("skmm", "uniform"):
+                ax.fill_between(ns, [100 * s[1] for s in st], [100 * s[2] for s in st], color=line.get_color(),
+                                alpha=0.15)
+        ax.set_xscale("log")
+        ax.set_xticks(ns, [str(n) for n in ns])
+        ax.set_xlabel("coreset size n")
+        ax.set_ylabel("test accuracy (%)")
+        ax.set_title(f"Fashion-MNIST {title}: mean over {len(res['config']['seeds'])} seeds "
+                     f"(bands: 95% CI for skmm, uniform)", fontsize=10)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7, ncol=2)
+        fig.tight_layout()
+        fig.savefig(os.path.join(out, fname), dpi=130)
+        plt.close(fig)
+
+
+def git_commit():
+    here = os.path.dirname(os.path.abspath(__file__))
+    try:
+        c = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=here).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain"], capture_output=True, text=True, cwd=here).stdout.strip()
+        return c + ("+uncommitted" if dirty else "")
+    except Exception:
+        return "unknown"
+
+
+def machine():
+    from sketchprune.info import cpu_name
+
+    return f"{cpu_name()}, {os.cpu_count()} cores, {platform.system()} {platform.release()}, torch {torch.__version__}"
+
+
+def write_overhead(ov, date, bench_dir):
+    from sketchprune.info import cpu_name
+
+    slug = "-".join(cpu_name().lower().replace("(r)", "").replace("(tm)", "").split()[:3])
+    stem = os.path.join(bench_dir, f"selection-overhead-{slug}-{os.cpu_count()}-threads-{date[:10]}")
+    rec = {"date": date, "device": f"cpu: {machine()}", "git_commit": git_commit(), **ov}
+    with open(stem + ".json", "w") as f:
+        json.dump(rec, f, indent=1)
+    target = ov["fraction_outside_model"] < 0.25
+    L = ["# Selection overhead: last-two-layer gradient source (Fashion-MNIST CNN, fc1 + fc2)\n",
+         f"Date {date}; device: {rec['device']}; git {rec['git_commit']}.\n",
+         f"N = {ov['N']} pool images, batches of {ov['batches_of']}, r = {ov['r']} parameters sketched to m = "
+         f"{ov['m']}, SkMM n = {ov['n']}; medians of {len(ov['raw']['sketch'])} repeats.\n",
+         "| part | seconds |\n|---|---|",
+         f"| model forward + backward to fc1/fc2 (no hooks, no sketch) | {ov['seconds_model_forward_backward']:.3f} |",
+         f"| gradient sketch pass (forward + backward + hooks + outer_sketch) | {ov['seconds_gradient_sketch_pass']:.3f} |",
+         f"| SkMM solve + rounding | {ov['seconds_skmm_solve']:.3f} |",
+         f"| end-to-end selection | {ov['seconds_end_to_end']:.3f} |\n",
+         f"Time outside the model's own forward + backward: **{100 * ov['fraction_outside_model']:.1f}%** of "
+         f"end-to-end selection (target < 25%: **{'met' if target else 'not met'}**); in the sketch pass alone "
+         f"{100 * ov['fraction_outside_model_sketch_pass_only']:.1f}%.\n",
+         f"Memory: the selection's own allocations (sketch + solver problem) are about "
+         f"{ov['selection_own_bytes_estimate'] / 2**20:.1f} MiB against a budget of {ov['budget']}; peak RSS of the "
+         f"whole experiment process {ov['peak_rss_bytes_process'] / 2**30:.2f} GiB.\n"]
+    with open(stem + ".md", "w") as f:
+        f.write("\n".join(L))
+    return stem
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("out", nargs="?", default="results/selection")
+    ap.add_argument("--seeds", type=int, default=SEEDS)
+    ap.add_argument("--pool", type=int, default=POOL)
+    ap.add_argument("--quick", action="store_true", help="2 seeds, pool 3000, n in {100, 400} (smoke run)")
+    ap.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
+    ap.add_argument("--bench-dir", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
+    ap.add_argument("--replot", action="store_true", help="redo the .md and plots from OUT/fmnist.json")
+    a = ap.parse_args(argv)
+    if a.replot:
+        with open(os.path.join(a.out, "fmnist.json")) as f:
+            res = json.load(f)
+        write_md(res, os.path.join(a.out, "fmnist.md"))
+        plot(res, a.out)
+        return
+    torch.set_num_threads(max(1, a.workers))
+    seeds = list(range(2 if a.quick else a.seeds))
+    n_sweep = [100, 400] if a.quick else N_SWEEP
+    pool = 3000 if a.quick else a.pool
+    os.makedirs(a.out, exist_ok=True)
+    t0 = time.perf_counter()
+    D = prepare(pool, a.quick)
+    print(f"prepared in {D['prep_seconds']:.0f} s; pretrained test accuracy {D['pretrained_test']['accuracy']:.4f}",
+          flush=True)
+    sks = sketches(D)
+    print(f"sketches: probe m = {sks['probe'][1]['m']} ({sks['probe'][2]:.0f} s), finetune m = "
+          f"{sks['finetune'][1]['m']} ({sks['finetune'][2]:.0f} s)", flush=True)
+    outs, hv, out_s = model_outputs(D)
+    sel = selections(D, sks, outs, hv, seeds, n_sweep)
+    print(f"selections done at {time.perf_counter() - t0:.0f} s", flush=True)
+    jobs = []
+    for setting in ("probe", "finetune"):
+        for method in METHODS:
+            for n in n_sweep:
+                for s in seeds:
+                    key = (setting, method, n, s if method in RANDOMISED else None)
+                    jobs.append((setting, method, n, s, sel[key][0]))
+    shared = {k: D[k] for k in ("F_pool", "F_val", "F_test", "H_pool", "H_val", "H_test", "y_pool", "y_val",
+                                "y_test", "fc1")}
+    runs = []
+    if a.workers > 1:
+        torch.set_num_threads(1)
+        with ProcessPoolExecutor(a.workers, initializer=_init_worker, initargs=(shared,)) as ex:
+            for r in _progress(ex.map(_eval_shared, jobs, chunksize=8), total=len(jobs), desc="training"):
+                runs.append(r)
+    else:
+        _init_worker(shared)
+        for j in _progress(jobs, desc="training"):
+            runs.append(_eval_shared(j))
+    print(f"training done at {time.perf_counter() - t0:.0f} s", flush=True)
+    torch.set_num_threads(max(1, a.workers))
+    ov = overhead(D)
+    date = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    res = {
+        "date": date, "machine": machine(), "git_commit": git_commit(),
+        "command": " ".join([os.path.basename(sys.argv[0])] + (argv if argv is not None else sys.argv[1:])),
+        "wall_seconds": time.perf_counter() - t0,
+        "config": {"seeds": seeds, "n_sweep": n_sweep, "pool": pool, "n_pretrain": N_PRE, "n_val": N_VAL,
+                   "split_seed": SPLIT_SEED, "pretrain_epochs": 1 if a.quick else 2, "probe_wd_grid": PROBE_WD,
+                   "finetune_lr_grid": FT_LR, "probe_steps": PROBE_STEPS, "probe_lr": PROBE_LR,
+                   "finetune_steps": FT_STEPS, "finetune_batch": FT_BATCH, "pilot_m": PILOT_M,
+                   "skmm": {"c": 0.6, "weighting": "relative", "rounding": "top", "time_limit_s": SKMM_TIME_LIMIT},
+                   "quick": a.quick},
+        "pretrained_test": D["pretrained_test"],
+        "sketch": {k: {**v[1], "seconds": v[2]} for k, v in sks.items()},
+        "outputs_seconds": out_s,
+        "runs": runs,
+        "selection_seconds": [{"setting": k[0], "method": k[1], "n": k[2], "seed": k[3], "seconds": v[1]}
+                              for k, v in sel.items()],
+        "skmm_solver": [{"setting": k[0], "n": k[2], **v[2]} for k, v in sel.items() if k[1] == "skmm"],
+        "overhead": ov,
+    }
+    with open(os.path.join(a.out, "fmnist.json"), "w") as f:
+        json.dump(res, f, indent=1, default=str)
+    write_md(res, os.path.join(a.out, "fmnist.md"))
+    plot(res, a.out)
+    if not a.quick:
+        print("overhead record:", write_overhead(ov, date, a.bench_dir))
+    print(open(os.path.join(a.out, "fmnist.md")).read())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,240 @@
+"""``sketchprune select``: choose n samples from per-sample gradients or features.
+
+    sketchprune select (--grads G.npy | --features F.npy) [--labels y.npy] --n 1000 [--method skmm]
+                       [--sketch-dim 512] [--k 8] [--seed 0] [--budget 4GiB] [--out selection.json] [--quiet]
+
+* ``--grads``: an N x r per-sample gradient (or any feature) matrix, .npy (memory-mapped, never
+  loaded whole) or .pt; streamed through ``sketch_matrix`` under the budget.
+* ``--features``: an N x d feature matrix; the gradient source is a linear softmax probe at zero
+  init (``linear_probe_sketch``) with random labels (as in the original SkMM experiments), or the
+  labels of ``--labels`` when given.
+* ``--sketch-dim`` (alias ``--m``): the sketch size m; default twice the intrinsic dimension of a
+  pilot sketch.  ``--probs P.npy`` (N x classes) feeds the methods that read model probabilities.
+
+Output (``--out``, written atomically, or stdout): ``indices``, ``weights`` (SkMM's relaxed
+weights of the selected samples, or null), ``method``, ``n``, ``seed``, ``sketch`` {type, m, k,
+seed, source, ...}, ``time_s`` and ``info`` (the method's audit record: certified gap, variance
+proxy, ...).  Bad input is reported in one line on stderr with exit status 2, no traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+
+class CliError(Exception):
+    """A user error: reported in one line, exit status 2."""
+
+
+def _load(path: str, what: str):
+    p = Path(path)
+    if not p.exists():
+        raise CliError(f"{what} file {path} does not exist")
+    if p.suffix == ".npy":
+        import numpy as np
+
+        try:
+            return np.load(p, mmap_mode="r")
+        except ValueError as e:
+            raise CliError(f"{path}: cannot read as .npy ({e})") from None
+    if p.suffix in (".pt", ".pth"):
+        import torch
+
+        return torch.load(p, map_location="cpu", weights_only=True)
+    raise CliError(f"{path}: expected a .npy or .pt file")
+
+
+def _check_matrix(M, name: str, chunk: int = 8192):
+    """2-D, numeric, and no NaN/Inf (streamed for memory-mapped arrays); names the bad rows."""
+    import numpy as np
+    import torch
+
+    if getattr(M, "ndim", None) != 2:
+        raise CliError(f"{name} must be a 2-D matrix (N x r), got shape {tuple(getattr(M, 'shape', ()))}")
+    N = int(M.shape[0])
+    if N == 0 or int(M.shape[1]) == 0:
+        raise CliError(f"{name} is empty (shape {tuple(M.shape)})")
+    bad = []
+    for i in range(0, N, chunk):
+        b = M[i:i + chunk]
+        if isinstance(b, torch.Tensor):
+            if b.dtype.is_complex or b.dtype == torch.bool:
+                raise CliError(f"{name} has unsupported dtype {b.dtype}")
+            ok = torch.isfinite(b.float()).all(1).numpy()
+        else:
+            if b.dtype.kind not in "fiub":
+                raise CliError(f"{name} has non-numeric dtype {b.dtype}")
+            ok = np.isfinite(b).all(1)
+        bad.extend((i + np.nonzero(~ok)[0]).tolist())
+    if bad:
+        shown = ", ".join(map(str, bad[:10])) + (f", ... ({len(bad)} rows in all)" if len(bad) > 10 else "")
+        raise CliError(f"{name} has NaN or Inf values in rows {shown}")
+    return N
+
+
+def _labels(path: str, N: int):
+    import numpy as np
+    import torch
+
+    y = _load(path, "labels")
+    y = torch.as_tensor(np.asarray(y)) if not isinstance(y, torch.Tensor) else y
+    if y.dim() != 1 or int(y.shape[0]) != N:
+        raise CliError(f"labels must be a vector of length N = {N}, got shape {tuple(y.shape)}")
+    if y.is_floating_point() and not torch.equal(y, y.round()):
+        raise CliError("labels must be integer class indices")
+    y = y.long()
+    if int(y.min()) < 0:
+        raise CliError(f"labels must be >= 0, got {int(y.min())}")
+    return y
+
+
+def run(args) -> int:
+    try:
+        return _run(args)
+    except CliError as e:
+        print(f"sketchprune select: error: {e}", file=sys.stderr)
+        return 2
+    except MemoryError as e:  # BudgetError included
+        print(f"sketchprune select: error: {e}", file=sys.stderr)
+        return 2
+    except ValueError as e:  # argument errors found by the library (they name the problem)
+        print(f"sketchprune select: error: {e}", file=sys.stderr)
+        return 2
+
+
+def _run(args) -> int:
+    import torch
+
+    from .budget import Budget
+    from .select import METHODS, intrinsic_dimension, linear_probe_sketch, select, sketch_matrix
+    from .select.api import NEEDS
+
+    if args.method not in METHODS:
+        raise CliError(f"unknown method {args.method!r}; choose one of {', '.join(METHODS)}")
+    if (args.grads is None) == (args.features is None):
+        raise CliError("give exactly one of --grads (per-sample gradients) and --features (linear-probe source)")
+    if args.k < 1:
+        raise CliError(f"--k must be >= 1, got {args.k}")
+    if args.m is not None and args.m < args.k:
+        raise CliError(f"--sketch-dim m = {args.m} must be >= k = {args.k}")
+    if args.method == "skmm" and args.formulation in ("hinge", "paper") and not 0 < args.c < 1:
+        raise CliError(f"--c must be in (0, 1) for the {args.formulation} formulation, got {args.c} "
+                       "(with c >= 1 uniform weights already satisfy every moment constraint)")
+    src = args.grads if args.grads is not None else args.features
+    M = _load(src, "gradient" if args.grads is not None else "feature")
+    N = _check_matrix(M, "--grads" if args.grads is not None else "--features")
+    r = int(M.shape[1])
+    if not 1 <= args.n <= N:
+        raise CliError(f"--n must be in [1, N = {N}], got {args.n}")
+    labels = _labels(args.labels, N) if args.labels else None
+    if args.class_balanced and labels is None:
+        raise CliError("--class-balanced needs --labels")
+    probs = None
+    if args.probs:
+        P = _load(args.probs, "probs")
+        if _check_matrix(P, "--probs") != N:
+            raise CliError(f"--probs has {P.shape[0]} rows, expected N = {N}")
+        probs = torch.as_tensor(P).double()
+    need = NEEDS[args.method]
+    if args.method not in ("skmm", "uniform", "herding", "kcenter", "leverage", "ridge-leverage", "adaptive") \
+            and not (probs is not None and need.startswith("probs") and (labels is not None or "labels" not in need)):
+        raise CliError(f"method {args.method!r} needs {need}; from the command line give --probs (and --labels) for "
+                       "the probability-based methods, use the Python API (ModelOutputs) for the others")
+    budget = Budget.of(args.budget)
+    t0 = time.perf_counter()
+    if args.features is not None:
+        import numpy as np
+
+        X = torch.from_numpy(np.array(M)) if not isinstance(M, torch.Tensor) else M
+        X = X.float()
+        C = args.classes or (int(labels.max()) + 1 if labels is not None else 10)
+        if labels is not None and int(labels.max()) >= C:
+            raise CliError(f"labels go up to {int(labels.max())} but --classes is {C}")
+        probe_labels = labels if labels is not None else "random"
+        make = lambda m: linear_probe_sketch(X, probe_labels, C, m=m, k=args.k, seed=args.seed)  # noqa: E731
+        r = C * X.shape[1] + C
+        sketch_type = "sparse-sign"
+        if args.sketch != "sparse-sign":
+            raise CliError("--features uses the sparse-sign sketch (outer_sketch); --sketch gaussian needs --grads")
+    else:
+        make = lambda m: sketch_matrix(M, m, args.k, args.seed, sketch=args.sketch, budget=budget,  # noqa: E731
+                                       progress=not args.quiet)
+        sketch_type = args.sketch
+    m = args.m
+    if m is None:  # twice the intrinsic dimension of a pilot sketch
+        pilot_m = min(1024, max(8, r, args.k))
+        budget.check("cpu", N * pilot_m * 4, what=f"the pilot sketch ({N} x {pilot_m}, float32)")
+        pilot, _ = make(pilot_m)
+        m = max(args.k, min(2 * intrinsic_dimension(pilot), r))
+        if not args.quiet:
+            print(f"m = {m} (twice the intrinsic dimension of a pilot sketch)", file=sys.stderr)
+    # the sketch (float32) and, for SkMM, its float64 moment problem and the solver's copies
+    per_row = m * 4 + (m * 8 * 3 if args.method == "skmm" else 0)
+    budget.check("cpu", N * per_row, what=f"selection from an {N} x {m} sketch")
+    sk, record = make(m)
+    if args.features is not None:
+        record = {**record, "sketch": sketch_type, "N": N}
+    opts = {}
+    if args.method == "skmm":
+        opts = dict(c=args.c, rounding=args.rounding, weighting=args.weighting, formulation=args.formulation,
+                    progress=not args.quiet and sys.stderr.isatty())
+        if args.formulation == "maxmin":
+            opts.pop("c")
+    sel = select(args.n, args.method, sk, probs=probs, labels=labels, seed=args.seed,
+                 class_balanced=args.class_balanced, **opts)
+    elapsed = time.perf_counter() - t0
+    weights = None
+    if sel.weights is not None:
+        weights = sel.weights[sel.indices.to(sel.weights.device)].double().cpu().tolist()
+    sketch_rec = {"type": record.get("sketch", sketch_type), "m": m, "k": record.get("k"), "seed": args.seed,
+                  **{k: v for k, v in record.items() if k not in ("sketch", "m", "k", "seed")}}
+    out = {"indices": sel.indices.tolist(), "weights": weights, "method": args.method, "n": args.n,
+           "seed": args.seed, "sketch": sketch_rec, "time_s": elapsed,
+           "input": {"grads" if args.grads else "features": str(src), "labels": args.labels, "N": N},
+           "info": sel.info}
+    text = json.dumps(out, indent=1, default=str)
+    if args.out:
+        dest = Path(args.out)
+        if dest.parent and not dest.parent.exists():
+            raise CliError(f"output directory {dest.parent} does not exist")
+        tmp = dest.with_name(dest.name + ".tmp")
+        tmp.write_text(text)
+        tmp.replace(dest)  # never a half-written result
+        if not args.quiet:
+            print(f"wrote {len(out['indices'])} indices to {args.out} ({elapsed:.2f} s)", file=sys.stderr)
+    else:
+        print(text)
+    return 0
+
+
+def add_parser(sub):
+    s = sub.add_parser("select", help="select n samples from per-sample gradients or features")
+    src = s.add_argument_group("input (one of --grads / --features)")
+    src.add_argument("--grads", default=None, help="N x r per-sample gradient matrix (.npy, memory-mapped; or .pt)")
+    src.add_argument("--features", default=None,
+                     help="N x d features (.npy/.pt): linear-probe gradients, random labels unless --labels")
+    s.add_argument("--labels", default=None, help="N class labels (.npy/.pt): true labels for the probe, "
+                   "--class-balanced, el2n")
+    s.add_argument("--probs", default=None, help="N x classes model probabilities for entropy / margin / "
+                   "least-confidence / el2n / contextual-diversity")
+    s.add_argument("--classes", type=int, default=None, help="number of classes of the probe (default: from "
+                   "--labels, else 10)")
+    s.add_argument("--n", type=int, required=True, help="number of samples to select")
+    s.add_argument("--method", default="skmm")
+    s.add_argument("--sketch-dim", "--m", dest="m", type=int, default=None,
+                   help="sketch size m (default: twice the intrinsic dimension of a pilot sketch)")
+    s.add_argument("--k", type=int, default=8, help="nonzeros per row of the sparse-sign sketch")
+    s.add_argument("--sketch", default="sparse-sign", choices=["sparse-sign", "gaussian"])
+    s.add_argument("--c", type=float, default=0.6, help="SkMM moment ratio c in (0, 1)")
+    s.add_argument("--weighting", default="relative", choices=["absolute", "relative"])
+    s.add_argument("--formulation", default="hinge", choices=["hinge", "maxmin", "paper"])
+    s.add_argument("--rounding", default="top", choices=["sample", "top"])
+    s.add_argument("--class-balanced", action="store_true")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--budget", default=None, help="memory budget, e.g. 4GiB (default: free memory)")
+    s.add_argument("--out", default=None, help="output JSON (default: stdout)")
+    s.add_argument("--quiet", action="store_true")
+    return s
