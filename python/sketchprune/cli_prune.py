@@ -77,6 +77,7 @@ def run_prune(args) -> int:
     # 2. model and calibration data
     _say(args, f"loading {args.model} ...")
     model, tok = load_model(args.model, device=args.device, dtype=_dtype(args.dtype))
+    _check_flap_bias(args, model)
     progress = _progress(args)
     self_opts = {"temperature": args.self_temperature, "top_k": args.self_top_k}
     batches, desc = calibration_batches(args.calib, model=model, tokenizer=tok, seq_len=args.seq_len,
@@ -91,6 +92,8 @@ def run_prune(args) -> int:
         options["head_mode"] = args.head_mode
     if args.attn_sparsity is not None:
         options["attn_sparsity"] = args.attn_sparsity
+    if args.flap_bias is not None:
+        options["flap_bias"] = args.flap_bias
     model, report = prune(model, batches, sparsity=args.sparsity, criterion=args.criterion,
                           reconstruct=args.reconstruct, budget=args.budget, inplace=True, tokenizer=tok,
                           seq_len=args.seq_len, seed=args.seed, measure=not args.no_measure,
@@ -111,6 +114,21 @@ def run_prune(args) -> int:
         write_json_atomic(args.report, report)
     _summary_prune(args, report)
     return 0
+
+
+def _check_flap_bias(args, model) -> None:
+    """FLAP's mean compensation creates biases the saved model cannot carry: refuse before pruning."""
+    mode = args.flap_bias or ("none" if args.reconstruct else "create")
+    if args.criterion != "flap" or mode != "create" or args.out is None:
+        return
+    from .prune.adapters import get_adapter
+
+    adapter = get_adapter(model)
+    layer = adapter.layers(model)[0]
+    if adapter.ffn(layer).down.bias is None or adapter.attention(layer).o.bias is None:
+        raise ValueError("--criterion flap folds the removed units' means into down_proj / o_proj biases, which this "
+                         "model does not have and a saved model cannot carry yet; add --reconstruct (which re-fits "
+                         "those weights instead) or pass --flap-bias existing|none")
 
 
 def report_input(batches):
@@ -214,6 +232,8 @@ def add_subparsers(sub) -> None:
     p.add_argument("--budget", default=None, help="memory budget for the statistics, e.g. 8GiB")
     p.add_argument("--attn-sparsity", type=float, default=None, help="fraction of attention parameters to remove")
     p.add_argument("--head-mode", default=None, choices=["query", "group"])
+    p.add_argument("--flap-bias", default=None, choices=["create", "existing", "none"],
+                   help="flap only: fold removed units' means into biases (default create; none with --reconstruct)")
     p.add_argument("--self-temperature", type=float, default=1.0, help="--calib self: sampling temperature")
     p.add_argument("--self-top-k", type=int, default=50, help="--calib self: top-k sampling (0 = all)")
     p.add_argument("--out", default=None, help="output model directory (written atomically)")

@@ -143,7 +143,7 @@ def _bad(argv, capsys, match):
 
 @pytest.mark.parametrize("case", ["sparsity-high", "sparsity-negative", "criterion", "missing-model", "arch",
                                   "calib-short", "file-short", "calib-missing", "budget", "out-unwritable",
-                                  "out-exists", "report-unwritable"])
+                                  "out-exists", "report-unwritable", "flap-bias"])
 def test_bad_input_is_a_clear_error_and_writes_nothing(case, assets, tmp_path, capsys):
     model_dir, text = assets
     out = tmp_path / "out"
@@ -154,6 +154,7 @@ def test_bad_input_is_a_clear_error_and_writes_nothing(case, assets, tmp_path, c
         "calib-short": "shorter than one sequence", "file-short": "shorter than the sequence length",
         "calib-missing": "neither wiki, austen, self nor an existing file", "budget": "budget",
         "out-unwritable": "not a directory", "out-exists": "already exists", "report-unwritable": "does not exist",
+        "flap-bias": "--flap-bias existing|none",
     }[case]
     if case == "sparsity-high":
         args[args.index("--sparsity") + 1] = "1.0"
@@ -189,6 +190,8 @@ def test_bad_input_is_a_clear_error_and_writes_nothing(case, assets, tmp_path, c
         (out / "keep.txt").write_text("precious")
     elif case == "report-unwritable":
         args += ["--report", str(tmp_path / "no-dir" / "r.json")]
+    elif case == "flap-bias":
+        args[args.index("--criterion") + 1] = "flap"
     _bad(args, capsys, match)
     if case == "out-exists":
         assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]
@@ -252,3 +255,10 @@ def test_eval_bad_inputs(assets, tmp_path, capsys):
     _bad(base + ["--tokens", "100000"], capsys, "ask for at most")
     _bad(["eval", "--model", str(tmp_path / "nope"), "--text", str(text)], capsys, "neither a known name")
     _bad(base[:3] + ["--text", str(tmp_path / "none.txt")], capsys, "neither wiki, austen nor an existing file")
+
+
+def test_output_directory_has_ordinary_permissions(pruned):
+    out, _ = pruned
+    umask = os.umask(0)
+    os.umask(umask)
+    assert out.stat().st_mode & 0o777 == 0o777 & ~umask

@@ -3,8 +3,9 @@
 Inference (:func:`measure_forward`), the same way for the dense and the pruned model on the same
 input (batch 1 x ``seq_len`` tokens, no KV cache, under ``torch.no_grad``):
 
-* ``latency_s``: the median wall time of ``repeats`` forward passes after ``warmup`` untimed ones
-  (CUDA: synchronised before and after each);
+* ``latency_s``: the shortest wall time of ``repeats`` forward passes after ``warmup`` untimed
+  ones (the least disturbed by other work on the machine; ``latency_median_s`` and every run are
+  reported too; CUDA: synchronised before and after each);
 * ``peak_memory_bytes = weights_bytes + activation_peak_bytes``: the bytes of the model's
   parameters and buffers plus the peak of the memory torch allocates during one forward pass.
   CUDA: ``torch.cuda.max_memory_allocated()`` minus the allocation before the pass (after
@@ -136,7 +137,8 @@ def measure_forward(model, input_ids: torch.Tensor, repeats: int = 3, warmup: in
     finally:
         model.train(was_training)
     w = weights_bytes(model)
-    return {"latency_s": statistics.median(times), "latency_runs_s": times, "weights_bytes": w,
+    return {"latency_s": min(times), "latency_median_s": statistics.median(times), "latency_runs_s": times,
+            "weights_bytes": w,
             "activation_peak_bytes": act, "peak_memory_bytes": None if act is None else w + act,
             "memory_method": method, "input_shape": list(x.shape), "device": str(dev)}
 
