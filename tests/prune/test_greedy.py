@@ -131,6 +131,8 @@ def test_greedy_quota_matches_constrained_brute_force():
     torch.testing.assert_close(torch.tensor(errs, dtype=F64), torch.tensor(ref_errs, dtype=F64), rtol=1e-8, atol=1e-10)
     with pytest.raises(ValueError, match="quotas"):
         greedy_obs(W, H, width=2, n_remove=3, group_of=group_of, quota=quota)
+    with pytest.raises(ValueError, match="at most its group"):
+        greedy_obs(W, H, width=2, n_remove=4, group_of=group_of, quota=torch.tensor([4, 0, 0]))
 
 
 def test_greedy_block_reports_the_joint_error():
@@ -272,3 +274,16 @@ def test_greedy_criterion_options_and_smollm_layout():
     assert overlap >= 0.7 * rp[1].ffn           # blocks change few picks on this layer
     with pytest.raises(ValueError, match="head_mode"):
         score_model(model, "greedy", stats, removal=rp, head_mode="group")
+
+
+def test_greedy_given_inverse_is_not_modified():
+    from sketchprune.prune.greedy import _damped_inverse
+    W, _, H = problem(5, 12, seed=4)
+    Hi = _damped_inverse(H, 1e-2)
+    Hi0 = Hi.clone()
+    a = greedy_obs(W, H, n_remove=5)
+    b = greedy_obs(W, H, n_remove=5, h_inverse=Hi)
+    assert a[0] == b[0] and torch.equal(Hi, Hi0)
+    torch.testing.assert_close(torch.tensor(a[4], dtype=F64), torch.tensor(b[4], dtype=F64))
+    with pytest.raises(ValueError, match="h_inverse"):
+        greedy_obs(W, H, h_inverse=Hi[:4, :4])

@@ -52,16 +52,20 @@ import torch
 
 
 def _damped_inverse(H: torch.Tensor, damp: float) -> torch.Tensor:
-    n = H.shape[0]
+    """(H + damp * mean(diag H) I)^-1, symmetric, by Cholesky."""
     diag = H.diagonal()
     lam = damp * float(diag.mean()) if float(diag.mean()) > 0 else damp
-    Hd = H + lam * torch.eye(n, dtype=H.dtype, device=H.device)
+    Hd = H.clone()
+    Hd.diagonal().add_(lam)
     L, info = torch.linalg.cholesky_ex(Hd)
+    del Hd
     if int(info) != 0:
         raise ValueError("sketchprune.prune: the input second moment is not positive definite even after damping "
                          f"({damp} x mean diagonal); increase damp")
     Hi = torch.cholesky_inverse(L)
-    return 0.5 * (Hi + Hi.T)
+    del L
+    Hi += Hi.T.clone()
+    return Hi.mul_(0.5)
 
 
 def _unit_costs(W: torch.Tensor, Hi: torch.Tensor, width: int) -> torch.Tensor:
@@ -77,7 +81,8 @@ def _unit_costs(W: torch.Tensor, Hi: torch.Tensor, width: int) -> torch.Tensor:
 
 
 def greedy_obs(W: torch.Tensor, H: torch.Tensor, width: int = 1, n_remove: int | None = None, block: int = 1,
-               damp: float = 1e-2, group_of: torch.Tensor | None = None, quota: torch.Tensor | None = None):
+               damp: float = 1e-2, group_of: torch.Tensor | None = None, quota: torch.Tensor | None = None,
+               h_inverse: torch.Tensor | None = None):
     """Greedy structured OBS elimination (see the module doc).
 
     ``W``: (d, n*width); ``H``: (n*width, n*width) input second moment.  Units are contiguous
@@ -86,7 +91,8 @@ def greedy_obs(W: torch.Tensor, H: torch.Tensor, width: int = 1, n_remove: int |
     (with ``n_remove = quota.sum()``).  Returns ``(order, increments, rest, rest_costs, errors)``:
     the removed units in order, each one's increment when chosen, the surviving units, their
     increments at the final state, and the total output error after each step (cumulative joint
-    increments, one entry per step).
+    increments, one entry per step).  ``h_inverse``: the damped inverse of ``H`` when the caller
+    already has it (copied, not modified; ``damp`` is then not used).
     """
     W = W.detach().to(torch.float64).clone()
     H = H.detach().to(device=W.device, dtype=torch.float64)
@@ -101,9 +107,18 @@ def greedy_obs(W: torch.Tensor, H: torch.Tensor, width: int = 1, n_remove: int |
     if quota is not None:
         group_of = group_of.to("cpu", torch.long)
         left = quota.to("cpu", torch.long).clone()
+        if group_of.shape != (n,) or int(group_of.min()) < 0 or int(group_of.max()) >= left.numel() \
+                or (left < 0).any() or (left > torch.bincount(group_of, minlength=left.numel())).any():
+            raise ValueError(f"sketchprune.prune: group_of must give each of the {n} units a group in "
+                             f"[0, {left.numel()}) and each quota be at most its group's size")
         if int(left.sum()) != n_remove:
             raise ValueError(f"sketchprune.prune: quotas sum to {int(left.sum())}, n_remove is {n_remove}")
-    Hi = _damped_inverse(H, damp)
+    if h_inverse is None:
+        Hi = _damped_inverse(H, damp)
+    else:
+        if h_inverse.shape != H.shape:
+            raise ValueError(f"sketchprune.prune: h_inverse has shape {tuple(h_inverse.shape)}, H {tuple(H.shape)}")
+        Hi = h_inverse.detach().to(device=W.device, dtype=torch.float64).clone()
     alive = torch.arange(n)                     # original ids of the units in the current arrays
     dead = torch.zeros(n, dtype=torch.bool)     # removed units not yet compacted away
     order, incs, errors = [], [], []
