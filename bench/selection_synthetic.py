@@ -42,6 +42,14 @@ Protocol
 * SkMM's solver runs to its certified tolerance (tol = 1e-4 x f(uniform)) or a time limit of
   SOLVER_TIME_LIMIT seconds, whichever comes first; the gap, iterations and convergence are
   recorded for every solve.
+* Added after the first run (to look for principled fixes; variants chosen on validation only):
+  ``skmm_paper`` -- the ``paper`` formulation (Adam from a random size-n start with a sparsity
+  term, PAPER_ITERS steps), candidates c in C_GRID x 4 random starts; ``skmm_clustered`` --
+  cluster-balanced SkMM: k-means (k-means++ seeding) on the sketch with K in CLUSTER_GRID, n split
+  across clusters in proportion to sqrt(cluster size) (the allocation minimising sum_k p_k d / n_k,
+  the variance of per-cluster least squares with equal cluster dimension d -- chosen from the
+  generator's structure, not from results), SkMM (relative, top) inside each cluster; candidates
+  K x c.  Both get the same 16-candidate budget.
 * m sweep: at n = 160, SkMM (with the same 16-candidate validation choice) for m in
   {8, 16, 32, 64, 128, 256}; uniform sampling at the same n as the reference.
 """
@@ -63,7 +71,8 @@ import numpy as np
 import torch
 
 from sketchprune.select import (baselines, intrinsic_dimension, moment_problem, round_weights,
-                                sketch_matrix, solve_moment_matching, variance_proxy)
+                                sketch_matrix, skmm_select, solve_moment_matching, variance_proxy)
+from sketchprune.select.paper import solve_paper
 
 # ---- the generator (fixed) -------------------------------------------------------------------
 N, R, K_CLUSTERS, D_CLUSTER, SEP, S_ISO, NOISE, N_VAL = 2000, 2400, 8, 16, 4.0, 0.002, 1.0, 500
@@ -79,7 +88,10 @@ WEIGHTINGS = ["absolute", "relative"]
 ROUNDINGS = ["sample", "top"]
 SOLVER_TOL = 1e-4
 SOLVER_TIME_LIMIT = 3.0
-METHODS = ["uniform", "herding", "kcenter", "leverage", "ridge_leverage", "adaptive", "skmm"]
+METHODS = ["uniform", "herding", "kcenter", "leverage", "ridge_leverage", "adaptive", "skmm", "skmm_paper",
+           "skmm_clustered"]
+PAPER_ITERS = 300
+CLUSTER_GRID = [4, 8, 16, 32]
 T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262,
         10: 2.228, 11: 2.201, 12: 2.179, 13: 2.160, 14: 2.145, 15: 2.131, 19: 2.093, 29: 2.045}
 
@@ -190,8 +202,78 @@ def candidates(method, sk, n, seed, cache):
                     gen = torch.Generator().manual_seed(base + 10 * ci_ + wi)
                     idx = round_weights(sol.weights, n, rd, gen)
                     yield {"c": c, "weighting": w, "rounding": rd}, idx, info
+    elif method == "skmm_paper":
+        if "problem" not in cache:
+            cache["problem"] = moment_problem(sk)
+        for c in C_GRID:
+            for j, s in enumerate(draws(BUDGET // len(C_GRID))):
+                sol = solve_paper(cache["problem"], n, c=c, seed=s, iters=PAPER_ITERS)
+                info = {"objective": sol.objective, "objective_uniform": sol.objective_uniform,
+                        "iterations": sol.iterations, "solver_seconds": sol.seconds}
+                yield {"c": c, "start": j}, torch.topk(sol.weights, n).indices.sort().values, info
+    elif method == "skmm_clustered":
+        for K in CLUSTER_GRID:
+            if ("km", K) not in cache:
+                cache[("km", K)] = kmeans(sk, K, seed)
+            for c in C_GRID:
+                yield {"K": K, "c": c}, clustered_skmm(sk, n, cache[("km", K)], c), None
     else:
         raise ValueError(method)
+
+
+def kmeans(X, K, seed, iters=30):
+    """Lloyd's k-means with k-means++ seeding on the sketch rows; returns labels (N,)."""
+    g = torch.Generator().manual_seed(7 + seed)
+    X = X.double()
+    C = X[torch.randint(X.shape[0], (1,), generator=g)]
+    for _ in range(K - 1):
+        d = torch.cdist(X, C).min(1).values.square()
+        C = torch.cat([C, X[torch.multinomial(d / d.sum(), 1, generator=g)]])
+    for _ in range(iters):
+        lab = torch.cdist(X, C).argmin(1)
+        C = torch.stack([X[lab == k].mean(0) if (lab == k).any() else C[k] for k in range(K)])
+    return torch.cdist(X, C).argmin(1)
+
+
+def sqrt_allocation(sizes, n):
+    """n_k proportional to sqrt(N_k) (capped at N_k; largest remainders): minimises
+    sum_k p_k d / n_k, the variance of per-cluster least squares with equal cluster dimension d."""
+    sizes = torch.as_tensor(sizes, dtype=torch.float64)
+    take = torch.zeros_like(sizes, dtype=torch.long)
+    free = sizes > 0
+    left = n
+    while left > 0:
+        w = sizes.sqrt() * free
+        q = w / w.sum() * left
+        add = torch.minimum(q.floor().long(), (sizes.long() - take))
+        if int(add.sum()) == 0:  # hand out the remainder one by one by largest fraction
+            for i in torch.argsort(q - q.floor(), descending=True).tolist():
+                if left and take[i] < sizes[i]:
+                    take[i] += 1
+                    left -= 1
+            continue
+        take += add
+        left -= int(add.sum())
+        free = take < sizes.long()
+    return take
+
+
+def clustered_skmm(sk, n, lab, c):
+    """Cluster-balanced SkMM: k-means clusters of the sketch, sqrt allocation, SkMM in each cluster."""
+    K = int(lab.max()) + 1
+    sizes = torch.bincount(lab, minlength=K)
+    take = sqrt_allocation(sizes, n)
+    out = []
+    for k in range(K):
+        if int(take[k]) == 0:
+            continue
+        rows = torch.nonzero(lab == k).squeeze(1)
+        if int(take[k]) == rows.numel():
+            out.append(rows)
+            continue
+        sel = skmm_select(sk[rows], int(take[k]), c=c, time_limit=SOLVER_TIME_LIMIT)
+        out.append(rows[sel.indices])
+    return torch.cat(out).sort().values
 
 
 def run_method(method, sk, n, seed, ridge, cache, keep_all=False):
