@@ -81,12 +81,14 @@ def test_greedy_equals_brute_force_greedy(width, d, n):
         order, incs, rest, rest_costs, errs = greedy_obs(W, H, width=width, n_remove=n - 1, damp=damp)
         ref, ref_errs = brute_greedy(W, damped(H, damp), width, n - 1)
         assert order == ref
-        torch.testing.assert_close(torch.tensor(errs, dtype=F64), torch.tensor(ref_errs, dtype=F64), rtol=1e-8, atol=1e-10)
+        torch.testing.assert_close(torch.tensor(errs, dtype=F64), torch.tensor(ref_errs, dtype=F64),
+                                   rtol=1e-8, atol=1e-10)
         # increments are the error differences; the survivor's increment is its removal cost
         torch.testing.assert_close(torch.tensor(incs, dtype=F64), torch.diff(torch.tensor([0.0] + ref_errs, dtype=F64)),
                                    rtol=1e-7, atol=1e-9)
         assert rest == [u for u in range(n) if u not in ref]
-        assert rest_costs[0] == pytest.approx(error(W, damped(H, damp), range(n), width) - ref_errs[-1], rel=1e-7)
+        last = error(W, damped(H, damp), range(n), width) - ref_errs[-1]
+        assert rest_costs[0] == pytest.approx(last, rel=1e-7)
 
 
 def test_greedy_error_is_the_lstsq_error_and_first_step_is_optimal():
@@ -287,3 +289,22 @@ def test_greedy_given_inverse_is_not_modified():
     torch.testing.assert_close(torch.tensor(a[4], dtype=F64), torch.tensor(b[4], dtype=F64))
     with pytest.raises(ValueError, match="h_inverse"):
         greedy_obs(W, H, h_inverse=Hi[:4, :4])
+
+
+def test_lazy_channel_updates_equal_brute_force_across_flushes():
+    from sketchprune.prune.greedy import _damped_inverse, _greedy_channels_lazy
+    W, _, H = problem(6, 14, seed=7)
+    ref, ref_errs = brute_greedy(W, damped(H, 1e-2), 1, 12)
+    for every in (1, 3, 5, 64):      # flushes (and compactions) inside the run, or none
+        order, incs, rest, rest_costs, errs = _greedy_channels_lazy(W.clone(), _damped_inverse(H, 1e-2), 12,
+                                                                    None, None, flush_every=every)
+        assert order == ref and sorted(rest) == sorted(set(range(14)) - set(ref))
+        torch.testing.assert_close(torch.tensor(errs, dtype=F64), torch.tensor(ref_errs, dtype=F64),
+                                   rtol=1e-8, atol=1e-10)
+        diffs = torch.diff(torch.tensor([0.0] + ref_errs, dtype=F64))
+        torch.testing.assert_close(torch.tensor(incs, dtype=F64), diffs, rtol=1e-7, atol=1e-9)
+    # quotas on channels go through the same path
+    group_of = torch.arange(14) % 2
+    order, *_ = greedy_obs(W, H, n_remove=6, group_of=group_of, quota=torch.tensor([4, 2]))
+    ref, _ = brute_greedy(W, damped(H, 1e-2), 1, 6, group_of.tolist(), [4, 2])
+    assert order == ref

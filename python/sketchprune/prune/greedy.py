@@ -15,14 +15,18 @@ already gone.  With ``W`` compensated after every removal (``W <- W - W_R (Hi_RR
 and ``Hi = H^-1`` downdated by the Schur complement (``Hi <- Hi - Hi_:R (Hi_RR)^-1 Hi_R:``, rank
 one for channels, rank ``head_dim`` for heads), the increment of removing unit ``j`` is
 ``tr(W_j (Hi_jj)^-1 W_j^T)`` -- for a channel ``||W[:, j]||^2 / Hi[j, j]``.  ``H`` is damped by
-``damp * mean(diag H)`` (default ``1e-2``).  One step costs ``O(d n + n^2)`` for channels (arrays
-are compacted to the surviving units whenever an eighth of them has gone; the downdates are in
-place), all float64 on the weights' device.
+``damp * mean(diag H)`` (default ``1e-2``).  All float64 on the weights' device.
+
+Cost.  For channels the exact greedy applies the rank-one downdates lazily: the last ``k`` (64)
+are kept as factors, ``Hi - U U^T`` and ``W - P U^T``, the costs' ingredients (``diag Hi`` and the
+column norms of ``W``) are updated from them in ``O(d n + n k)`` per step, and every 64 steps
+the factors are applied as one matrix product -- so a step reads ``W`` once instead of writing
+all of ``Hi``.  Arrays are compacted to the surviving units whenever an eighth of them has gone.
+Heads (``head_dim``-wide blocks; few steps) use the eager block update.
 
 ``block`` > 1 removes the ``block`` cheapest units of a step together (one rank-``block``
-downdate): ``block`` times fewer passes over ``Hi``, which is what bounds the run time (the
-update is memory-bound), at the price of ignoring the interactions inside a block.  ``block=1``
-is the exact greedy.
+downdate, eagerly): fewer steps at the price of ignoring the interactions inside a block.
+``block=1`` is the exact greedy.
 
 Head-similarity (``head-similarity``)
 -------------------------------------
@@ -119,6 +123,8 @@ def greedy_obs(W: torch.Tensor, H: torch.Tensor, width: int = 1, n_remove: int |
         if h_inverse.shape != H.shape:
             raise ValueError(f"sketchprune.prune: h_inverse has shape {tuple(h_inverse.shape)}, H {tuple(H.shape)}")
         Hi = h_inverse.detach().to(device=W.device, dtype=torch.float64).clone()
+    if width == 1 and block == 1:
+        return _greedy_channels_lazy(W, Hi, n_remove, group_of, left if quota is not None else None)
     alive = torch.arange(n)                     # original ids of the units in the current arrays
     dead = torch.zeros(n, dtype=torch.bool)     # removed units not yet compacted away
     order, incs, errors = [], [], []
@@ -174,6 +180,90 @@ def greedy_obs(W: torch.Tensor, H: torch.Tensor, width: int = 1, n_remove: int |
     if bool(dead.any()):
         compact()
     rest_costs = _unit_costs(W, Hi, width).clamp_min(0).to("cpu") if alive.numel() else torch.zeros(0)
+    return order, incs, alive.tolist(), rest_costs.tolist(), errors
+
+
+def _pick(costs: torch.Tensor, dead: torch.Tensor, group_of, left, alive=None) -> int:
+    """The cheapest live unit whose group (if quotas) has quota left."""
+    c = torch.where(dead, torch.tensor(float("inf"), dtype=costs.dtype), costs)
+    if left is None:
+        return int(torch.argmin(c))
+    for p in torch.argsort(c, stable=True).tolist():
+        g = int(group_of[p if alive is None else alive[p]])
+        if left[g] > 0:
+            left[g] -= 1
+            return p
+    raise RuntimeError("sketchprune.prune: no unit left within the quotas")
+
+
+def _greedy_channels_lazy(W, Hi, n_remove, group_of, left, flush_every: int = 64):
+    """Exact greedy for single columns with lazily applied rank-one downdates.
+
+    The downdates of the last ``k`` steps are kept as factors -- ``Hi_cur = Hi - U U^T``,
+    ``W_cur = W - P U^T`` (``u = Hi_cur[:, j] / sqrt(Hi_cur[j, j])``, ``p = W_cur[:, j] /
+    sqrt(Hi_cur[j, j])``) -- and the costs' ingredients ``diag(Hi_cur)`` and the column norms of
+    ``W_cur`` are updated in O(d n + n k) per step; every ``flush_every`` steps the factors are
+    applied as one rank-``k`` update (a matrix product) and the ingredients recomputed.  Same
+    choices as the eager update, with a pass over ``W`` instead of two over ``Hi`` per step.
+    """
+    dev = W.device
+    n = W.shape[1]
+    alive = torch.arange(n)
+    order, incs, errors = [], [], []
+    total = 0.0
+
+    def fresh():
+        return Hi.diagonal().clone(), torch.linalg.vector_norm(W, dim=0).square()
+    dead = torch.zeros(n, dtype=torch.bool)
+    diag, norms = fresh()
+    U = torch.empty(n, 0, dtype=torch.float64, device=dev)
+    P = torch.empty(W.shape[0], 0, dtype=torch.float64, device=dev)
+    while len(order) < n_remove:
+        costs = (norms / diag).clamp_min(0).to("cpu")
+        j = _pick(costs, dead, group_of, left, alive)
+        uj = U[j]
+        h = Hi[j] - U @ uj                                    # Hi_cur[:, j] (Hi symmetric)
+        hjj = h[j]
+        if not float(hjj) > 0:
+            raise RuntimeError("sketchprune.prune: greedy OBS lost positive definiteness; increase damp")
+        s = hjj.sqrt()
+        u = h / s
+        wj = W[:, j] - P @ uj
+        p = wj / s
+        inc = float(costs[j])
+        total += float(wj.square().sum() / hjj)
+        wtp = W.T @ p - U @ (P.T @ p)                         # W_cur^T p
+        norms = norms - 2 * u * wtp + u.square() * p.square().sum()
+        diag = diag - u.square()
+        U = torch.cat([U, u[:, None]], 1)
+        P = torch.cat([P, p[:, None]], 1)
+        dead[j] = True
+        diag[j], norms[j] = 1.0, 0.0
+        order.append(int(alive[j]))
+        incs.append(inc)
+        errors.append(total)
+        if U.shape[1] >= flush_every or len(order) == n_remove:
+            Hi.addmm_(U, U.T, alpha=-1.0)
+            W.addmm_(P, U.T, alpha=-1.0)
+            live = ~dead
+            idx = torch.nonzero(live).reshape(-1).to(dev)
+            if int(dead.sum()) * 8 >= alive.numel() or len(order) == n_remove:
+                W = W[:, idx].contiguous()
+                Hi = Hi[idx][:, idx]
+                Hi = 0.5 * (Hi + Hi.T)
+                alive, dead = alive[live], dead[live]
+            else:
+                dl = torch.nonzero(dead).reshape(-1).to(dev)
+                W[:, dl] = 0
+                Hi[dl, :] = 0
+                Hi[:, dl] = 0
+                Hi[dl, dl] = 1.0
+            U = U.new_empty(alive.numel(), 0)
+            P = P.new_empty(W.shape[0], 0)
+            diag, norms = fresh()
+            diag[dead.to(dev)] = 1.0
+    rest_costs = (torch.linalg.vector_norm(W, dim=0).square() / Hi.diagonal()).clamp_min(0).to("cpu") \
+        if alive.numel() else torch.zeros(0)
     return order, incs, alive.tolist(), rest_costs.tolist(), errors
 
 
