@@ -9,8 +9,11 @@ model, seed and sizes give the same tokens, independent of the global RNG.
 
 Cost: ``n_seqs x seq_len`` generated tokens in ``seq_len`` sequential steps of ``batch_size``
 sequences with a KV cache -- about one forward pass over the same number of tokens plus the
-per-step overhead, which dominates on a CPU (SmolLM2-135M on 2 CPU cores: roughly 100-200
-tokens/s at batch 8, i.e. a minute or more for 8 x 512 tokens, several times a plain forward).
+per-step overhead, which dominates on a CPU.  Measured with SmolLM2-135M on a 2-core machine
+shared with other jobs (load average ~8): 30 tokens/s at batch 4 with
+``torch.set_num_threads(1)``, but only 2 tokens/s with 2 threads, because the many small
+per-step ops then wait on descheduled OpenMP threads; 4096 calibration tokens take minutes, i.e.
+several times a forward pass over the same tokens.
 """
 
 from __future__ import annotations
