@@ -7,9 +7,10 @@ For each size, one FFN (down_proj: d x d_ff, 20% of the channels removed) and th
 output (o_proj, 20% of the query heads, the same number per KV group) on synthetic data: a
 random W and H = E[x x^T] of a low-rank-plus-diagonal activation model.  Reported: the damped
 inverse's time, the time per greedy step and for the whole removal (measured when it takes at
-most ``--max-steps`` steps, otherwise extrapolated from the measured steps at full size -- an
-upper bound, since the arrays shrink as units go).  The inverse is timed once per problem;
-each step's time is the run's time less that inverse.  Writes OUT_DIR/greedy_speed.json.
+most ``--max-steps`` steps, otherwise extrapolated: a step's time is the difference of a run of
+``--max-steps`` steps and a run of one, divided by the steps between them, at full size -- an
+upper bound, since the arrays shrink as units go).  The damped inverse is computed and timed once
+per problem and handed to each run.  Writes OUT_DIR/greedy_speed.json.
 """
 
 from __future__ import annotations
@@ -52,17 +53,26 @@ def timed(fn, device):
     return time.perf_counter() - t, out
 
 
-def run_case(name, W, H, width, n_remove, block, device, max_steps, t_inv, **kw):
+def run_case(name, W, H, width, n_remove, block, device, max_steps, t_inv, Hi, **kw):
     steps = -(-n_remove // block)
     measured = min(steps, max_steps)
-    t_run, out = timed(lambda: greedy_obs(W, H, width=width, n_remove=min(n_remove, measured * block),
-                                          block=block, **kw), device)
-    per_step = max(t_run - t_inv, 0.0) / measured
+
+    def run(k):
+        return timed(lambda: greedy_obs(W, H, width=width, n_remove=min(n_remove, k * block), block=block,
+                                        h_inverse=Hi, **kw), device)[0]
+    t_run = run(measured)
+    if measured == steps:
+        per_step = None
+        total = t_inv + t_run - timed(lambda: Hi.clone(), device)[0]   # the run copies the given inverse
+    else:   # fixed costs (copies, the final compaction) cancel in the difference of two runs
+        t_one = run(1)
+        per_step = (t_run - t_one) / (measured - 1)
+        total = t_inv + t_one + per_step * (steps - 1)
     row = {"case": name, "units": W.shape[1] // width, "width": width, "remove": n_remove, "block": block,
-           "steps": steps, "steps_measured": measured, "inverse_s": t_inv, "per_step_s": per_step,
-           "total_s": t_run if measured == steps else t_inv + per_step * steps,
-           "extrapolated": measured != steps}
-    print(json.dumps(row))
+           "steps": steps, "steps_measured": measured, "inverse_s": t_inv,
+           "per_step_s": per_step if per_step is not None else (total - t_inv) / steps,
+           "total_s": total, "extrapolated": measured != steps}
+    print(json.dumps(row), flush=True)
     return row
 
 
@@ -82,19 +92,19 @@ def main(argv=None):
     for size in args.sizes.split(","):
         d, dff, nh, nkv, hd = SIZES[size]
         W, H = synthetic(d, dff, device)
-        t_inv, _ = timed(lambda: _damped_inverse(H, 1e-2), device)
+        t_inv, Hi = timed(lambda: _damped_inverse(H, 1e-2), device)
         for block in (int(b) for b in args.blocks.split(",")):
-            rows.append(run_case(f"{size}-ffn", W, H, 1, round(0.2 * dff), block, device, args.max_steps, t_inv))
-        del W, H
+            rows.append(run_case(f"{size}-ffn", W, H, 1, round(0.2 * dff), block, device, args.max_steps, t_inv, Hi))
+        del W, H, Hi
         W, H = synthetic(d, nh * hd, device, seed=1)
-        t_inv, _ = timed(lambda: _damped_inverse(H, 1e-2), device)
+        t_inv, Hi = timed(lambda: _damped_inverse(H, 1e-2), device)
         g = nh // nkv
         per = max(1, round(0.2 * g)) if g > 1 else 0
         if g > 1:   # the same number per KV group
             kw = dict(group_of=torch.arange(nh) // g, quota=torch.full((nkv,), per))
-            rows.append(run_case(f"{size}-heads", W, H, hd, per * nkv, 1, device, args.max_steps, t_inv, **kw))
+            rows.append(run_case(f"{size}-heads", W, H, hd, per * nkv, 1, device, args.max_steps, t_inv, Hi, **kw))
         else:
-            rows.append(run_case(f"{size}-heads", W, H, hd, round(0.2 * nh), 1, device, args.max_steps, t_inv))
+            rows.append(run_case(f"{size}-heads", W, H, hd, round(0.2 * nh), 1, device, args.max_steps, t_inv, Hi))
     os.makedirs(args.out_dir, exist_ok=True)
     info = {"device": str(device), "torch": torch.__version__, "threads": torch.get_num_threads(),
             "cpu": platform.processor() or platform.machine(),
