@@ -7,23 +7,27 @@ units from them, :func:`allocate` turns scores into per-layer keep-sets and :fun
 does all of it and slices.  Reconstructing the kept weights comes later.
 """
 
-from .allocation import Allocation, LayerCosts, LayerPlan, allocate, layer_costs
-from .adapters import (ArchitectureAdapter, AttnLinears, FFNLinears, HeadStructure, LayerUnits, LlamaAdapter,
-                       get_adapter, register_adapter, supported_architectures)
+from .allocation import (Allocation, LayerCosts, LayerPlan, LayerRemoval, allocate, layer_costs, layer_removal,
+                         removal_plan)
+from .adapters import (ArchitectureAdapter, AttnLinears, BertAdapter, FFNLinears, GemmaAdapter, HeadStructure,
+                       LayerUnits, LlamaAdapter, OPTAdapter, get_adapter, register_adapter, supported_architectures)
 from .calibration import (CalibrationStatistics, DiagMoments, FullMoments, LayerStatistics,
                           collect_statistics)
 from .criteria import CRITERIA, Criterion, LayerContext, Scores, get_criterion, required_statistics, score_model
+from .gradient_scores import gradient_statistics
 from .pipeline import count_parameters, fold_mean_into_bias, prune_model
 from .serialization import load_pruned, pruned_model_class, resize_to_structure
 from .slicing import HeadPlan, KVGroups, QueryHeads, record_structure, resolve_heads, slice_model
 
 __all__ = [
     "ArchitectureAdapter", "AttnLinears", "FFNLinears", "HeadStructure", "LayerUnits", "LlamaAdapter",
+    "GemmaAdapter", "OPTAdapter", "BertAdapter",
     "get_adapter", "register_adapter", "supported_architectures",
     "HeadPlan", "KVGroups", "QueryHeads", "record_structure", "resolve_heads", "slice_model",
     "load_pruned", "pruned_model_class", "resize_to_structure",
     "CalibrationStatistics", "DiagMoments", "FullMoments", "LayerStatistics", "collect_statistics",
     "CRITERIA", "Criterion", "LayerContext", "Scores", "get_criterion", "required_statistics", "score_model",
-    "Allocation", "LayerCosts", "LayerPlan", "allocate", "layer_costs",
+    "Allocation", "LayerCosts", "LayerPlan", "LayerRemoval", "allocate", "layer_costs", "layer_removal",
+    "removal_plan", "gradient_statistics",
     "count_parameters", "fold_mean_into_bias", "prune_model",
 ]
