@@ -2,12 +2,18 @@
 
     python bench/prune_smollm2.py [OUT_DIR] [--sparsity 0.2] [--criteria sigma,wanda-sp,...]
                                   [--calib-seqs 32] [--seq-len 512] [--eval-seqs 8]
+                                  [--sequential | --one-shot] [--reconstruct] [--recovery]
+                                  [--variants one-shot,sequential,sequential+reconstruct,...]
 
 Loads SmolLM2 (fetched into the sketchprune cache on first use), measures the dense model's
-perplexity on held-out Wikipedia articles, then for each criterion prunes a fresh copy with
-``prune_model`` (statistics from the calibration articles, disjoint from the held-out ones) and
-measures held-out perplexity and parameter count.  Writes OUT_DIR/smollm2_prune.{json,md}
-(default OUT_DIR: results/pruning/).
+perplexity on held-out Wikipedia articles, then for each criterion and variant prunes a fresh
+copy with ``prune_model`` (statistics from the calibration articles, disjoint from the held-out
+ones) and measures held-out perplexity and parameter count.  A variant is ``one-shot`` or
+``sequential``, optionally ``+reconstruct`` and ``+recovery`` (``--variants``; default: the one
+given by the flags).  The pruning time is reported next to one plain dense forward over the same
+calibration tokens (the faster of two, before and after the runs).  Writes
+OUT_DIR/smollm2_prune.{json,md} with the per-layer reconstruction errors in the JSON (default
+OUT_DIR: results/pruning/).
 """
 
 from __future__ import annotations
@@ -61,18 +67,37 @@ def markdown(res):
          f"calibration {a['calib_seqs']} x {a['seq_len']} tokens, evaluation {a['eval_seqs']} x {a['seq_len']} "
          f"tokens (disjoint article splits of the 106-article Wikipedia sample; seed {a['seed']}). "
          f"Model: Q4_1 GGUF dequantized to fp32 (so the dense baseline is the quantized model).", "",
-         "| model | params | block sparsity (attn / ffn) | held-out ppl | ppl / dense | prune s | eval s |",
-         "|---|---:|---:|---:|---:|---:|---:|"]
+         "| criterion | variant | params | block sparsity (attn / ffn) | held-out ppl | ppl / dense | prune s "
+         "| prune / dense fwd | eval s |",
+         "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     d = res["dense"]
-    L.append(f"| dense | {d['params']:,} | 0 | {d['perplexity']:.3f} | 1.000 | - | {d['eval_seconds']:.0f} |")
+    fwd = d.get("calib_forward_seconds")
+    L.append(f"| dense | | {d['params']:,} | 0 | {d['perplexity']:.3f} | 1.000 | - | - | {d['eval_seconds']:.0f} |")
     for r in res["pruned"]:
         if "error" in r:
-            L.append(f"| {r['criterion']} | error: {r['error']} | | | | | |")
+            L.append(f"| {r['criterion']} | {r.get('variant', '')} | error: {r['error']} | | | | | | |")
             continue
-        L.append(f"| {r['criterion']} | {r['params']:,} | {_sp(r['sparsity_achieved'])} | {r['perplexity']:.3f} | "
-                 f"{r['perplexity'] / d['perplexity']:.3f} | {r['prune_seconds']:.0f} | {r['eval_seconds']:.0f} |")
-    L += ["", "No fine-tuning or reconstruction after pruning; one seed, one calibration draw."]
+        ratio = f"{r['prune_seconds'] / fwd:.2f}" if fwd else "-"
+        L.append(f"| {r['criterion']} | {r['variant']} | {r['params']:,} | {_sp(r['sparsity_achieved'])} | "
+                 f"{r['perplexity']:.3f} | {r['perplexity'] / d['perplexity']:.3f} | {r['prune_seconds']:.0f} | "
+                 f"{ratio} | {r['eval_seconds']:.0f} |")
+    L += ["", f"Dense forward over the calibration tokens: {fwd:.1f} s (the faster of two)." if fwd else "",
+          "No fine-tuning; one seed, one calibration draw.  `reconstruct`: least-squares refit of o_proj/down_proj "
+          "over the kept units (sequential: toward the dense model's outputs); `recovery`: every Linear of a layer "
+          "re-fit toward the dense outputs before it is scored; flap then skips its bias fold."]
     return "\n".join(L) + "\n"
+
+
+VARIANT_PARTS = ("one-shot", "sequential", "reconstruct", "recovery")
+
+
+def parse_variant(v: str) -> dict:
+    parts = [p.strip() for p in v.split("+") if p.strip()]
+    bad = [p for p in parts if p not in VARIANT_PARTS]
+    if bad or not parts or parts[0] not in ("one-shot", "sequential"):
+        raise SystemExit(f"bad variant {v!r}: use one-shot|sequential[+reconstruct][+recovery]")
+    return {"sequential": parts[0] == "sequential", "reconstruct": "reconstruct" in parts,
+            "recovery": "recovery" in parts}
 
 
 def main(argv=None):
@@ -88,7 +113,27 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--reconstruct", action="store_true",
                    help="least-squares refit of down_proj/o_proj after pruning (flap then skips its bias fold)")
+    p.add_argument("--recovery", action="store_true",
+                   help="sequential only: re-fit each layer's Linears toward the dense outputs before scoring it")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--sequential", dest="sequential", action="store_true", default=True,
+                   help="prune layer by layer on the pruned model's activations (default)")
+    g.add_argument("--one-shot", dest="sequential", action="store_false",
+                   help="score every layer on the dense model's activations at once")
+    p.add_argument("--variants", default=None,
+                   help="comma-separated variants, e.g. one-shot,sequential+reconstruct (overrides the flags)")
+    p.add_argument("--stat-dtype", default="float64", choices=("float32", "float64"),
+                   help="dtype of the streamed moments in sequential pruning")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.variants:
+        variants = [(v.strip(), parse_variant(v.strip())) for v in args.variants.split(",") if v.strip()]
+    else:
+        name = ("sequential" if args.sequential else "one-shot") + ("+reconstruct" if args.reconstruct else "") \
+            + ("+recovery" if args.recovery else "")
+        variants = [(name, parse_variant(name))]
 
     from sketchprune.datasets import load_smollm2, token_batches, wikipedia_texts
     from sketchprune.eval import perplexity
@@ -104,34 +149,53 @@ def main(argv=None):
     def count(m):
         return sum(p.numel() for p in m.parameters())
 
+    def dense_forward_seconds():
+        t = time.perf_counter()
+        with torch.no_grad():
+            for b in calib_batches:
+                dense(input_ids=b, use_cache=False)
+        return time.perf_counter() - t
+
+    fwd = [dense_forward_seconds()]
     t = time.perf_counter()
     ppl = perplexity(dense, held, chunk_size=args.batch_size)
     res = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
            "machine": machine(), "git_commit": git_commit(), "args": vars(args),
            "dense": {"params": count(dense), "perplexity": ppl, "eval_seconds": time.perf_counter() - t},
            "pruned": []}
-    print(f"dense: ppl {ppl:.3f}, {count(dense):,} params", flush=True)
+    print(f"dense: ppl {ppl:.3f}, {count(dense):,} params, calibration forward {fwd[0]:.1f}s", flush=True)
     for crit in [c.strip() for c in args.criteria.split(",") if c.strip()]:
-        model = copy.deepcopy(dense)
-        t = time.perf_counter()
-        try:
-            extra = {"reconstruct": True, "flap_bias": "none"} if args.reconstruct else {}
-            rep = prune_model(model, calib_batches, sparsity=args.sparsity, criterion=crit,
-                              head_mode=args.head_mode, seed=args.seed, progress=False, **extra)
-        except Exception as e:  # report and go on with the other criteria
-            res["pruned"].append({"criterion": crit, "error": f"{type(e).__name__}: {e}"})
-            print(f"{crit}: FAILED {type(e).__name__}: {e}", flush=True)
-            continue
-        tp = time.perf_counter() - t
-        t = time.perf_counter()
-        ppl = perplexity(model, held, chunk_size=args.batch_size)
-        r = {"criterion": crit, "params": count(model), "perplexity": ppl, "prune_seconds": tp,
-             "eval_seconds": time.perf_counter() - t, "sparsity_achieved": rep["sparsity_achieved"],
-             "params_before": rep["params_before"], "params_after": rep["params_after"],
-             "calibration_tokens": rep["calibration_tokens"]}
-        res["pruned"].append(r)
-        print(f"{crit}: ppl {ppl:.3f}, {r['params']:,} params, prune {tp:.0f}s", flush=True)
-        del model
+        for vname, v in variants:
+            model = copy.deepcopy(dense)
+            t = time.perf_counter()
+            try:
+                extra = {"flap_bias": "none"} if v["reconstruct"] or v["recovery"] else {}
+                extra["stat_dtype"] = getattr(torch, args.stat_dtype)
+                rep = prune_model(model, calib_batches, sparsity=args.sparsity, criterion=crit,
+                                  head_mode=args.head_mode, seed=args.seed, progress=False, **v, **extra)
+            except Exception as e:  # report and go on with the other criteria
+                res["pruned"].append({"criterion": crit, "variant": vname, "error": f"{type(e).__name__}: {e}"})
+                print(f"{crit} {vname}: FAILED {type(e).__name__}: {e}", flush=True)
+                continue
+            tp = time.perf_counter() - t
+            t = time.perf_counter()
+            ppl = perplexity(model, held, chunk_size=args.batch_size)
+            keys = ("layer", "kept_channels", "kept_heads", "kept_kv_heads", "lambda", "recon_rel_error",
+                    "heldout_rel_error", "no_refit_rel_error", "no_refit_heldout_rel_error", "stream_rel_error",
+                    "recovery", "seconds")
+            r = {"criterion": crit, "variant": vname, "params": count(model), "perplexity": ppl, "prune_seconds": tp,
+                 "eval_seconds": time.perf_counter() - t, "sparsity_achieved": rep["sparsity_achieved"],
+                 "params_before": rep["params_before"], "params_after": rep["params_after"],
+                 "calibration_tokens": rep["calibration_tokens"], "prune_report_seconds": rep["seconds"],
+                 "layers": [{k: l[k] for k in keys if k in l} for l in rep["layers"]]}
+            if not v["sequential"] and rep.get("reconstruction"):
+                r["reconstruction"] = {str(i): x for i, x in rep["reconstruction"].items()}
+            res["pruned"].append(r)
+            print(f"{crit} {vname}: ppl {ppl:.3f}, {r['params']:,} params, prune {tp:.0f}s", flush=True)
+            del model
+    fwd.append(dense_forward_seconds())
+    res["dense"]["calib_forward_seconds"] = min(fwd)
+    res["dense"]["calib_forward_seconds_all"] = fwd
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "smollm2_prune.json").write_text(json.dumps(res, indent=1) + "\n")

@@ -109,7 +109,8 @@ def prune_model(model: nn.Module, batches=None, sparsity: float = 0.2, criterion
                 layers=None, budget=None, progress: bool = True, flap_bias: str = "create",
                 stats=None, reconstruct: bool = False, heldout_fraction: float = 0.25,
                 sequential: bool | None = None, recovery: bool = False, alphas=ALPHAS,
-                criterion_options: dict | None = None, allocation: str = "uniform") -> dict:
+                criterion_options: dict | None = None, allocation: str = "uniform",
+                stat_dtype: torch.dtype = torch.float64) -> dict:
     """Score, allocate and physically slice ``model`` in place; returns a report dict.
 
     ``sequential`` (default: on whenever calibration ``batches`` are given, no precomputed
@@ -121,7 +122,9 @@ def prune_model(model: nn.Module, batches=None, sparsity: float = 0.2, criterion
     it.  ``sequential=False``: the one-shot path below (statistics of the dense model for all
     layers at once; ``recovery`` is not available there).  ``alphas``: candidate regularisation
     strengths of the refits; ``criterion_options``: passed to the criterion
-    (``LayerContext.options``); ``allocation``: ``"uniform"`` or ``"global"`` (one-shot only).
+    (``LayerContext.options``); ``allocation``: ``"uniform"`` or ``"global"`` (one-shot only);
+    ``stat_dtype``: the dtype second (and cross) moments are accumulated in (float32 is faster;
+    solves are float64 regardless).
 
     ``sparsity``: the fraction of the pruned blocks' parameters (q/k/v/o/gate/up/down of the
     pruned layers) to remove; ``attn_sparsity``: the fraction of attention parameters to remove
@@ -150,7 +153,7 @@ def prune_model(model: nn.Module, batches=None, sparsity: float = 0.2, criterion
                                 head_mode=head_mode, seed=seed, layers=layers, budget=budget, progress=progress,
                                 flap_bias=flap_bias, reconstruct=reconstruct, recovery=recovery,
                                 heldout_fraction=heldout_fraction, alphas=alphas,
-                                criterion_options=criterion_options)
+                                criterion_options=criterion_options, stat_dtype=stat_dtype)
     if recovery:
         raise ValueError("sketchprune.prune: recovery=True needs the sequential path (sequential=True)")
     t0 = time.perf_counter()
@@ -176,11 +179,12 @@ def prune_model(model: nn.Module, batches=None, sparsity: float = 0.2, criterion
         batches, held_batches = batches[:-n_h], batches[-n_h:]
         needs = _merge_needs(needs, RECON_NEEDS)
         held = collect_statistics(model, held_batches, layers=layer_idx, budget=budget, progress=progress,
-                                  what=RECON_NEEDS)
+                                  what=RECON_NEEDS, stat_dtype=stat_dtype)
     if needs and stats is None:
         if batches is None:
             raise ValueError(f"sketchprune.prune: criterion {criterion!r} needs calibration batches")
-        stats = collect_statistics(model, batches, layers=layer_idx, budget=budget, progress=progress, what=needs)
+        stats = collect_statistics(model, batches, layers=layer_idx, budget=budget, progress=progress, what=needs,
+                                   stat_dtype=stat_dtype)
     t_stats = time.perf_counter()
     grads = None
     if getattr(crit, "needs_gradients", False):

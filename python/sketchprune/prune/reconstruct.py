@@ -43,9 +43,13 @@ from torch import nn
 ALPHAS = (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0)
 
 
-def rel_error(V: torch.Tensor, S_kk: torch.Tensor, C_k: torch.Tensor, energy: float) -> float:
-    """E||y - V x_K||^2 / E||y||^2 from the moments (see the module doc)."""
-    err = energy - 2 * float(torch.sum(V.T * C_k)) + float(torch.sum((V @ S_kk) * V))
+def rel_error(V: torch.Tensor, S_kk: torch.Tensor, C_k: torch.Tensor, energy: float,
+              SVt: torch.Tensor | None = None) -> float:
+    """E||y - V x_K||^2 / E||y||^2 from the moments (see the module doc); ``SVt``: S_kk @ V^T if known."""
+    Z = V.T.contiguous()
+    SZ = S_kk @ Z if SVt is None else SVt
+    z = Z.reshape(-1)
+    err = energy - 2 * float(torch.dot(z, C_k.contiguous().reshape(-1))) + float(torch.dot(z, SZ.reshape(-1)))
     return err / (energy if energy > 0 else 1.0)
 
 
@@ -59,7 +63,8 @@ def ridge_toward(anchor: torch.Tensor, S_kk: torch.Tensor, C_k: torch.Tensor, en
     ``alphas`` and the no-refit candidate (without it, ``default_alpha`` is used and no held-out
     error is reported).  ``info``: ``alpha``/``lambda`` (None when not refit), ``refit``,
     ``fit_error`` / ``fit_error_none`` (relative, in-sample), ``eval_error`` / ``eval_error_none``
-    (held out).
+    (held out).  For a solution ``Z = V^T``, ``S Z = C + lam (A^T - Z)``, so its in-sample error
+    costs no further product with ``S``.
     """
     A = anchor.detach().to(torch.float64)
     dev = A.device
@@ -70,7 +75,9 @@ def ridge_toward(anchor: torch.Tensor, S_kk: torch.Tensor, C_k: torch.Tensor, en
         raise ValueError(f"sketchprune.prune: moments of shapes {tuple(S.shape)}, {tuple(C.shape)} do not fit "
                          f"weights of shape {tuple(A.shape)}")
     scale = float(torch.trace(S)) / max(k, 1)
-    cand = {"none": A}
+    At = A.T.contiguous()
+    C = C.contiguous()
+    cand = {"none": (At, S @ At)}          # candidate -> (Z = V^T, S Z)
     lams = {"none": None}
     eye = torch.eye(k, dtype=torch.float64, device=dev)
     for a in (alphas if heldout is not None else (default_alpha,)):
@@ -78,13 +85,14 @@ def ridge_toward(anchor: torch.Tensor, S_kk: torch.Tensor, C_k: torch.Tensor, en
         chol, bad = torch.linalg.cholesky_ex(S + lam * eye)
         if int(bad) != 0:
             continue
-        cand[a] = torch.cholesky_solve(C + lam * A.T, chol).T
+        Z = torch.cholesky_solve(C + lam * At, chol)
+        cand[a] = (Z, C + lam * (At - Z))
         lams[a] = lam
-    fit = {a: rel_error(V, S, C, energy) for a, V in cand.items()}
+    fit = {a: rel_error(Z.T, S, C, energy, SZ.contiguous()) for a, (Z, SZ) in cand.items()}
     info = {"fit_error_none": fit["none"]}
     if heldout is not None:
         Sh, Ch, eh = heldout[0].to(dev, torch.float64), heldout[1].to(dev, torch.float64), float(heldout[2])
-        ev = {a: rel_error(V, Sh, Ch, eh) for a, V in cand.items()}
+        ev = {a: rel_error(Z.T, Sh, Ch, eh) for a, (Z, _) in cand.items()}
         finite = {a: e for a, e in ev.items() if math.isfinite(e)}
         best = min(finite, key=finite.get) if finite else "none"
         info.update(eval_error_none=ev["none"], eval_error=ev[best])
@@ -92,7 +100,7 @@ def ridge_toward(anchor: torch.Tensor, S_kk: torch.Tensor, C_k: torch.Tensor, en
         best = default_alpha if default_alpha in cand else "none"
     info.update(alpha=None if best == "none" else best, **{"lambda": lams[best]}, refit=best != "none",
                 fit_error=fit[best])
-    return cand[best], info
+    return cand[best][0].T, info
 
 
 def fit_linear(anchor: torch.Tensor, keep: torch.Tensor | None, fit, held=None, alphas=ALPHAS,

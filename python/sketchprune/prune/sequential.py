@@ -79,10 +79,20 @@ def _progress(iterable, enabled: bool, desc: str):
     return tqdm(iterable, desc=desc)
 
 
+#: the statistics in the order a layer's forward reaches them
+SITE_ORDER = ("attn_in", "o_in", "mlp_in", "down_in")
+
+
+class _StopLayer(Exception):
+    """Raised by a hook once a statistics pass has seen everything it needs of a layer."""
+
+
 def _sites(adapter, layer) -> dict[str, nn.Linear]:
-    """Statistic name -> the Linear whose input it is (fresh: slicing replaces modules)."""
+    """Statistic name -> the Linear whose input it is (fresh: slicing replaces modules); for the
+    FFN input the first Linear called (gate when gated)."""
     ffn, attn = adapter.ffn(layer), adapter.attention(layer)
-    return {"attn_in": attn.q, "o_in": attn.o, "mlp_in": ffn.up, "down_in": ffn.down}
+    return {"attn_in": attn.q, "o_in": attn.o, "mlp_in": ffn.up if ffn.gate is None else ffn.gate,
+            "down_in": ffn.down}
 
 
 def _install(linears: list[nn.Linear], V: torch.Tensor) -> None:
@@ -97,14 +107,14 @@ def _install(linears: list[nn.Linear], V: torch.Tensor) -> None:
 
 class _Pruner:
     def __init__(self, model, batches, crit, sparsity, attn_sparsity, head_mode, seed, idx, budget, progress,
-                 flap_bias, reconstruct, recovery, heldout_fraction, alphas, options, grads):
+                 flap_bias, reconstruct, recovery, heldout_fraction, alphas, options, grads, stat_dtype=torch.float64):
         self.model, self.crit = model, crit
         self.sparsity, self.attn_sparsity, self.head_mode, self.seed = sparsity, attn_sparsity, head_mode, seed
         self.idx, self.budget, self.progress = idx, budget, progress
         self.flap = crit.name == "flap" and flap_bias != "none"
         self.flap_create = flap_bias == "create"
         self.reconstruct, self.recovery, self.alphas, self.options = reconstruct, recovery, alphas, options
-        self.grads = grads
+        self.grads, self.stat_dtype = grads, stat_dtype
         self.adapter = get_adapter(model)
         self.layers = self.adapter.layers(model)
         self.device = next(model.parameters()).device
@@ -177,21 +187,29 @@ class _Pruner:
             Budget(None).check("cpu", sum(host.values()), what + " [host memory]")
 
     # ------------------------------------------------------------------ passes
-    def _pass(self, layer, j, stream, which, pre=None, post=None, out=None):
+    def _pass(self, layer, j, stream, which, pre=None, post=None, out=None, stop=None):
         """Run layer ``j`` on every batch of ``stream``; ``pre``/``post``: module -> fn(tensor, b)
-        called with the module's input / output; outputs written into list ``out`` if given."""
+        called with the module's input / output; outputs written into list ``out`` if given;
+        ``stop``: a module at whose input the layer's forward is abandoned (after the hooks)."""
         state = {"b": 0}
         handles = []
         for mod, fn in (pre or {}).items():
             handles.append(mod.register_forward_pre_hook(lambda m, a, fn=fn: fn(a[0], state["b"])))
         for mod, fn in (post or {}).items():
             handles.append(mod.register_forward_hook(lambda m, a, o, fn=fn: fn(o, state["b"])))
+        if stop is not None:
+            def halt(m, a):
+                raise _StopLayer
+            handles.append(stop.register_forward_pre_hook(halt))
         try:
             with torch.no_grad():
                 for b in range(len(stream)):
                     state["b"] = b
-                    y = run_layer(layer, stream[b], self.inputs.calls[j][b], self.device, self.inputs.masks[b],
-                                  f"the output of decoder layer {j} ({which} stream, calibration batch {b})")
+                    try:
+                        y = run_layer(layer, stream[b], self.inputs.calls[j][b], self.device, self.inputs.masks[b],
+                                      f"the output of decoder layer {j} ({which} stream, calibration batch {b})")
+                    except _StopLayer:
+                        continue
                     if out is not None:
                         out[b] = y.to(self.host)
         finally:
@@ -201,8 +219,8 @@ class _Pruner:
 
     def _moments(self, site_mod, target_dim):
         """(fit, held) FullMoments of the input of ``site_mod`` with targets of ``target_dim`` columns."""
-        return tuple(FullMoments(site_mod.in_features, self.device, self.budget, cross_dim=target_dim, stage_rows=0)
-                     for _ in range(2))
+        return tuple(FullMoments(site_mod.in_features, self.device, self.budget, self.stat_dtype, cross_dim=target_dim,
+                                 stage_rows=0) for _ in range(2))
 
     def _collect(self, layer, j, wants: dict, fits: dict, targets: dict) -> dict:
         """One pruned-stream pass.  ``wants``: statistic -> kind for the criterion (fitting batches);
@@ -215,19 +233,21 @@ class _Pruner:
                 crit_stats[name] = fits[name][0]      # a FullMoments serves any criterion kind
             else:
                 m = sites[name]
-                crit_stats[name] = (FullMoments(m.in_features, self.device, self.budget, stage_rows=0)
+                crit_stats[name] = (FullMoments(m.in_features, self.device, self.budget, self.stat_dtype, stage_rows=0)
                                     if kind == "full" else DiagMoments(m.in_features, self.device))
         pre = {}
-        for name in set(crit_stats) | set(fits):
+        names = sorted(set(crit_stats) | set(fits), key=SITE_ORDER.index)
+        for name in names:
             def fn(x, b, name=name):
                 mask = self.inputs.masks[b]
+                check_finite(x, mask, f"the input of {name} in decoder layer {j} (pruned stream, calibration batch {b})")
                 if name in fits:
                     fits[name][1 if self.held[b] else 0].update(x, mask, y=targets[name][b].to(x.device))
                 elif not self.held[b]:
                     crit_stats[name].update(x, mask)
             pre[sites[name]] = fn
         if pre:
-            self._pass(layer, j, self.pruned, "pruned", pre=pre)
+            self._pass(layer, j, self.pruned, "pruned", pre=pre, stop=sites[names[-1]])
         return crit_stats
 
     def _fit(self, linears, keep, moments, name, report, section):
@@ -433,12 +453,13 @@ def prune_sequential(model: nn.Module, batches, sparsity: float = 0.2, criterion
                      attn_sparsity: float | None = None, head_mode: str = "query", seed: int = 0, layers=None,
                      budget=None, progress: bool = True, flap_bias: str = "create", reconstruct: bool = False,
                      recovery: bool = False, heldout_fraction: float = 0.25, alphas=ALPHAS,
-                     criterion_options: dict | None = None) -> dict:
+                     criterion_options: dict | None = None, stat_dtype: torch.dtype = torch.float64) -> dict:
     """Prune ``model`` in place one decoder layer at a time (see the module doc); returns a report.
 
     Arguments as for :func:`~sketchprune.prune.prune_model`; ``recovery``: re-fit each layer's
     Linears toward the dense outputs before scoring it; ``alphas``: the candidate regularisation
-    strengths (relative to the mean input energy).  Raises
+    strengths (relative to the mean input energy); ``stat_dtype``: the dtype the second and cross
+    moments are accumulated in (float32 is faster; the solves are always float64).  Raises
     :class:`~sketchprune.BudgetError` before any work when the streams, targets, statistics and
     one layer's activations cannot fit ``budget``.
     """
@@ -462,7 +483,7 @@ def prune_sequential(model: nn.Module, batches, sparsity: float = 0.2, criterion
     if bad or not idx:
         raise IndexError(f"sketchprune.prune: layers {bad or idx} out of range (model has {n_layers})")
     pr = _Pruner(model, batches, crit, sparsity, attn_sparsity, head_mode, seed, idx, budget, progress, flap_bias,
-                 reconstruct, recovery, heldout_fraction, alphas, criterion_options or {}, None)
+                 reconstruct, recovery, heldout_fraction, alphas, criterion_options or {}, None, stat_dtype)
     pr.check_budget(min(idx), max(idx))
     if getattr(crit, "needs_gradients", False):     # on the dense model, before anything changes
         from .gradient_scores import gradient_statistics
