@@ -160,7 +160,7 @@ def check_finite(x: torch.Tensor, mask: torch.Tensor | None, where: str) -> None
             return
         v = x
     else:
-        v = x[mask.to(x.device)]
+        v = x.reshape(-1, x.shape[-1])[mask.to(x.device).reshape(-1)]   # some layers flatten (B, T)
     if not bool(torch.isfinite(v).all()):
         bad = int((~torch.isfinite(v)).sum())
         raise NonFiniteActivations(f"sketchprune.prune: {bad} non-finite activation values (NaN/Inf) in {where}")
