@@ -249,3 +249,18 @@ def test_bad_requests_are_refused():
         prune_model(model, token_batches(), criterion="flap", reconstruct=True, progress=False)
     with pytest.raises(ValueError, match="needs calibration batches"):
         prune_model(model, None, criterion="sigma", sequential=True, progress=False)
+
+
+@pytest.mark.parametrize("criterion", ["random", "magnitude-l2", "wanda-sp", "flap", "sigma", "taylor", "fisher",
+                                       "greedy", "head-similarity"])
+def test_every_criterion_prunes_sequentially_with_reconstruction(criterion):
+    from sketchprune.prune import CRITERIA
+
+    if criterion not in CRITERIA:
+        pytest.skip(f"criterion {criterion!r} not registered")
+    model = make_model("llama", dtype=torch.float32)
+    rep = prune_model(model, token_batches(n=4), sparsity=0.3, criterion=criterion, reconstruct=True,
+                      flap_bias="none", progress=False)
+    assert rep["sequential"] and abs(rep["sparsity_achieved"]["overall"] - 0.3) < 0.02
+    assert all("down" in l["recon_rel_error"] for l in rep["layers"])
+    assert torch.isfinite(logits(model, token_batches(1)[0])).all()

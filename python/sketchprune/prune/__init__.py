@@ -16,6 +16,8 @@ from .calibration import (CalibrationStatistics, DiagMoments, FullMoments, Layer
 from .criteria import CRITERIA, Criterion, LayerContext, Scores, get_criterion, required_statistics, score_model
 from .gradient_scores import gradient_statistics
 from .pipeline import count_parameters, fold_mean_into_bias, prune_model
+from .sequential import prune_sequential
+from .streams import NonFiniteActivations
 from .serialization import load_pruned, pruned_model_class, resize_to_structure
 from .slicing import HeadPlan, KVGroups, QueryHeads, record_structure, resolve_heads, slice_model
 
@@ -29,5 +31,5 @@ __all__ = [
     "CRITERIA", "Criterion", "LayerContext", "Scores", "get_criterion", "required_statistics", "score_model",
     "Allocation", "LayerCosts", "LayerPlan", "LayerRemoval", "allocate", "layer_costs", "layer_removal",
     "removal_plan", "gradient_statistics",
-    "count_parameters", "fold_mean_into_bias", "prune_model",
+    "count_parameters", "fold_mean_into_bias", "prune_model", "prune_sequential", "NonFiniteActivations",
 ]
