@@ -129,3 +129,28 @@ def test_streamed_cross_moments_kernel_path_and_mask():
     torch.testing.assert_close(m.second_moment(), Xr.T @ Xr / n, **tol)
     torch.testing.assert_close(m.cross(), Xr.T @ Yr / n, **tol)
     assert m.target_energy() == pytest.approx(float((Yr ** 2).sum()) / n, rel=1e-5)
+
+
+def test_grid_walk_finds_the_exhaustive_choice():
+    """On ridge problems with a single held-out optimum the walk from the grid's middle ends where
+    evaluating every candidate does (and the held-out error is never above the no-refit one)."""
+    from sketchprune.prune.reconstruct import ridge_toward
+
+    grid = (1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0)
+    for seed, T in ((0, 40), (1, 80), (2, 400), (3, 4000)):
+        X, W = _data(T=T, d_in=12, d_out=5, seed=seed)
+        g = torch.Generator().manual_seed(seed + 10)
+        Y = X @ W.T + 0.5 * torch.randn(T, 5, generator=g, dtype=torch.float64)
+        Xh, _ = _data(T=2000, d_in=12, d_out=5, seed=seed + 20)
+        Yh = Xh @ W.T + 0.5 * torch.randn(2000, 5, generator=g, dtype=torch.float64)
+        keep = torch.tensor([0, 1, 4, 6, 7, 10])
+        A = W[:, keep]
+
+        def mom(X, Y):
+            Xk = X[:, keep]
+            return Xk.T @ Xk / len(X), Xk.T @ Y / len(X), float((Y ** 2).sum()) / len(X)
+        S, C, e = mom(X, Y)
+        V1, i1 = ridge_toward(A, S, C, e, mom(Xh, Yh), grid)
+        V2, i2 = ridge_toward(A, S, C, e, mom(Xh, Yh), grid, exhaustive=True)
+        assert i1["alpha"] == i2["alpha"] and torch.equal(V1, V2), (seed, i1, i2)
+        assert i1["eval_error"] <= i1["eval_error_none"]

@@ -55,7 +55,7 @@ def rel_error(V: torch.Tensor, S_kk: torch.Tensor, C_k: torch.Tensor, energy: fl
 
 def ridge_toward(anchor: torch.Tensor, S_kk: torch.Tensor, C_k: torch.Tensor, energy: float,
                  heldout: tuple[torch.Tensor, torch.Tensor, float] | None = None, alphas=ALPHAS,
-                 default_alpha: float = 1e-2) -> tuple[torch.Tensor, dict]:
+                 default_alpha: float = 1e-2, exhaustive: bool = False) -> tuple[torch.Tensor, dict]:
     """The ridge-toward-anchor fit of the module doc on restricted moments; returns (V float64, info).
 
     ``anchor``: d_out x k (the no-refit weights ``A_K``); ``S_kk``: k x k; ``C_k``: k x d_out;
@@ -64,7 +64,10 @@ def ridge_toward(anchor: torch.Tensor, S_kk: torch.Tensor, C_k: torch.Tensor, en
     error is reported).  ``info``: ``alpha``/``lambda`` (None when not refit), ``refit``,
     ``fit_error`` / ``fit_error_none`` (relative, in-sample), ``eval_error`` / ``eval_error_none``
     (held out).  For a solution ``Z = V^T``, ``S Z = C + lam (A^T - Z)``, so its in-sample error
-    costs no further product with ``S``.
+    costs no further product with ``S``.  The held-out error is walked along the sorted grid from
+    its middle toward lower values, stopping at the first rise (it is typically unimodal in
+    ``lam``; each step costs a Cholesky, a solve and a product with the held-out moment);
+    ``exhaustive=True`` evaluates the whole grid.  The no-refit candidate is always evaluated.
     """
     A = anchor.detach().to(torch.float64)
     dev = A.device
@@ -80,24 +83,47 @@ def ridge_toward(anchor: torch.Tensor, S_kk: torch.Tensor, C_k: torch.Tensor, en
     cand = {"none": (At, S @ At)}          # candidate -> (Z = V^T, S Z)
     lams = {"none": None}
     eye = torch.eye(k, dtype=torch.float64, device=dev)
-    for a in (alphas if heldout is not None else (default_alpha,)):
+
+    def solve(a) -> bool:
         lam = a * scale if scale > 0 else a
         chol, bad = torch.linalg.cholesky_ex(S + lam * eye)
         if int(bad) != 0:
-            continue
+            return False
         Z = torch.cholesky_solve(C + lam * At, chol)
-        cand[a] = (Z, C + lam * (At - Z))
-        lams[a] = lam
+        cand[a], lams[a] = (Z, C + lam * (At - Z)), lam
+        return True
+
+    if heldout is None:
+        solve(default_alpha)
+        best = default_alpha if default_alpha in cand else "none"
+        ev = None
+    else:
+        Sh, Ch, eh = heldout[0].to(dev, torch.float64), heldout[1].to(dev, torch.float64), float(heldout[2])
+        ev = {}
+
+        def held_error(a) -> float:
+            if a not in ev:
+                ok = a == "none" or solve(a)
+                e = rel_error(cand[a][0].T, Sh, Ch, eh) if ok else math.inf
+                ev[a] = e if math.isfinite(e) else math.inf
+            return ev[a]
+
+        held_error("none")
+        grid = sorted(alphas)
+        if exhaustive or len(grid) < 3:
+            for a in grid:
+                held_error(a)
+        else:   # walk from the middle of the grid toward lower held-out error, stop at the first rise
+            i = len(grid) // 2
+            step = -1 if held_error(grid[i - 1]) < held_error(grid[i]) else 1
+            i = i - 1 if step < 0 else i
+            while 0 <= i + step < len(grid) and held_error(grid[i + step]) < held_error(grid[i]):
+                i += step
+        best = min(ev, key=ev.get)
     fit = {a: rel_error(Z.T, S, C, energy, SZ.contiguous()) for a, (Z, SZ) in cand.items()}
     info = {"fit_error_none": fit["none"]}
-    if heldout is not None:
-        Sh, Ch, eh = heldout[0].to(dev, torch.float64), heldout[1].to(dev, torch.float64), float(heldout[2])
-        ev = {a: rel_error(Z.T, Sh, Ch, eh) for a, (Z, _) in cand.items()}
-        finite = {a: e for a, e in ev.items() if math.isfinite(e)}
-        best = min(finite, key=finite.get) if finite else "none"
+    if ev is not None:
         info.update(eval_error_none=ev["none"], eval_error=ev[best])
-    else:
-        best = default_alpha if default_alpha in cand else "none"
     info.update(alpha=None if best == "none" else best, **{"lambda": lams[best]}, refit=best != "none",
                 fit_error=fit[best])
     return cand[best][0].T, info
