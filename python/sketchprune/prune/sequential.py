@@ -42,8 +42,12 @@ at sparsity 0 the model comes out bit-identical.  Biases of o/down are kept (the
 them), not re-fit.
 
 Costs per pruned layer, in forward passes of one layer over the calibration tokens: 1 (dense)
-+ 3 (attention stage, FFN stage, propagation; the last two on the smaller layer), + 2 with
-recovery.  Criteria without statistics and without reconstruction need only the propagation.
++ the attention stage (which stops at o_proj's input, so it skips the FFN) + the FFN stage (which
+stops at down_proj's input) + the propagation (on the smaller layer) -- about 3 --, plus the
+re-captures of recovery (stopping at q_proj's / the FFN's input), plus the fits: per refit
+Linear a few float64 Cholesky solves of size (kept inputs), independent of the token count.
+Data-free criteria without reconstruction need no activations at all (and
+:func:`~sketchprune.prune.prune_model` then prunes in one shot, which decides the same).
 Memory: the two streams and the dense targets on the host, one layer and one batch's
 activations on the model's device; checked against ``budget`` before any work.
 """
@@ -166,7 +170,9 @@ class _Pruner:
                     "one batch's activations": act}
             for k, v in cand.items():
                 worst[k] = max(worst.get(k, 0), v)
-        n_streams = 2 if self.track_dense else 1
+        n_streams = (2 if self.track_dense else 1) if self.needs_data else 0
+        if not self.needs_data:
+            worst = {"dense targets": 0, "block workspace": worst["block workspace"]}
         first = self.layers[self.idx[0]]
         hidden, head_dim = self.adapter.attention(first).q.in_features, self.adapter.head_structure(first).head_dim
         host = {"hidden-state streams": (n_streams * rows + max_rows) * hidden * item,
