@@ -264,3 +264,20 @@ def test_every_criterion_prunes_sequentially_with_reconstruction(criterion):
     assert rep["sequential"] and abs(rep["sparsity_achieved"]["overall"] - 0.3) < 0.02
     assert all("down" in l["recon_rel_error"] for l in rep["layers"])
     assert torch.isfinite(logits(model, token_batches(1)[0])).all()
+
+
+def test_relative_token_weighting():
+    """Weighting tokens by 1/||dense target|| changes the fits (not the plan's validity); the
+    weighted held-out choice is still never worse than not refitting."""
+    a, b = make_model("llama", dtype=torch.float32), make_model("llama", dtype=torch.float32)
+    ra = prune_model(a, token_batches(), sparsity=0.3, criterion="sigma", reconstruct=True, progress=False)
+    rb = prune_model(b, token_batches(), sparsity=0.3, criterion="sigma", reconstruct=True, progress=False,
+                     token_weighting="relative")
+    assert _plan(ra)[0] == _plan(rb)[0]                           # layer 0's heads/channels: same inputs
+    assert ra["layers"][0]["recon_rel_error"] != rb["layers"][0]["recon_rel_error"]
+    for lay in rb["layers"]:
+        for info in lay["refit"].values():
+            assert info["eval_error"] <= info["eval_error_none"] + 1e-12
+    assert torch.isfinite(logits(b, token_batches(1)[0])).all()
+    with pytest.raises(ValueError, match="token_weighting"):
+        prune_model(b, token_batches(), criterion="sigma", reconstruct=True, token_weighting="max", progress=False)

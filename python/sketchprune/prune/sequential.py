@@ -111,7 +111,8 @@ def _install(linears: list[nn.Linear], V: torch.Tensor) -> None:
 
 class _Pruner:
     def __init__(self, model, batches, crit, sparsity, attn_sparsity, head_mode, seed, idx, budget, progress,
-                 flap_bias, reconstruct, recovery, heldout_fraction, alphas, options, grads, stat_dtype=torch.float64):
+                 flap_bias, reconstruct, recovery, heldout_fraction, alphas, options, grads, stat_dtype=torch.float64,
+                 token_weighting="none"):
         self.model, self.crit = model, crit
         self.sparsity, self.attn_sparsity, self.head_mode, self.seed = sparsity, attn_sparsity, head_mode, seed
         self.idx, self.budget, self.progress = idx, budget, progress
@@ -119,6 +120,7 @@ class _Pruner:
         self.flap_create = flap_bias == "create"
         self.reconstruct, self.recovery, self.alphas, self.options = reconstruct, recovery, alphas, options
         self.grads, self.stat_dtype = grads, stat_dtype
+        self.token_weighting = token_weighting
         self.adapter = get_adapter(model)
         self.layers = self.adapter.layers(model)
         self.device = next(model.parameters()).device
@@ -234,8 +236,9 @@ class _Pruner:
         dense targets.  Returns statistic -> moments object for the criterion."""
         sites = _sites(self.adapter, layer)
         crit_stats = {}
+        weighted = self.token_weighting != "none"
         for name, kind in wants.items():
-            if name in fits:
+            if name in fits and not weighted:
                 crit_stats[name] = fits[name][0]      # a FullMoments serves any criterion kind
             else:
                 m = sites[name]
@@ -248,7 +251,14 @@ class _Pruner:
                 mask = self.inputs.masks[b]
                 check_finite(x, mask, f"the input of {name} in decoder layer {j} (pruned stream, calibration batch {b})")
                 if name in fits:
-                    fits[name][1 if self.held[b] else 0].update(x, mask, y=targets[name][b].to(x.device))
+                    y = targets[name][b].to(x.device)
+                    if weighted:     # token t weighted by 1 / ||y_t||: every token's relative error counts alike
+                        if name in crit_stats and not self.held[b]:
+                            crit_stats[name].update(x, mask)
+                        n = y.to(torch.float64).square().sum(-1, keepdim=True).sqrt()
+                        w = torch.where(n > 0, 1.0 / n, torch.zeros_like(n))
+                        x, y = x * w.to(x.dtype), y * w.to(y.dtype)
+                    fits[name][1 if self.held[b] else 0].update(x, mask, y=y)
                 elif not self.held[b]:
                     crit_stats[name].update(x, mask)
             pre[sites[name]] = fn
@@ -459,13 +469,19 @@ def prune_sequential(model: nn.Module, batches, sparsity: float = 0.2, criterion
                      attn_sparsity: float | None = None, head_mode: str = "query", seed: int = 0, layers=None,
                      budget=None, progress: bool = True, flap_bias: str = "create", reconstruct: bool = False,
                      recovery: bool = False, heldout_fraction: float = 0.25, alphas=ALPHAS,
-                     criterion_options: dict | None = None, stat_dtype: torch.dtype = torch.float64) -> dict:
+                     criterion_options: dict | None = None, stat_dtype: torch.dtype = torch.float64,
+                     token_weighting: str = "none") -> dict:
     """Prune ``model`` in place one decoder layer at a time (see the module doc); returns a report.
 
     Arguments as for :func:`~sketchprune.prune.prune_model`; ``recovery``: re-fit each layer's
     Linears toward the dense outputs before scoring it; ``alphas``: the candidate regularisation
     strengths (relative to the mean input energy); ``stat_dtype``: the dtype the second and cross
-    moments are accumulated in (float32 is faster; the solves are always float64).  Raises
+    moments are accumulated in (float32 is faster; the solves are always float64);
+    ``token_weighting``: ``"none"`` (the least-squares objectives of the module doc) or
+    ``"relative"`` (token ``t`` weighted by ``1/||y*_t||``, so the few tokens with massive
+    activations -- e.g. the first token of every sequence from SmolLM2's layer 11 on, ~98% of the
+    hidden-state energy -- do not decide the fit alone; the reported errors are then weighted
+    the same way).  Raises
     :class:`~sketchprune.BudgetError` before any work when the streams, targets, statistics and
     one layer's activations cannot fit ``budget``.
     """
@@ -475,6 +491,8 @@ def prune_sequential(model: nn.Module, batches, sparsity: float = 0.2, criterion
         raise ValueError(f"sketchprune.prune: flap_bias must be one of {FLAP_BIAS}, got {flap_bias!r}")
     if reconstruct and criterion == "flap" and flap_bias != "none":
         raise ValueError("sketchprune.prune: reconstruct=True re-fits the weights itself; use flap_bias='none' with it")
+    if token_weighting not in ("none", "relative"):
+        raise ValueError(f"sketchprune.prune: token_weighting must be 'none' or 'relative', got {token_weighting!r}")
     if not 0.0 < float(heldout_fraction) < 1.0:
         raise ValueError(f"sketchprune.prune: heldout_fraction must be in (0, 1), got {heldout_fraction}")
     if batches is None:
@@ -489,7 +507,8 @@ def prune_sequential(model: nn.Module, batches, sparsity: float = 0.2, criterion
     if bad or not idx:
         raise IndexError(f"sketchprune.prune: layers {bad or idx} out of range (model has {n_layers})")
     pr = _Pruner(model, batches, crit, sparsity, attn_sparsity, head_mode, seed, idx, budget, progress, flap_bias,
-                 reconstruct, recovery, heldout_fraction, alphas, criterion_options or {}, None, stat_dtype)
+                 reconstruct, recovery, heldout_fraction, alphas, criterion_options or {}, None, stat_dtype,
+                 token_weighting)
     pr.check_budget(min(idx), max(idx))
     if getattr(crit, "needs_gradients", False):     # on the dense model, before anything changes
         from .gradient_scores import gradient_statistics
