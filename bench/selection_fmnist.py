@@ -29,8 +29,9 @@ Setup (fixed before any selection result was looked at; sized for ~30 min on 2 s
   cut to 3 for the compute budget on a shared 2-core machine).  A seed
   changes the randomised methods' draws and the training init / minibatch order; deterministic
   selections are computed once.
-* Extra rows ``skmm-cb`` / ``uniform-cb``: the same methods made class-balanced with the pool's
-  labels (n split across classes in proportion to their sizes, each class selected on its own).
+* Extra rows: ``uniform-cb`` -- uniform sampling made class-balanced with the pool's labels (n split
+  across classes in proportion to their sizes, each class sampled on its own); ``skmm-nolabels`` --
+  SkMM with its defaults but without the pool labels (so not class-balanced).
 * Selection signals (labels of the pool are available to the score methods, as in the methods'
   papers):
   - SkMM and the geometry methods (uniform, herding, k-center, leverage, ridge leverage, adaptive)
@@ -38,9 +39,15 @@ Setup (fixed before any selection result was looked at; sized for ~30 min on 2 s
     labels (as in the original SkMM experiments); (b) ``model_gradient_sketch`` of fc1 + fc2
     (per-sample gradients sketched with ``outer_sketch``, never formed) at the finetuning start
     (fc2 init of seed 0) with random labels.  Sparse-sign, k = 8, m = 2 x the intrinsic
-    dimension of a pilot sketch (m = 512), clamped to [64, 256] (compute).  SkMM runs with its defaults
-    (c = 0.6, relative weighting, top rounding: the variant validation chose on the synthetic
-    data; nothing tuned here), certified tolerance or a 60 s time limit.
+    dimension of a pilot sketch (m = 512), clamped to [64, 256] (compute).  SkMM runs with the
+    library defaults (c = 0.9, relative weighting, sample rounding, class-balanced since the pool
+    labels are given -- chosen on the validation split of this setup, pool 3000, n in {100, 400,
+    1000}, 3 seeds; the test set was not used: see docs/selection.md), certified tolerance or a
+    60 s time limit per solve; sample rounding makes SkMM randomised (one draw per seed).
+    (Before that choice: c = 0.6, top rounding, pooled -- the synthetic experiment's variant.)
+* Robustness: fmnist.json (+ .md) is rewritten atomically after the selections and at most once a
+  minute during training (``"status": "partial"``), so a run that is killed still leaves its
+  results; each stage logs the peak resident memory.  ``--n`` sets the coreset sizes.
   - Model-output methods read the pretrained CNN's outputs on the pool through ``ModelOutputs``:
     el2n, entropy, margin, least confidence, contextual diversity (probs), GraNd (last-layer
     gradient norm ||p - y|| ||[h, 1]||), DeepFool (logits + fc2), GLISTER (penultimate features,
@@ -52,6 +59,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import inspect
 import json
 import math
 import os
@@ -82,12 +90,16 @@ FT_LR = [3e-4, 1e-3, 3e-3]
 PROBE_STEPS, PROBE_LR = 200, 0.01
 FT_STEPS, FT_BATCH = 300, 64
 SKMM_TIME_LIMIT = 60.0
+SKMM_DEFAULTS = {k: v.default for k, v in inspect.signature(skmm_select).parameters.items()
+                 if k in ("c", "weighting", "rounding", "formulation")} | {"class_balanced": "when labels are given"}
 GEOMETRY = ["uniform", "herding", "kcenter", "leverage", "ridge-leverage", "adaptive"]
 OUTPUT_METHODS = ["grand", "el2n", "entropy", "margin", "least-confidence", "forgetting", "contextual-diversity",
                   "glister", "deepfool"]
-RANDOMISED = {"uniform", "uniform-cb", "kcenter", "leverage", "ridge-leverage", "adaptive", "forgetting", "contextual-diversity"}
-BALANCED = ["skmm-cb", "uniform-cb"]  # class-balanced variants (true pool labels), as extra rows
-METHODS = ["skmm"] + GEOMETRY + OUTPUT_METHODS + BALANCED
+RANDOMISED = {"skmm", "skmm-nolabels", "uniform", "uniform-cb", "kcenter", "leverage", "ridge-leverage", "adaptive",
+              "forgetting", "contextual-diversity"}
+BALANCED = ["uniform-cb"]  # uniform sampling made class-balanced with the pool labels (an extra row)
+UNLABELLED = ["skmm-nolabels"]  # SkMM with its defaults but without the pool labels (an extra row)
+METHODS = ["skmm"] + GEOMETRY + OUTPUT_METHODS + BALANCED + UNLABELLED
 T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
 
 
@@ -264,26 +276,26 @@ def model_outputs(D):
 
 
 def selections(D, sks, outs, hv, seeds, n_sweep):
-    """{(setting, method, n, seed): (indices, seconds)}; deterministic methods are stored under seed None."""
+    """{(setting, method, n, seed): (indices, seconds, solver info)}; deterministic methods are stored
+    under seed None.  SkMM (sample rounding) is randomised: one draw per seed from the same solve."""
     sel = {}
     for setting in ("probe", "finetune"):
         sk = sks[setting][0]
         for n in _progress(n_sweep, desc=f"selecting ({setting})"):
-            for method in ["skmm"] + GEOMETRY + BALANCED:
+            for method in ["skmm"] + GEOMETRY + BALANCED + UNLABELLED:
                 for s in (seeds if method in RANDOMISED else [None]):
                     t0 = time.perf_counter()
-                    if method in BALANCED:
-                        r = select(n, method[:-3], sk, labels=D["y_pool"], class_balanced=True,
-                                   seed=0 if s is None else s,
-                                   **({"time_limit": SKMM_TIME_LIMIT} if method == "skmm-cb" else {}))
-                        info = None
-                    elif method == "skmm":
-                        r = skmm_select(sk, n, seed=0, time_limit=SKMM_TIME_LIMIT)
-                        info = {k: r.info[k] for k in ("duality_gap", "objective_uniform", "converged",
-                                                        "iterations", "seconds")}
+                    seed = 0 if s is None else s
+                    info = None
+                    if method == "uniform-cb":
+                        r = select(n, "uniform", sk, labels=D["y_pool"], class_balanced=True, seed=seed)
+                    elif method in ("skmm", "skmm-nolabels"):
+                        # the library defaults; with labels given SkMM is class-balanced by default
+                        labels = D["y_pool"] if method == "skmm" else None
+                        r = select(n, "skmm", sk, labels=labels, seed=seed, time_limit=SKMM_TIME_LIMIT)
+                        info = _solver_info(r.info)
                     else:
-                        r = select(n, method, sk, seed=0 if s is None else s)
-                        info = None
+                        r = select(n, method, sk, seed=seed)
                     sel[(setting, method, n, s)] = (r.indices, time.perf_counter() - t0, info)
     for n in _progress(n_sweep, desc="selecting (model outputs)"):
         for method in OUTPUT_METHODS:
@@ -294,6 +306,17 @@ def selections(D, sks, outs, hv, seeds, n_sweep):
                 for setting in ("probe", "finetune"):
                     sel[(setting, method, n, s)] = (r.indices, time.perf_counter() - t0, None)
     return sel
+
+
+def _solver_info(info):
+    """The solver record of a SkMM selection (per class when class-balanced), for the JSON."""
+    keys = ("duality_gap", "objective_uniform", "converged", "iterations", "seconds", "top_mass")
+    if info.get("class_balanced"):
+        per = info["per_class"].values()
+        return {"class_balanced": True, "converged": all(p["converged"] for p in per),
+                "iterations": max(p["iterations"] for p in per), "seconds": sum(p["seconds"] for p in per),
+                "top_mass": min(p["top_mass"] for p in per), "variance_proxy": info["variance_proxy"]}
+    return {"class_balanced": False, **{k: info[k] for k in keys}, "variance_proxy": info["variance_proxy"]}
 
 
 def evaluate(job):
@@ -381,61 +404,85 @@ def ci(vals):
     return mean, mean - h, mean + h
 
 
+def _cells(res, setting, key):
+    """{(method, n): (mean, lo, hi)} over the runs present (a partial snapshot may lack some)."""
+    out = {}
+    for m in METHODS:
+        for n in res["config"]["n_sweep"]:
+            v = [r[key] for r in res["runs"] if r["setting"] == setting and r["method"] == m and r["n"] == n]
+            if v:
+                out[(m, n)] = ci(v)
+    return out
+
+
 def table(res, setting, key):
-    n_sweep = res["config"]["n_sweep"]
-    rows = [r for r in res["runs"] if r["setting"] == setting]
-    means = {(m, n): ci([r[key] for r in rows if r["method"] == m and r["n"] == n]) for m in METHODS for n in n_sweep}
-    L = ["| method | " + " | ".join(f"n = {n}" for n in n_sweep) + " | mean over n |", "|---|" + "---|" * (len(n_sweep) + 1)]
-    best = {n: max(METHODS, key=lambda m: means[(m, n)][0]) for n in n_sweep}
+    ns = [n for n in res["config"]["n_sweep"] if any((m, n) in _cells(res, setting, key) for m in METHODS)]
+    means = _cells(res, setting, key)
+    L = ["| method | " + " | ".join(f"n = {n}" for n in ns) + " | mean over n |", "|---|" + "---|" * (len(ns) + 1)]
+    best = {n: max((m for m in METHODS if (m, n) in means), key=lambda m: means[(m, n)][0]) for n in ns}
     for m in METHODS:
         cells = []
-        for n in n_sweep:
+        for n in ns:
+            if (m, n) not in means:
+                cells.append("-")
+                continue
             mean, lo, hi = means[(m, n)]
-            s = f"{100 * mean:.2f} [{100 * lo:.1f}, {100 * hi:.1f}]"
-            cells.append(f"**{s}**" if best[n] == m else s)
-        L.append(f"| {m} | " + " | ".join(cells) + f" | {100 * np.mean([means[(m, n)][0] for n in n_sweep]):.2f} |")
-    return "\n".join(L), means, best
+            c = f"{100 * mean:.2f} [{100 * lo:.1f}, {100 * hi:.1f}]"
+            cells.append(f"**{c}**" if best[n] == m else c)
+        have = [means[(m, n)][0] for n in ns if (m, n) in means]
+        L.append(f"| {m} | " + " | ".join(cells) + (f" | {100 * np.mean(have):.2f} |" if len(have) == len(ns) else " | - |"))
+    return "\n".join(L), means, best, ns
 
 
 def write_md(res, path):
     cfg = res["config"]
+    wall = f"{res['wall_seconds']:.0f} s" if res.get("wall_seconds") else "(not finished)"
     L = ["# Fashion-MNIST data selection: linear probing and last-two-layer finetuning\n",
+         (f"**Partial snapshot** of a run in progress or stopped early: {len(res['runs'])} trainings so far.\n"
+          if res.get("status") != "complete" else ""),
          f"Date {res['date']}; machine: {res['machine']}; git {res['git_commit']}; wall time "
-         f"{res['wall_seconds']:.0f} s; {len(cfg['seeds'])} seeds; pool {cfg['pool']} of the 45k non-pretraining, "
-         f"non-validation training images; validation {cfg['n_val']}; test 10k.\n",
+         f"{wall}; {len(cfg['seeds'])} seeds; pool {cfg['pool']} of the 45k non-pretraining, "
+         f"non-validation training images; validation {cfg['n_val']}; test 10k; command `{res.get('command', '')}`.\n",
          f"Pretrained CNN (10k images, {cfg['pretrain_epochs']} epochs): test accuracy "
          f"{100 * res['pretrained_test']['accuracy']:.2f}%, macro-F1 {100 * res['pretrained_test']['macro_f1']:.2f}%. "
          f"Sketch sizes: probe m = {res['sketch']['probe']['m']} (r = {res['sketch']['probe']['r']}), "
          f"fc1 + fc2 m = {res['sketch']['finetune']['m']} (r = {res['sketch']['finetune']['r']}). "
-         "See the script's docstring for the protocol.\n"]
+         f"SkMM options: {cfg['skmm']}; `skmm` is given the pool labels (so it is class-balanced by default), "
+         "`skmm-nolabels` is not. See the script's docstring for the protocol.\n"]
     verdict = []
     for setting, title in (("probe", "(a) Linear probing on frozen conv features"),
                            ("finetune", "(b) Finetuning fc1 + fc2 (101k parameters)")):
         for key, kname in (("test_accuracy", "test accuracy (%)"), ("test_macro_f1", "test macro-F1 (%)")):
-            t, means, best = table(res, setting, key)
+            t, means, best, ns = table(res, setting, key)
             L.append(f"## {title}: {kname}, mean [95% CI] over seeds (best per n in bold)\n")
             L.append(t + "\n")
-            if key == "test_accuracy":
-                ns = cfg["n_sweep"]
+            if key == "test_accuracy" and ns and all((m, n) in means for m in ("skmm", "uniform") for n in ns):
                 diff = {n: 100 * (means[("skmm", n)][0] - means[("uniform", n)][0]) for n in ns}
+                others = {n: max((m for m in METHODS if m != "skmm" and (m, n) in means),
+                                 key=lambda m: means[(m, n)][0]) for n in ns}
+                dbest = {n: 100 * (means[("skmm", n)][0] - means[(others[n], n)][0]) for n in ns}
                 wins = sum(best[n] == "skmm" for n in ns)
                 met = all(d >= 1.0 for d in diff.values()) and wins > len(ns) / 2
                 verdict.append(f"* {title}: SkMM - uniform accuracy = " + ", ".join(f"{diff[n]:+.2f}" for n in ns)
-                               + f" points (n = {', '.join(map(str, ns))}); SkMM best at {wins} of {len(ns)} n; "
-                               + f"best per n: {', '.join(best[n] for n in ns)}. Target (>= +1 point at every n and "
-                               + f"best at most n): **{'met' if met else 'not met'}**.")
-    L.insert(3, "## Verdict\n\n" + "\n".join(verdict) + "\n")
-    L.append("## Selection cost (seconds per selection, mean over n and seeds)\n")
-    L.append("| method | probe signal | fc1 + fc2 signal |\n|---|---|---|")
-    for m in METHODS:
-        cells = [np.mean([s["seconds"] for s in res["selection_seconds"] if s["method"] == m and s["setting"] == st])
-                 for st in ("probe", "finetune")]
-        L.append(f"| {m} | {cells[0]:.2f} | {cells[1]:.2f} |")
-    L.append("")
-    sk = [s for s in res["skmm_solver"]]
-    L.append(f"SkMM solver: {sum(s['converged'] for s in sk)} of {len(sk)} solves converged to the certified "
-             f"tolerance (1e-4 f(uniform)) within {SKMM_TIME_LIMIT:.0f} s; iterations "
-             f"{min(s['iterations'] for s in sk)}-{max(s['iterations'] for s in sk)}.\n")
+                               + f" points (n = {', '.join(map(str, ns))}); SkMM - best other method = "
+                               + ", ".join(f"{dbest[n]:+.2f} ({others[n]})" for n in ns)
+                               + f"; SkMM best at {wins} of {len(ns)} n. Target (>= +1 point over uniform at every n "
+                               + f"and best at most n): **{'met' if met else 'not met'}**.")
+    L.insert(4, "## Verdict\n\n" + ("\n".join(verdict) if verdict else "(not enough runs yet)") + "\n")
+    if res["selection_seconds"]:
+        L.append("## Selection cost (seconds per selection, mean over n and seeds)\n")
+        L.append("| method | probe signal | fc1 + fc2 signal |\n|---|---|---|")
+        for m in METHODS:
+            cells = [np.mean([s["seconds"] for s in res["selection_seconds"] if s["method"] == m and s["setting"] == st])
+                     for st in ("probe", "finetune")]
+            L.append(f"| {m} | {cells[0]:.2f} | {cells[1]:.2f} |")
+        L.append("")
+    sk = res["skmm_solver"]
+    if sk:
+        L.append(f"SkMM solver: {sum(bool(s['converged']) for s in sk)} of {len(sk)} selections converged to the "
+                 f"certified tolerance (1e-4 f(uniform); every class's solve when class-balanced) within "
+                 f"{SKMM_TIME_LIMIT:.0f} s; iterations {min(s['iterations'] for s in sk)}-"
+                 f"{max(s['iterations'] for s in sk)}.\n")
     L.append(f"Signals: gradient sketches {res['sketch']['probe']['seconds']:.1f} s (probe) and "
              f"{res['sketch']['finetune']['seconds']:.1f} s (fc1 + fc2, incl. the pilot sketch for m); "
              f"model outputs + forgetting record {res['outputs_seconds']:.1f} s.\n")
@@ -519,11 +566,38 @@ def write_overhead(ov, date, bench_dir):
     return stem
 
 
+def _rss_gib():
+    """Peak resident memory of this process and of its finished children (GiB)."""
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
+    return own / 2**30, kids / 2**30
+
+
+def _log(msg, t0):
+    own, kids = _rss_gib()
+    print(f"[{time.perf_counter() - t0:6.0f} s, peak RSS {own:.2f} GiB (workers {kids:.2f})] {msg}", flush=True)
+
+
+def _dump(res, out, final):
+    """Write fmnist.json (+ .md and plots when there is something to show); atomically, so a run killed
+    at any point leaves the last complete snapshot."""
+    res = dict(res, status="complete" if final else "partial")
+    tmp = os.path.join(out, "fmnist.json.tmp")
+    with open(tmp, "w") as f:
+        json.dump(res, f, indent=1, default=str)
+    os.replace(tmp, os.path.join(out, "fmnist.json"))
+    if res["runs"]:
+        write_md(res, os.path.join(out, "fmnist.md"))
+        if final:
+            plot(res, out)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("out", nargs="?", default="results/selection")
     ap.add_argument("--seeds", type=int, default=SEEDS)
     ap.add_argument("--pool", type=int, default=POOL)
+    ap.add_argument("--n", default=",".join(map(str, N_SWEEP)), help="comma-separated coreset sizes")
     ap.add_argument("--quick", action="store_true", help="2 seeds, pool 3000, n in {100, 400} (smoke run)")
     ap.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
     ap.add_argument("--bench-dir", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
@@ -537,65 +611,74 @@ def main(argv=None):
         return
     torch.set_num_threads(max(1, a.workers))
     seeds = list(range(2 if a.quick else a.seeds))
-    n_sweep = [100, 400] if a.quick else N_SWEEP
+    n_sweep = [100, 400] if a.quick else [int(v) for v in a.n.split(",")]
     pool = 3000 if a.quick else a.pool
+    if not seeds or not n_sweep or min(n_sweep) < 1 or max(n_sweep) > pool:
+        raise SystemExit(f"need >= 1 seed and coreset sizes in [1, pool = {pool}], got seeds {a.seeds}, n {n_sweep}")
     os.makedirs(a.out, exist_ok=True)
     t0 = time.perf_counter()
     D = prepare(pool, a.quick)
-    print(f"prepared in {D['prep_seconds']:.0f} s; pretrained test accuracy {D['pretrained_test']['accuracy']:.4f}",
-          flush=True)
+    _log(f"prepared in {D['prep_seconds']:.0f} s; pretrained test accuracy {D['pretrained_test']['accuracy']:.4f}", t0)
     sks = sketches(D)
-    print(f"sketches: probe m = {sks['probe'][1]['m']} ({sks['probe'][2]:.0f} s), finetune m = "
-          f"{sks['finetune'][1]['m']} ({sks['finetune'][2]:.0f} s)", flush=True)
+    _log(f"sketches: probe m = {sks['probe'][1]['m']} ({sks['probe'][2]:.0f} s), finetune m = "
+         f"{sks['finetune'][1]['m']} ({sks['finetune'][2]:.0f} s)", t0)
     outs, hv, out_s = model_outputs(D)
+    _log(f"model outputs and forgetting record in {out_s:.0f} s", t0)
+    date = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    res = {
+        "date": date, "machine": machine(), "git_commit": git_commit(),
+        "command": " ".join([os.path.basename(sys.argv[0])] + (argv if argv is not None else sys.argv[1:])),
+        "wall_seconds": None,
+        "config": {"seeds": seeds, "n_sweep": n_sweep, "pool": pool, "n_pretrain": N_PRE, "n_val": N_VAL,
+                   "split_seed": SPLIT_SEED, "pretrain_epochs": 1 if a.quick else 2, "probe_wd_grid": PROBE_WD,
+                   "finetune_lr_grid": FT_LR, "probe_steps": PROBE_STEPS, "probe_lr": PROBE_LR,
+                   "finetune_steps": FT_STEPS, "finetune_batch": FT_BATCH, "pilot_m": PILOT_M,
+                   "skmm": {**SKMM_DEFAULTS, "time_limit_s": SKMM_TIME_LIMIT}, "quick": a.quick},
+        "pretrained_test": D["pretrained_test"],
+        "sketch": {k: {**v[1], "seconds": v[2]} for k, v in sks.items()},
+        "outputs_seconds": out_s, "runs": [], "selection_seconds": [], "skmm_solver": [], "overhead": None,
+    }
     sel = selections(D, sks, outs, hv, seeds, n_sweep)
-    print(f"selections done at {time.perf_counter() - t0:.0f} s", flush=True)
+    res["selection_seconds"] = [{"setting": k[0], "method": k[1], "n": k[2], "seed": k[3], "seconds": v[1]}
+                                for k, v in sel.items()]
+    res["skmm_solver"] = [{"setting": k[0], "method": k[1], "n": k[2], "seed": k[3], **v[2]}
+                          for k, v in sel.items() if v[2] is not None]
+    _dump(res, a.out, False)
+    _log("selections done", t0)
     jobs = []
-    for setting in ("probe", "finetune"):
-        for method in METHODS:
-            for n in n_sweep:
+    for n in n_sweep:  # smallest n first: a run stopped early still has complete rows for them
+        for setting in ("probe", "finetune"):
+            for method in METHODS:
                 for s in seeds:
                     key = (setting, method, n, s if method in RANDOMISED else None)
                     jobs.append((setting, method, n, s, sel[key][0]))
     shared = {k: D[k] for k in ("F_pool", "F_val", "F_test", "H_pool", "H_val", "H_test", "y_pool", "y_val",
                                 "y_test", "fc1")}
-    runs = []
+    last = time.perf_counter()
+
+    def collect(it):
+        nonlocal last
+        for r in _progress(it, total=len(jobs), desc="training"):
+            res["runs"].append(r)
+            if time.perf_counter() - last > 60:  # snapshot at most once a minute
+                _dump(res, a.out, False)
+                _log(f"{len(res['runs'])} of {len(jobs)} trainings", t0)
+                last = time.perf_counter()
+
     if a.workers > 1:
         torch.set_num_threads(1)
         with ProcessPoolExecutor(a.workers, initializer=_init_worker, initargs=(shared,)) as ex:
-            for r in _progress(ex.map(_eval_shared, jobs, chunksize=8), total=len(jobs), desc="training"):
-                runs.append(r)
+            collect(ex.map(_eval_shared, jobs, chunksize=4))
     else:
         _init_worker(shared)
-        for j in _progress(jobs, desc="training"):
-            runs.append(_eval_shared(j))
-    print(f"training done at {time.perf_counter() - t0:.0f} s", flush=True)
+        collect(_eval_shared(j) for j in jobs)
+    _dump(res, a.out, False)
+    _log("training done", t0)
     torch.set_num_threads(max(1, a.workers))
-    ov = overhead(D)
-    date = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-    res = {
-        "date": date, "machine": machine(), "git_commit": git_commit(),
-        "command": " ".join([os.path.basename(sys.argv[0])] + (argv if argv is not None else sys.argv[1:])),
-        "wall_seconds": time.perf_counter() - t0,
-        "config": {"seeds": seeds, "n_sweep": n_sweep, "pool": pool, "n_pretrain": N_PRE, "n_val": N_VAL,
-                   "split_seed": SPLIT_SEED, "pretrain_epochs": 1 if a.quick else 2, "probe_wd_grid": PROBE_WD,
-                   "finetune_lr_grid": FT_LR, "probe_steps": PROBE_STEPS, "probe_lr": PROBE_LR,
-                   "finetune_steps": FT_STEPS, "finetune_batch": FT_BATCH, "pilot_m": PILOT_M,
-                   "skmm": {"c": 0.6, "weighting": "relative", "rounding": "top", "time_limit_s": SKMM_TIME_LIMIT},
-                   "quick": a.quick},
-        "pretrained_test": D["pretrained_test"],
-        "sketch": {k: {**v[1], "seconds": v[2]} for k, v in sks.items()},
-        "outputs_seconds": out_s,
-        "runs": runs,
-        "selection_seconds": [{"setting": k[0], "method": k[1], "n": k[2], "seed": k[3], "seconds": v[1]}
-                              for k, v in sel.items()],
-        "skmm_solver": [{"setting": k[0], "n": k[2], **v[2]} for k, v in sel.items() if k[1] == "skmm"],
-        "overhead": ov,
-    }
-    with open(os.path.join(a.out, "fmnist.json"), "w") as f:
-        json.dump(res, f, indent=1, default=str)
-    write_md(res, os.path.join(a.out, "fmnist.md"))
-    plot(res, a.out)
+    res["overhead"] = ov = overhead(D)
+    res["wall_seconds"] = time.perf_counter() - t0
+    _dump(res, a.out, True)
+    _log("overhead measured; results written", t0)
     if not a.quick:
         print("overhead record:", write_overhead(ov, date, a.bench_dir))
     print(open(os.path.join(a.out, "fmnist.md")).read())

@@ -47,3 +47,20 @@ def test_errors():
         select(91, "uniform", sk)
     with pytest.raises(ValueError, match="needs labels"):
         select(5, "el2n", sk, probs=probs)
+
+
+def test_skmm_is_class_balanced_by_default_when_labels_are_given():
+    sk, probs, labels, _ = _data(N=150, seed=3)
+    sel = select(30, "skmm", sk, labels=labels, seed=1)
+    assert sel.info["class_balanced"] and sel.info["n"] == 30 and set(sel.info["per_class"]) == {0, 1, 2}
+    counts = torch.bincount(labels[sel.indices], minlength=3).double()
+    expect = torch.bincount(labels, minlength=3).double() * 30 / 150
+    assert ((counts - expect).abs() < 1.0 + 1e-9).all()
+    assert all("top_mass" in v and "iterations" in v for v in sel.info["per_class"].values())
+    pooled = select(30, "skmm", sk, labels=labels, seed=1, class_balanced=False)
+    assert "class_balanced" not in pooled.info and pooled.info["rounding"] == "sample"
+    assert torch.equal(pooled.indices, select(30, "skmm", sk, seed=1).indices)  # labels unused when pooled
+    # the other methods stay pooled unless asked
+    assert "class_balanced" not in select(30, "uniform", sk, labels=labels, seed=1).info
+    with pytest.raises(ValueError, match="needs labels"):
+        select(30, "skmm", sk, class_balanced=True)

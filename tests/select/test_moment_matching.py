@@ -127,3 +127,23 @@ def test_paper_formulation_exact_n_and_better_than_its_start():
     assert sel.info["formulation"] == "paper"
     with pytest.raises(ValueError, match="relative weighting"):
         skmm_select(sk, 30, formulation="paper", weighting="absolute")
+
+
+def test_interior_optimum_top_rounding_keeps_large_norms_sample_does_not():
+    """For c near 1 the hinge optimum is 0 on a whole face of C(n); the solver returns an interior
+    point of it (top_mass well below 1), whose n largest weights are the samples the gradient
+    pushed up most -- the largest norms.  Sample rounding keeps n s_i as inclusion probabilities and
+    stays close to the pool's norms (the reason it is the default)."""
+    g = torch.Generator().manual_seed(0)
+    sk = torch.randn(600, 8, generator=g) * (0.5 + torch.rand(600, 1, generator=g))
+    norms = sk.norm(dim=1)
+    top = skmm_select(sk, 100, c=0.9, rounding="top")
+    assert top.info["objective"] == 0.0 and top.info["top_mass"] < 0.5 and top.info["support"] > 300
+    assert float(norms[top.indices].mean() / norms.mean()) > 1.4
+    for s in range(4):
+        sel = skmm_select(sk, 100, c=0.9, seed=s)
+        assert sel.info["rounding"] == "sample"
+        assert float(norms[sel.indices].mean() / norms.mean()) < 1.25
+    # a vertex solution carries all its mass on n weights
+    vert = skmm_select(_clustered_sketch(seed=5), 40, c=0.6)
+    assert 0 < vert.info["top_mass"] <= 1 + 1e-9 and vert.info["support"] >= 40

@@ -25,7 +25,7 @@ NEEDS = {"skmm": "sketch", **{m: "sketch" for m in GEOMETRY}, "grand": "grad_nor
 
 def select(n: int, method: str = "skmm", sketch: torch.Tensor | None = None, *, outputs: ModelOutputs | None = None,
            probs: torch.Tensor | None = None, labels: torch.Tensor | None = None,
-           grad_norms: torch.Tensor | None = None, seed: int = 0, class_balanced: bool = False,
+           grad_norms: torch.Tensor | None = None, seed: int = 0, class_balanced: bool | None = None,
            **options) -> Selection:
     """Select exactly n distinct samples.
 
@@ -36,12 +36,16 @@ def select(n: int, method: str = "skmm", sketch: torch.Tensor | None = None, *, 
     rounding, formulation, tol for skmm; rank for leverage; ridge for ridge-leverage;
     val_features / val_labels, eta, batch for glister).  With ``class_balanced=True`` (needs labels)
     n is split across classes in proportion to their sizes (largest remainders) and each class is
-    selected on its own rows.  The info record always holds the method, n, seed and, when a sketch
-    is given, the variance proxy.
+    selected on its own rows.  The default (``None``) is class-balanced for skmm when labels are
+    given and not otherwise (for skmm without labels, and for every other method); pass False to
+    run skmm on the pooled data although labels are given.  The info record always holds the
+    method, n, seed and, when a sketch is given, the variance proxy.
     """
     if method not in METHODS:
         raise ValueError(f"unknown selection method {method!r}; choose one of {', '.join(METHODS)}")
     outputs = _merge(outputs, probs, labels, grad_norms)
+    if class_balanced is None:  # SkMM's default: class-balanced whenever labels are known
+        class_balanced = method == "skmm" and outputs.labels is not None
     if class_balanced:
         return _class_balanced(n, method, sketch, outputs, seed, options)
     N = _size(sketch, outputs)
@@ -140,6 +144,9 @@ def _subset(out: ModelOutputs, rows: torch.Tensor) -> ModelOutputs:
     return ModelOutputs(**kw)
 
 
+_PER_CLASS = ("n", "duality_gap", "converged", "iterations", "seconds", "support", "top_mass")
+
+
 def _class_balanced(n, method, sketch, outputs: ModelOutputs, seed, options) -> Selection:
     _need(outputs.labels, "labels", "class-balanced selection")
     labels = torch.as_tensor(outputs.labels).long().cpu()
@@ -159,11 +166,11 @@ def _class_balanced(n, method, sketch, outputs: ModelOutputs, seed, options) -> 
             continue
         rows = torch.nonzero(labels == cls).squeeze(1)
         sub = select(k, method, None if sketch is None else sketch[rows.to(sketch.device)],
-                     outputs=_subset(outputs, rows), seed=seed, **options)
+                     outputs=_subset(outputs, rows), seed=seed, class_balanced=False, **options)
         picked.append(rows[sub.indices.cpu()])
-        infos[int(cls)] = {k_: v for k_, v in sub.info.items() if k_ in ("n", "duality_gap", "converged")}
+        infos[int(cls)] = {k_: v for k_, v in sub.info.items() if k_ in _PER_CLASS}
     idx = torch.cat(picked).sort().values
-    info = {"method": method, "class_balanced": True, "per_class": infos, **_plain(options)}
+    info = {"method": method, "class_balanced": True, "n": n, "seed": seed, "per_class": infos, **_plain(options)}
     if sketch is not None:
         info["variance_proxy"] = variance_proxy(sketch, idx)
     return Selection(indices=idx, weights=None, info=info)
