@@ -271,7 +271,9 @@ def clustered_skmm(sk, n, lab, c):
         if int(take[k]) == rows.numel():
             out.append(rows)
             continue
-        sel = skmm_select(sk[rows], int(take[k]), c=c, time_limit=SOLVER_TIME_LIMIT)
+        # the variant this row was defined with (relative, top), pinned against later default changes
+        sel = skmm_select(sk[rows], int(take[k]), c=c, weighting="relative", rounding="top",
+                          time_limit=SOLVER_TIME_LIMIT)
         out.append(rows[sel.indices])
     return torch.cat(out).sort().values
 
