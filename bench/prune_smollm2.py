@@ -166,6 +166,13 @@ def main(argv=None):
            "dense": {"params": count(dense), "perplexity": ppl, "eval_seconds": time.perf_counter() - t},
            "pruned": []}
     print(f"dense: ppl {ppl:.3f}, {count(dense):,} params, calibration forward {fwd[0]:.1f}s", flush=True)
+    out = Path(args.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+
+    def save(res):   # after every run, so a long study interrupted keeps what it measured
+        res["dense"].setdefault("calib_forward_seconds", min(fwd))
+        (out / "smollm2_prune.json").write_text(json.dumps(res, indent=1) + "\n")
+        (out / "smollm2_prune.md").write_text(markdown(res))
     for crit in [c.strip() for c in args.criteria.split(",") if c.strip()]:
         for vname, v in variants:
             model = copy.deepcopy(dense)
@@ -196,14 +203,12 @@ def main(argv=None):
                 r["reconstruction"] = {str(i): x for i, x in rep["reconstruction"].items()}
             res["pruned"].append(r)
             print(f"{crit} {vname}: ppl {ppl:.3f}, {r['params']:,} params, prune {tp:.0f}s", flush=True)
+            save(res)
             del model
     fwd.append(dense_forward_seconds())
-    res["dense"]["calib_forward_seconds"] = min(fwd)
+    res["dense"]["calib_forward_seconds"] = min(fwd)   # final: the faster of the two
     res["dense"]["calib_forward_seconds_all"] = fwd
-    out = Path(args.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "smollm2_prune.json").write_text(json.dumps(res, indent=1) + "\n")
-    (out / "smollm2_prune.md").write_text(markdown(res))
+    save(res)
     print(markdown(res))
     return res
 
