@@ -125,6 +125,8 @@ def main(argv=None):
     p.add_argument("--stat-dtype", default="float64", choices=("float32", "float64"),
                    help="dtype of the streamed moments in sequential pruning")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--refit-target", default="dense", choices=("dense", "local"),
+                   help="sequential refits: the dense model's outputs or the layer's own unpruned output")
     p.add_argument("--token-weighting", default="none", choices=("none", "relative"),
                    help="sequential refits: weight tokens by 1/||dense target|| (massive activations)")
     args = p.parse_args(argv)
@@ -182,6 +184,7 @@ def main(argv=None):
                 extra["stat_dtype"] = getattr(torch, args.stat_dtype)
                 if v["sequential"]:
                     extra["token_weighting"] = args.token_weighting
+                    extra["refit_target"] = args.refit_target
                 rep = prune_model(model, calib_batches, sparsity=args.sparsity, criterion=crit,
                                   head_mode=args.head_mode, seed=args.seed, progress=False, **v, **extra)
             except Exception as e:  # report and go on with the other criteria

@@ -281,3 +281,19 @@ def test_relative_token_weighting():
     assert torch.isfinite(logits(b, token_batches(1)[0])).all()
     with pytest.raises(ValueError, match="token_weighting"):
         prune_model(b, token_batches(), criterion="sigma", reconstruct=True, token_weighting="max", progress=False)
+
+
+def test_local_refit_target_is_the_one_shot_refit_on_the_pruned_inputs():
+    """refit_target='local' fits W x (the layer's own unpruned output on the pruned-stream inputs):
+    at layer 0 the inputs are the dense ones, so its o refit equals the one-shot refit there."""
+    a, b = make_model("llama", dtype=torch.float64), make_model("llama", dtype=torch.float64)
+    data = token_batches()
+    ra = prune_model(a, data, sparsity=0.3, criterion="sigma", reconstruct=True, refit_target="local",
+                     progress=False)
+    rb = prune_model(b, data, sparsity=0.3, criterion="sigma", reconstruct=True, sequential=False, progress=False)
+    ia, ib = ra["reconstruction"][0]["o"], rb["reconstruction"][0]["o"]
+    assert ia["alpha"] == ib["alpha"] and ia["fit_error"] == pytest.approx(ib["fit_error"], rel=1e-9)
+    ad = get_adapter(a)
+    torch.testing.assert_close(ad.attention(ad.layers(a)[0]).o.weight, ad.attention(ad.layers(b)[0]).o.weight)
+    with pytest.raises(ValueError, match="refit_target"):
+        prune_model(a, data, criterion="sigma", reconstruct=True, refit_target="x", progress=False)

@@ -110,7 +110,8 @@ def prune_model(model: nn.Module, batches=None, sparsity: float = 0.2, criterion
                 stats=None, reconstruct: bool = False, heldout_fraction: float = 0.25,
                 sequential: bool | None = None, recovery: bool = False, alphas=ALPHAS,
                 criterion_options: dict | None = None, allocation: str = "uniform",
-                stat_dtype: torch.dtype = torch.float64, token_weighting: str = "none") -> dict:
+                stat_dtype: torch.dtype = torch.float64, token_weighting: str = "none",
+                refit_target: str = "dense") -> dict:
     """Score, allocate and physically slice ``model`` in place; returns a report dict.
 
     ``sequential`` (default: on whenever calibration ``batches`` are given, no precomputed
@@ -124,7 +125,7 @@ def prune_model(model: nn.Module, batches=None, sparsity: float = 0.2, criterion
     strengths of the refits; ``criterion_options``: passed to the criterion
     (``LayerContext.options``); ``allocation``: ``"uniform"`` or ``"global"`` (one-shot only);
     ``stat_dtype``: the dtype second (and cross) moments are accumulated in (float32 is faster;
-    solves are float64 regardless); ``token_weighting``: sequential refits only, see
+    solves are float64 regardless); ``token_weighting``, ``refit_target``: sequential refits only, see
     :func:`~sketchprune.prune.sequential.prune_sequential`.
 
     ``sparsity``: the fraction of the pruned blocks' parameters (q/k/v/o/gate/up/down of the
@@ -155,7 +156,7 @@ def prune_model(model: nn.Module, batches=None, sparsity: float = 0.2, criterion
                                 flap_bias=flap_bias, reconstruct=reconstruct, recovery=recovery,
                                 heldout_fraction=heldout_fraction, alphas=alphas,
                                 criterion_options=criterion_options, stat_dtype=stat_dtype,
-                                token_weighting=token_weighting)
+                                token_weighting=token_weighting, refit_target=refit_target)
     if recovery:
         raise ValueError("sketchprune.prune: recovery=True needs the sequential path (sequential=True)")
     t0 = time.perf_counter()

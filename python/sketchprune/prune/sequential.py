@@ -66,7 +66,7 @@ from .adapters import get_adapter
 from .allocation import Allocation, _layer_plan, layer_costs, layer_removal
 from .calibration import DiagMoments, FullMoments, LayerStatistics, _as_batch
 from .criteria import LayerContext, get_criterion
-from .reconstruct import ALPHAS, complement, fit_linear, fold_mean_into_bias, head_columns
+from .reconstruct import ALPHAS, complement, fit_linear, fold_mean_into_bias, head_columns, refit_columns
 from .slicing import resolve_heads, slice_model
 from .streams import LayerInputs, capture_layer_inputs, check_finite, run_layer
 
@@ -112,7 +112,7 @@ def _install(linears: list[nn.Linear], V: torch.Tensor) -> None:
 class _Pruner:
     def __init__(self, model, batches, crit, sparsity, attn_sparsity, head_mode, seed, idx, budget, progress,
                  flap_bias, reconstruct, recovery, heldout_fraction, alphas, options, grads, stat_dtype=torch.float64,
-                 token_weighting="none"):
+                 token_weighting="none", refit_target="dense"):
         self.model, self.crit = model, crit
         self.sparsity, self.attn_sparsity, self.head_mode, self.seed = sparsity, attn_sparsity, head_mode, seed
         self.idx, self.budget, self.progress = idx, budget, progress
@@ -120,7 +120,7 @@ class _Pruner:
         self.flap_create = flap_bias == "create"
         self.reconstruct, self.recovery, self.alphas, self.options = reconstruct, recovery, alphas, options
         self.grads, self.stat_dtype = grads, stat_dtype
-        self.token_weighting = token_weighting
+        self.token_weighting, self.refit_target = token_weighting, refit_target
         self.adapter = get_adapter(model)
         self.layers = self.adapter.layers(model)
         self.device = next(model.parameters()).device
@@ -275,6 +275,17 @@ class _Pruner:
         report.setdefault(section, {})[name] = info
         return info["refit"]
 
+    def _refit(self, linears, full, keep, moments, name, rep):
+        """Post-pruning refit over ``keep``: toward the dense outputs, or (``refit_target="local"``)
+        toward this layer's own unpruned output ``full @ x`` on the same pruned-stream inputs."""
+        if full is None:
+            return self._fit(linears, keep, moments, name, rep, "refit")
+        V, info = refit_columns(full, keep, moments[0].second_moment(), moments[1].second_moment(), self.alphas)
+        if info["refit"]:
+            _install(linears, V)
+        rep.setdefault("refit", {})[name] = info
+        return info["refit"]
+
     def _ctx(self, j, layer, stats, rem, costs, generator):
         hs = self.adapter.head_structure(layer)
         return LayerContext(j, self.adapter.ffn(layer), self.adapter.attention(layer), hs,
@@ -357,10 +368,11 @@ class _Pruner:
             cols = head_columns(resolve_heads(head_plan, hs0).q_heads, hs0.head_dim)
             if self.flap:
                 self._fold(ad.attention(layer).o, complement(hs0.num_heads * hs0.head_dim, cols), stats["o_in"].mean())
+            o_full = ad.attention(layer).o.weight.detach().clone() if self.refit_target == "local" else None
             slice_model(self.model, heads={j: head_plan})
             changed = True
             if self.reconstruct:
-                self._fit([ad.attention(layer).o], cols, fits["o_in"], "o", rep, "refit")
+                self._refit([ad.attention(layer).o], o_full, cols, fits["o_in"], "o", rep)
         attn_stats = {k: v for k, v in stats.items()}
         del fits
 
@@ -386,10 +398,11 @@ class _Pruner:
         if ffn_rm:
             if self.flap:
                 self._fold(ad.ffn(layer).down, complement(costs.ffn_units, plan.ffn_keep), stats["down_in"].mean())
+            down_full = ad.ffn(layer).down.weight.detach().clone() if self.refit_target == "local" else None
             slice_model(self.model, ffn={j: plan.ffn_keep})
             changed = True
             if self.reconstruct:
-                self._fit([ad.ffn(layer).down], plan.ffn_keep, fits["down_in"], "down", rep, "refit")
+                self._refit([ad.ffn(layer).down], down_full, plan.ffn_keep, fits["down_in"], "down", rep)
         del fits, stats, attn_stats, targets
 
         # 5. propagation
@@ -470,7 +483,7 @@ def prune_sequential(model: nn.Module, batches, sparsity: float = 0.2, criterion
                      budget=None, progress: bool = True, flap_bias: str = "create", reconstruct: bool = False,
                      recovery: bool = False, heldout_fraction: float = 0.25, alphas=ALPHAS,
                      criterion_options: dict | None = None, stat_dtype: torch.dtype = torch.float64,
-                     token_weighting: str = "none") -> dict:
+                     token_weighting: str = "none", refit_target: str = "dense") -> dict:
     """Prune ``model`` in place one decoder layer at a time (see the module doc); returns a report.
 
     Arguments as for :func:`~sketchprune.prune.prune_model`; ``recovery``: re-fit each layer's
@@ -481,7 +494,10 @@ def prune_sequential(model: nn.Module, batches, sparsity: float = 0.2, criterion
     ``"relative"`` (token ``t`` weighted by ``1/||y*_t||``, so the few tokens with massive
     activations -- e.g. the first token of every sequence from SmolLM2's layer 11 on, ~98% of the
     hidden-state energy -- do not decide the fit alone; the reported errors are then weighted
-    the same way).  Raises
+    the same way); ``refit_target``: ``"dense"`` (the dense model's outputs, module doc) or
+    ``"local"`` (the layer's own output before this layer was pruned, ``W x`` on the same
+    pruned-stream inputs: the one-shot refit of :func:`~sketchprune.prune.reconstruct.refit_columns`
+    on the sequential statistics).  Raises
     :class:`~sketchprune.BudgetError` before any work when the streams, targets, statistics and
     one layer's activations cannot fit ``budget``.
     """
@@ -491,6 +507,8 @@ def prune_sequential(model: nn.Module, batches, sparsity: float = 0.2, criterion
         raise ValueError(f"sketchprune.prune: flap_bias must be one of {FLAP_BIAS}, got {flap_bias!r}")
     if reconstruct and criterion == "flap" and flap_bias != "none":
         raise ValueError("sketchprune.prune: reconstruct=True re-fits the weights itself; use flap_bias='none' with it")
+    if refit_target not in ("dense", "local"):
+        raise ValueError(f"sketchprune.prune: refit_target must be 'dense' or 'local', got {refit_target!r}")
     if token_weighting not in ("none", "relative"):
         raise ValueError(f"sketchprune.prune: token_weighting must be 'none' or 'relative', got {token_weighting!r}")
     if not 0.0 < float(heldout_fraction) < 1.0:
@@ -508,7 +526,7 @@ def prune_sequential(model: nn.Module, batches, sparsity: float = 0.2, criterion
         raise IndexError(f"sketchprune.prune: layers {bad or idx} out of range (model has {n_layers})")
     pr = _Pruner(model, batches, crit, sparsity, attn_sparsity, head_mode, seed, idx, budget, progress, flap_bias,
                  reconstruct, recovery, heldout_fraction, alphas, criterion_options or {}, None, stat_dtype,
-                 token_weighting)
+                 token_weighting, refit_target)
     pr.check_budget(min(idx), max(idx))
     if getattr(crit, "needs_gradients", False):     # on the dense model, before anything changes
         from .gradient_scores import gradient_statistics
