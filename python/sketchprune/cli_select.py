@@ -19,6 +19,7 @@ proxy, ...).  Bad input is reported in one line on stderr with exit status 2, no
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 import time
@@ -228,11 +229,12 @@ def add_parser(sub):
                    help="sketch size m (default: twice the intrinsic dimension of a pilot sketch)")
     s.add_argument("--k", type=int, default=8, help="nonzeros per row of the sparse-sign sketch")
     s.add_argument("--sketch", default="sparse-sign", choices=["sparse-sign", "gaussian"])
-    s.add_argument("--c", type=float, default=0.6, help="SkMM moment ratio c in (0, 1)")
+    s.add_argument("--c", type=float, default=0.9, help="SkMM moment ratio c in (0, 1) (default 0.9)")
     s.add_argument("--weighting", default="relative", choices=["absolute", "relative"])
     s.add_argument("--formulation", default="hinge", choices=["hinge", "maxmin", "paper"])
-    s.add_argument("--rounding", default="top", choices=["sample", "top"])
-    s.add_argument("--class-balanced", action="store_true")
+    s.add_argument("--rounding", default="sample", choices=["sample", "top"])
+    s.add_argument("--class-balanced", action=argparse.BooleanOptionalAction, default=None,
+                   help="select per class (default: on for skmm when --labels are given)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--budget", default=None, help="memory budget, e.g. 4GiB (default: free memory)")
     s.add_argument("--out", default=None, help="output JSON (default: stdout)")
