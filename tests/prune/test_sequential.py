@@ -96,7 +96,8 @@ def test_reported_errors_are_the_real_errors_against_the_dense_model(layer_idx, 
     dense = make_model("llama", dtype=torch.float64)
     model = copy.deepcopy(dense)
     data = token_batches(n=6)
-    rep = prune_model(model, data, sparsity=0.3, criterion="sigma", reconstruct=True, progress=False)
+    rep = prune_model(model, data, sparsity=0.3, criterion="sigma", reconstruct=True, refit_target="dense",
+                      progress=False)
     info = rep["reconstruction"][layer_idx][which]
     fit_batches = data[: rep["calibration_batches"]]
     X, V = _capture_linear(model, layer_idx, which, True, fit_batches)

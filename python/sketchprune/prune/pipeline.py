@@ -111,14 +111,15 @@ def prune_model(model: nn.Module, batches=None, sparsity: float = 0.2, criterion
                 sequential: bool | None = None, recovery: bool = False, alphas=ALPHAS,
                 criterion_options: dict | None = None, allocation: str = "uniform",
                 stat_dtype: torch.dtype = torch.float64, token_weighting: str = "none",
-                refit_target: str = "dense") -> dict:
+                refit_target: str = "local") -> dict:
     """Score, allocate and physically slice ``model`` in place; returns a report dict.
 
     ``sequential`` (default: on whenever calibration ``batches`` are given, no precomputed
     ``stats`` are passed, ``allocation="uniform"`` and the criterion or a refit uses
     activations -- a data-free criterion decides the same either way): prune layer by layer on the activations
     of the model pruned so far (:mod:`sketchprune.prune.sequential`); with ``reconstruct`` the
-    refits then target the dense model's outputs on the pruned model's inputs, and
+    refits then fit, on the pruned model's inputs, each layer's own unpruned output (default
+    ``refit_target="local"``) or the dense model's outputs (``"dense"``), and
     ``recovery=True`` also re-fits each layer's Linears toward the dense outputs before scoring
     it.  ``sequential=False``: the one-shot path below (statistics of the dense model for all
     layers at once; ``recovery`` is not available there).  ``alphas``: candidate regularisation

@@ -112,7 +112,7 @@ def _install(linears: list[nn.Linear], V: torch.Tensor) -> None:
 class _Pruner:
     def __init__(self, model, batches, crit, sparsity, attn_sparsity, head_mode, seed, idx, budget, progress,
                  flap_bias, reconstruct, recovery, heldout_fraction, alphas, options, grads, stat_dtype=torch.float64,
-                 token_weighting="none", refit_target="dense"):
+                 token_weighting="none", refit_target="local"):
         self.model, self.crit = model, crit
         self.sparsity, self.attn_sparsity, self.head_mode, self.seed = sparsity, attn_sparsity, head_mode, seed
         self.idx, self.budget, self.progress = idx, budget, progress
@@ -483,7 +483,7 @@ def prune_sequential(model: nn.Module, batches, sparsity: float = 0.2, criterion
                      budget=None, progress: bool = True, flap_bias: str = "create", reconstruct: bool = False,
                      recovery: bool = False, heldout_fraction: float = 0.25, alphas=ALPHAS,
                      criterion_options: dict | None = None, stat_dtype: torch.dtype = torch.float64,
-                     token_weighting: str = "none", refit_target: str = "dense") -> dict:
+                     token_weighting: str = "none", refit_target: str = "local") -> dict:
     """Prune ``model`` in place one decoder layer at a time (see the module doc); returns a report.
 
     Arguments as for :func:`~sketchprune.prune.prune_model`; ``recovery``: re-fit each layer's
@@ -494,10 +494,14 @@ def prune_sequential(model: nn.Module, batches, sparsity: float = 0.2, criterion
     ``"relative"`` (token ``t`` weighted by ``1/||y*_t||``, so the few tokens with massive
     activations -- e.g. the first token of every sequence from SmolLM2's layer 11 on, ~98% of the
     hidden-state energy -- do not decide the fit alone; the reported errors are then weighted
-    the same way); ``refit_target``: ``"dense"`` (the dense model's outputs, module doc) or
-    ``"local"`` (the layer's own output before this layer was pruned, ``W x`` on the same
-    pruned-stream inputs: the one-shot refit of :func:`~sketchprune.prune.reconstruct.refit_columns`
-    on the sequential statistics).  Raises
+    the same way); ``refit_target``: ``"local"`` (default: the layer's own output before this
+    layer was pruned, ``W x`` on the same pruned-stream inputs -- the one-shot refit of
+    :func:`~sketchprune.prune.reconstruct.refit_columns` on the sequential statistics) or
+    ``"dense"`` (the dense model's outputs, module doc).  Why ``"local"`` is the default: on
+    SmolLM2 the first token of every sequence carries a massive activation from layer 11 on (~98%
+    of the hidden-state energy) and the pruned stream drifts ~65% from the dense one there, so a
+    fit toward the dense outputs is decided by that token alone (20% sigma: held-out perplexity
+    106.5 with ``"dense"`` vs 34.0 with ``"local"``, dense model 16.1).  Raises
     :class:`~sketchprune.BudgetError` before any work when the streams, targets, statistics and
     one layer's activations cannot fit ``budget``.
     """
