@@ -23,34 +23,15 @@ import copy
 import datetime
 import json
 import os
-import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import torch
 
+from provenance import git_commit, machine
+
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def git_commit():
-    try:
-        c = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
-        return (c or "unknown") + ("+uncommitted" if dirty else "")
-    except Exception:
-        return "unknown"
-
-
-def machine():
-    try:
-        from sketchprune.info import cpu_name
-        cpu = cpu_name()
-    except Exception:
-        cpu = platform.processor() or "cpu"
-    return (f"{cpu}, {torch.get_num_threads()} threads ({os.cpu_count()} cores), "
-            f"{platform.system()} {platform.release()}, torch {torch.__version__}")
 
 
 def passages(texts, n, min_words=30):

@@ -63,15 +63,15 @@ import inspect
 import json
 import math
 import os
-import platform
 import resource
-import subprocess
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 import torch
+
+from provenance import git_commit, machine
 from torch import nn
 
 from sketchprune.datasets import load_fashion_mnist
@@ -519,22 +519,6 @@ def plot(res, out):
         fig.tight_layout()
         fig.savefig(os.path.join(out, fname), dpi=130)
         plt.close(fig)
-
-
-def git_commit():
-    here = os.path.dirname(os.path.abspath(__file__))
-    try:
-        c = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=here).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain"], capture_output=True, text=True, cwd=here).stdout.strip()
-        return c + ("+uncommitted" if dirty else "")
-    except Exception:
-        return "unknown"
-
-
-def machine():
-    from sketchprune.info import cpu_name
-
-    return f"{cpu_name()}, {os.cpu_count()} cores, {platform.system()} {platform.release()}, torch {torch.__version__}"
 
 
 def write_overhead(ov, date, bench_dir):

@@ -61,14 +61,14 @@ import datetime
 import json
 import math
 import os
-import platform
-import subprocess
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 import torch
+
+from provenance import git_commit, machine
 
 from sketchprune.select import (baselines, intrinsic_dimension, moment_problem, round_weights,
                                 sketch_matrix, skmm_select, solve_moment_matching, variance_proxy)
@@ -346,23 +346,6 @@ def ci(vals):
     t = T975.get(k - 1) or (T975[max(d for d in T975 if d <= k - 1)] if k - 1 < 30 else 1.96)
     h = t * float(v.std(ddof=1)) / math.sqrt(k)
     return mean, mean - h, mean + h
-
-
-def git_commit():
-    try:
-        c = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                           cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain"], capture_output=True, text=True,
-                               cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip()
-        return c + ("+uncommitted" if dirty else "")
-    except Exception:
-        return "unknown"
-
-
-def machine():
-    from sketchprune.info import cpu_name
-
-    return f"{cpu_name()}, {os.cpu_count()} cores, {platform.system()} {platform.release()}, torch {torch.__version__}"
 
 
 def variant_key(hp):

@@ -29,6 +29,16 @@ from dataclasses import dataclass
 from torch import nn
 
 
+
+def layer_indices(n_layers: int, layers=None) -> list[int]:
+    """The sorted, distinct decoder-layer indices a pruning step works on (default: all of the
+    ``n_layers``); raises ``IndexError`` naming any index out of range."""
+    idx = list(range(n_layers)) if layers is None else sorted({int(i) for i in layers})
+    bad = [i for i in idx if not 0 <= i < n_layers]
+    if bad:
+        raise IndexError(f"sketchprune.prune: layers {bad} out of range (model has {n_layers})")
+    return idx
+
 @dataclass(frozen=True)
 class HeadStructure:
     """Attention head layout of one layer: query heads, KV heads and the per-head width.

@@ -53,7 +53,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from .adapters import get_adapter
+from .adapters import get_adapter, layer_indices
 from .slicing import KVGroups, QueryHeads
 
 HEAD_MODES = ("query", "group")
@@ -246,7 +246,7 @@ def removal_plan(model: nn.Module, sparsity: float, attn_sparsity: float | None 
     """:func:`layer_removal` for each of ``layers`` (default all) of ``model``."""
     adapter = get_adapter(model)
     all_layers = adapter.layers(model)
-    idx = range(len(all_layers)) if layers is None else sorted({int(i) for i in layers})
+    idx = layer_indices(len(all_layers), layers)
     return {i: layer_removal(layer_costs(adapter, all_layers[i]), sparsity, attn_sparsity, head_mode) for i in idx}
 
 

@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from ..accumulator import CovarianceAccumulator
-from .adapters import get_adapter
+from .adapters import get_adapter, layer_indices
 
 #: statistic name -> (which module's input, description)
 STATISTICS = ("down_in", "o_in", "mlp_in", "attn_in")
@@ -277,10 +277,7 @@ def collect_statistics(model: nn.Module, batches: Iterable, layers=None, budget=
     """
     adapter = get_adapter(model)
     all_layers = adapter.layers(model)
-    idx = list(range(len(all_layers))) if layers is None else sorted({int(i) for i in layers})
-    for i in idx:
-        if not 0 <= i < len(all_layers):
-            raise IndexError(f"sketchprune.prune: layer {i} out of range (model has {len(all_layers)})")
+    idx = layer_indices(len(all_layers), layers)
     what = _normalise_what(what)
     stats = CalibrationStatistics(what=dict(what))
     state = {"mask": None}

@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .adapters import get_adapter
+from .adapters import get_adapter, layer_indices
 from .calibration import _as_batch, _progress
 
 GRADIENT_TERMS = ("taylor", "fisher")
@@ -94,10 +94,7 @@ def gradient_statistics(model: nn.Module, batches: Iterable, layers=None, progre
         raise ValueError(f"sketchprune.prune: what must be a non-empty subset of {GRADIENT_TERMS}, got {what}")
     adapter = get_adapter(model)
     all_layers = adapter.layers(model)
-    idx = list(range(len(all_layers))) if layers is None else sorted({int(i) for i in layers})
-    for i in idx:
-        if not 0 <= i < len(all_layers):
-            raise IndexError(f"sketchprune.prune: layer {i} out of range (model has {len(all_layers)})")
+    idx = layer_indices(len(all_layers), layers)
 
     params = list(model.parameters())
     saved_flags = [p.requires_grad for p in params]

@@ -26,7 +26,7 @@ import warnings
 import torch
 from torch import nn
 
-from .adapters import get_adapter
+from .adapters import get_adapter, layer_indices
 from .allocation import allocate, removal_plan
 from .calibration import collect_statistics
 from .criteria import get_criterion, score_model
@@ -166,7 +166,7 @@ def prune_model(model: nn.Module, batches=None, sparsity: float = 0.2, criterion
         raise ValueError(f"sketchprune.prune: flap_bias must be one of {FLAP_BIAS}, got {flap_bias!r}")
     adapter = get_adapter(model)
     n_layers = len(adapter.layers(model))
-    layer_idx = list(range(n_layers)) if layers is None else sorted({int(i) for i in layers})
+    layer_idx = layer_indices(n_layers, layers)
     needs = dict(crit.needs)
     if criterion == "flap" and flap_bias != "none":
         needs = _merge_needs(needs, {"down_in": "diag", "o_in": "diag"})

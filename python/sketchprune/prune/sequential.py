@@ -62,7 +62,7 @@ import torch
 from torch import nn
 
 from ..budget import Budget, format_bytes
-from .adapters import get_adapter
+from .adapters import get_adapter, layer_indices
 from .allocation import Allocation, _layer_plan, layer_costs, layer_removal
 from .calibration import DiagMoments, FullMoments, LayerStatistics, _as_batch
 from .criteria import LayerContext, get_criterion
@@ -524,10 +524,9 @@ def prune_sequential(model: nn.Module, batches, sparsity: float = 0.2, criterion
         raise ValueError("sketchprune.prune: no calibration batches")
     adapter = get_adapter(model)
     n_layers = len(adapter.layers(model))
-    idx = list(range(n_layers)) if layers is None else sorted({int(i) for i in layers})
-    bad = [i for i in idx if not 0 <= i < n_layers]
-    if bad or not idx:
-        raise IndexError(f"sketchprune.prune: layers {bad or idx} out of range (model has {n_layers})")
+    idx = layer_indices(n_layers, layers)
+    if not idx:
+        raise IndexError("sketchprune.prune: no layers to prune")
     pr = _Pruner(model, batches, crit, sparsity, attn_sparsity, head_mode, seed, idx, budget, progress, flap_bias,
                  reconstruct, recovery, heldout_fraction, alphas, criterion_options or {}, None, stat_dtype,
                  token_weighting, refit_target)
