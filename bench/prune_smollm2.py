@@ -106,7 +106,7 @@ def main(argv=None):
     p.add_argument("--stat-dtype", default="float64", choices=("float32", "float64"),
                    help="dtype of the streamed moments in sequential pruning")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    p.add_argument("--refit-target", default="dense", choices=("dense", "local"),
+    p.add_argument("--refit-target", default="local", choices=("dense", "local"),
                    help="sequential refits: the dense model's outputs or the layer's own unpruned output")
     p.add_argument("--token-weighting", default="none", choices=("none", "relative"),
                    help="sequential refits: weight tokens by 1/||dense target|| (massive activations)")
