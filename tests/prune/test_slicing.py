@@ -5,7 +5,8 @@ import inspect
 
 import pytest
 import torch
-from prune_models import FFN, HEAD_DIM, HEADS, HIDDEN, KV_HEADS, VOCAB, logits, make_model, tokens  # noqa: F401
+from prune_models import (FFN, HEAD_DIM, HEADS, HIDDEN, KV_HEADS, OTHER_KINDS, VOCAB, logits, make_model,  # noqa: F401
+                         tokens)
 
 from sketchprune.prune import KVGroups, QueryHeads, get_adapter, slice_model, supported_architectures
 
@@ -42,7 +43,7 @@ def n_params(model):
     return sum(p.numel() for p in model.parameters())
 
 
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", KINDS + list(OTHER_KINDS))
 def test_keep_everything_is_bit_exact(kind, tokens):
     model = make_model(kind, dtype=torch.float32)
     before = logits(model, tokens)

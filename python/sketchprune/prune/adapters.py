@@ -214,8 +214,12 @@ def _require_gate(adapter: ArchitectureAdapter, ffn: FFNLinears, gated: bool) ->
                          f"{'a gated FFN (gate, up, down)' if gated else 'a plain FFN without gate'}")
 
 
-def _check_head_shapes(where, hd: int, q: nn.Linear, k: nn.Linear, v: nn.Linear, o: nn.Linear) -> HeadStructure:
-    """The head structure implied by the q/k/v/o shapes and ``head_dim``, or a clear error."""
+def _check_head_shapes(where, hd: int, q: nn.Linear, k: nn.Linear, v: nn.Linear, o: nn.Linear,
+                       one_kv_per_query: str | None = None) -> HeadStructure:
+    """The head structure implied by the q/k/v/o shapes and ``head_dim``, or a clear error.
+
+    ``one_kv_per_query``: the family's name when its attention has no grouped KV heads (OPT,
+    BERT): then as many KV heads as query heads are required."""
     nq, rem_q = divmod(q.out_features, hd)
     nkv, rem_kv = divmod(k.out_features, hd)
     if rem_q or rem_kv or nkv == 0 or nq % nkv or v.out_features != k.out_features \
@@ -224,6 +228,9 @@ def _check_head_shapes(where, hd: int, q: nn.Linear, k: nn.Linear, v: nn.Linear,
             f"sketchprune.prune: inconsistent attention shapes in layer {where}: "
             f"q {q.out_features}, k {k.out_features}, v {v.out_features}, "
             f"o in {o.in_features}, head_dim {hd}")
+    if one_kv_per_query is not None and nkv != nq:
+        raise ValueError(f"sketchprune.prune: {one_kv_per_query} layer {where} has {nq} query heads but {nkv} "
+                         f"key/value heads; {one_kv_per_query} attention has one key/value head per query head")
     return HeadStructure(nq, nkv, hd)
 
 
@@ -349,11 +356,7 @@ class OPTAdapter(ArchitectureAdapter):
 
     def head_structure(self, layer):
         a = layer.self_attn
-        hs = _check_head_shapes(a.layer_idx, int(a.head_dim), a.q_proj, a.k_proj, a.v_proj, a.out_proj)
-        if hs.num_kv_heads != hs.num_heads:
-            raise ValueError(f"sketchprune.prune: OPT layer {a.layer_idx} has {hs.num_heads} query heads but "
-                             f"{hs.num_kv_heads} KV heads; OPT attention has one KV head per query head")
-        return hs
+        return _check_head_shapes(a.layer_idx, int(a.head_dim), a.q_proj, a.k_proj, a.v_proj, a.out_proj, "OPT")
 
     def set_ffn_size(self, layer, ffn):
         _require_gate(self, ffn, False)
@@ -406,12 +409,8 @@ class BertAdapter(ArchitectureAdapter):
 
     def head_structure(self, layer):
         s = layer.attention.self
-        hs = _check_head_shapes(s.layer_idx, int(s.attention_head_size), s.query, s.key, s.value,
-                                layer.attention.output.dense)
-        if hs.num_kv_heads != hs.num_heads:
-            raise ValueError(f"sketchprune.prune: BERT layer {s.layer_idx} has {hs.num_heads} query heads but "
-                             f"{hs.num_kv_heads} key/value heads")
-        return hs
+        return _check_head_shapes(s.layer_idx, int(s.attention_head_size), s.query, s.key, s.value,
+                                  layer.attention.output.dense, "BERT")
 
     def set_ffn_size(self, layer, ffn):
         _require_gate(self, ffn, False)
