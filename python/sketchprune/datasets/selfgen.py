@@ -22,6 +22,8 @@ import inspect
 
 import torch
 
+from .._progress import progress_bar
+
 __all__ = ["self_generated"]
 
 
@@ -64,11 +66,7 @@ def self_generated(model, n_seqs: int, seq_len: int, seed: int = 0, temperature:
     out[:, 0] = first_pool[torch.randint(0, first_pool.numel(), (n_seqs,), generator=g)]
     was_training = model.training
     model.eval()
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=n_seqs * seq_len, desc="self-generating calibration", unit="tok")
+    bar = progress_bar(progress, total=n_seqs * seq_len, desc="self-generating calibration", unit="tok")
     try:
         for s in range(0, n_seqs, batch_size):
             rows = out[s:s + batch_size]

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .._progress import progress_bar
+
 __all__ = ["perplexity", "evaluate", "NextTokenScores"]
 
 
@@ -69,11 +71,7 @@ def score_next_tokens(model, batches, progress: bool = False, chunk_size: int = 
     model.eval()
     dev = next(model.parameters()).device
     out = NextTokenScores()
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=_count_tokens(batches), desc="evaluating", unit="tok")
+    bar = progress_bar(progress, total=_count_tokens(batches), desc="evaluating", unit="tok")
     t0 = time.perf_counter()
     try:
         for b in batches:

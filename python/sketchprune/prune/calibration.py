@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from .._progress import track
 from ..accumulator import CovarianceAccumulator
 from .adapters import get_adapter, layer_indices
 
@@ -252,16 +253,6 @@ def _as_batch(batch, device) -> tuple[dict, torch.Tensor | None]:
     return kwargs, mask
 
 
-def _progress(it, enabled: bool, desc: str):
-    if not enabled:
-        return it
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:  # pragma: no cover - tqdm is optional
-        return it
-    total = len(it) if hasattr(it, "__len__") else None
-    return tqdm(it, desc=desc, total=total)
-
 
 def collect_statistics(model: nn.Module, batches: Iterable, layers=None, budget=None, progress: bool = True,
                        what=None, stat_dtype=torch.float64) -> CalibrationStatistics:
@@ -314,7 +305,7 @@ def collect_statistics(model: nn.Module, batches: Iterable, layers=None, budget=
         model.eval()
         device = next(model.parameters()).device
         with torch.no_grad():
-            for batch in _progress(batches, progress, "calibration"):
+            for batch in track(batches, progress, "calibration"):
                 kwargs, mask = _as_batch(batch, device)
                 state["mask"] = mask
                 model(**kwargs)

@@ -37,7 +37,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .adapters import get_adapter, layer_indices
-from .calibration import _as_batch, _progress
+from .._progress import track
+from .calibration import _as_batch
 
 GRADIENT_TERMS = ("taylor", "fisher")
 
@@ -133,7 +134,7 @@ def gradient_statistics(model: nn.Module, batches: Iterable, layers=None, progre
         model.eval()
         device = next(model.parameters()).device
         with torch.enable_grad():
-            for batch in _progress(batches, progress, "gradients"):
+            for batch in track(batches, progress, "gradients"):
                 kwargs, mask = _as_batch(batch, device)
                 out = model(**kwargs)
                 logits = out.logits if hasattr(out, "logits") else out[0]

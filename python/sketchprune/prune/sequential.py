@@ -54,13 +54,13 @@ activations on the model's device; checked against ``budget`` before any work.
 
 from __future__ import annotations
 
-import sys
 import time
 import warnings
 
 import torch
 from torch import nn
 
+from .._progress import track
 from ..budget import Budget, format_bytes
 from .adapters import get_adapter, layer_indices
 from .allocation import Allocation, _layer_plan, layer_costs, layer_removal
@@ -72,15 +72,6 @@ from .streams import LayerInputs, capture_layer_inputs, check_finite, run_layer
 
 FLAP_BIAS = ("create", "existing", "none")
 
-
-def _progress(iterable, enabled: bool, desc: str):
-    if not (enabled and sys.stderr.isatty()):
-        return iterable
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:  # pragma: no cover - tqdm is optional
-        return iterable
-    return tqdm(iterable, desc=desc)
 
 
 #: the statistics in the order a layer's forward reaches them
@@ -451,7 +442,7 @@ class _Pruner:
         was_training = self.model.training
         self.model.eval()
         try:
-            for j in _progress(range(first, last + 1), self.progress, "sequential pruning"):
+            for j in track(range(first, last + 1), self.progress, "sequential pruning"):
                 if j in todo:
                     reports.append(self.prune_layer(j))
                 elif j < last and self.needs_data:

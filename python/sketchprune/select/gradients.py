@@ -17,12 +17,12 @@ weight (row-major over (out, in[, kh, kw])) then its bias.
 
 from __future__ import annotations
 
-import contextlib
 
 import torch
 from torch import nn
 
 from ..ops import outer_sketch, sparse_sign_sketch
+from .._progress import progress_bar
 
 
 def _labels(labels, n, num_classes, gen):
@@ -118,12 +118,7 @@ def model_gradient_sketch(model: nn.Module, layers, batches, loss_fn, m: int, k:
     was_training = model.training
     saved = [(p, p.requires_grad) for mod in layers for p in mod.parameters(recurse=False)]
     rows = []
-    bar = None
-    if progress:
-        with contextlib.suppress(ImportError):
-            from tqdm.auto import tqdm
-
-            bar = tqdm(desc="gradient sketch", unit="batch")
+    bar = progress_bar(progress, desc="gradient sketch", unit="batch")
     try:
         model.eval()
         for p, _ in saved:

@@ -30,6 +30,7 @@ import torch
 
 from ..ops import cov_accumulate_
 from .simplex import check_size, lmo_capped_simplex, project_capped_simplex_tau
+from .._progress import progress_bar
 
 
 @dataclass
@@ -146,7 +147,7 @@ def solve_moment_matching(
     y, mom_y, t = s.clone(), mom_s.clone(), 1.0
     tau = None  # the projection's shift, warm-started across iterations
     hist, gap, it, converged = [], float("inf"), 0, False
-    bar = _progress(progress, max_iter)
+    bar = progress_bar(progress, total=max_iter, desc="moment matching", unit="it")
     for it in range(1, max_iter + 1):
         # accelerated projected-gradient step (FISTA); two float32 matvecs per iteration: the
         # gradient at y, and the moments of the step s_new - s (tracked incrementally in float64)
@@ -178,12 +179,3 @@ def solve_moment_matching(
     return MomentSolution(weights=s, objective=f, objective_uniform=f_uni, gap=gap, iterations=it,
                           converged=converged, seconds=time.perf_counter() - t0, history=hist)
 
-
-def _progress(enabled: bool, total: int):
-    if not enabled:
-        return None
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:
-        return None
-    return tqdm(total=total, desc="moment matching", unit="it")

@@ -23,6 +23,7 @@ import torch
 from ..budget import Budget
 from ..ops import sparse_sign_sketch
 from .moment_matching import second_moment
+from .._progress import progress_bar
 
 GAUSS_BLOCK = 4096
 
@@ -57,14 +58,7 @@ def sketch_matrix(G, m: int, k: int = 8, seed: int = 0, sketch: str = "sparse-si
     fixed = 4 * GAUSS_BLOCK * m if sketch == "gaussian" else 0
     rows = budget.plan_rows(device, 4 * col_block + 4 * m, N, fixed_bytes=fixed, what="sketch_matrix")
     out = torch.zeros(N, m, dtype=torch.float32)
-    bar = None
-    if progress:
-        try:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=N, desc=f"sketching {N} x {r} -> {m}", unit="row")
-        except ImportError:
-            bar = None
+    bar = progress_bar(progress, total=N, desc=f"sketching {N} x {r} -> {m}", unit="row")
     for r0 in range(0, N, max(rows, 1)):
         r1 = min(N, r0 + rows)
         acc = torch.zeros(r1 - r0, m, dtype=torch.float32, device=device)
