@@ -26,9 +26,19 @@ build: setup
 test: build
 	$(PY) -m pytest -q -ra $(PYTEST_ARGS) tests
 
+DEMO_OUT ?= demo_out
+SP := $(PY) -m sketchprune.cli
+
 demo: build
 	$(PY) -m sketchprune.demo
-	$(PY) bench/prune_smollm2.py demo_out --criteria sigma,flap,random
+	@echo "== pruning SmolLM2-135M-Instruct by 20% (sigma + least-squares reconstruction, 16k Wikipedia tokens) =="
+	$(SP) prune --model smollm2-135m --sparsity 0.2 --criterion sigma --reconstruct --calib wiki \
+		--out $(DEMO_OUT)/smollm2-135m-pruned --overwrite --report $(DEMO_OUT)/prune_report.json
+	@echo "== held-out Wikipedia perplexity: dense, then pruned =="
+	$(SP) eval --model smollm2-135m --text wiki --tokens 8192 --report $(DEMO_OUT)/eval_dense.json
+	$(SP) eval --model $(DEMO_OUT)/smollm2-135m-pruned --text wiki --tokens 8192 --report $(DEMO_OUT)/eval_pruned.json
+	@echo "== data selection on Fashion-MNIST: SkMM against uniform, linear probe =="
+	$(PY) -m sketchprune.demo_select
 
 bench: build
 	$(PY) -m pip install -q matplotlib

@@ -75,6 +75,8 @@ from provenance import git_commit, machine
 from torch import nn
 
 from sketchprune.datasets import load_fashion_mnist
+from sketchprune.demo_select import T975, FashionCNN as CNN, images, metrics, pretrain, trunk_features
+from sketchprune.demo_select import train_probe as _train_probe
 from sketchprune.select import (ModelOutputs, correctness_record, intrinsic_dimension, linear_probe_sketch,
                                 model_gradient_sketch, select, skmm_select)
 from sketchprune.select.model_based import deepfool_distances
@@ -100,22 +102,6 @@ RANDOMISED = {"skmm", "skmm-nolabels", "uniform", "uniform-cb", "kcenter", "leve
 BALANCED = ["uniform-cb"]  # uniform sampling made class-balanced with the pool labels (an extra row)
 UNLABELLED = ["skmm-nolabels"]  # SkMM with its defaults but without the pool labels (an extra row)
 METHODS = ["skmm"] + GEOMETRY + OUTPUT_METHODS + BALANCED + UNLABELLED
-T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
-
-
-class CNN(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.trunk = nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-                                   nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten())
-        self.fc1 = nn.Linear(1568, 64)
-        self.fc2 = nn.Linear(64, 10)
-
-    def head(self, h0):
-        return self.fc2(torch.relu(self.fc1(h0)))
-
-    def forward(self, x):
-        return self.head(self.trunk(x))
 
 
 def _progress(it, **kw):
@@ -126,50 +112,8 @@ def _progress(it, **kw):
     return it
 
 
-def images(x):
-    return ((x.float() / 255.0 - 0.2860) / 0.3530).unsqueeze(1)  # Fashion-MNIST mean / std; (N, 1, 28, 28)
-
-
-def pretrain(x, y, seed=0, epochs=2):
-    torch.manual_seed(seed)
-    model = CNN()
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    g = torch.Generator().manual_seed(seed)
-    for _ in range(epochs):
-        for idx in torch.randperm(x.shape[0], generator=g).split(128):
-            opt.zero_grad()
-            nn.functional.cross_entropy(model(images(x[idx])), y[idx]).backward()
-            opt.step()
-    return model.eval()
-
-
-@torch.no_grad()
-def trunk_features(model, x, bs=2000):
-    return torch.cat([model.trunk(images(x[i:i + bs])) for i in range(0, x.shape[0], bs)])
-
-
-def metrics(pred, y, C=10):
-    acc = float((pred == y).double().mean())
-    cm = torch.bincount(y * C + pred, minlength=C * C).view(C, C).double()
-    tp = cm.diagonal()
-    prec = tp / cm.sum(0).clamp_min(1)
-    rec = tp / cm.sum(1).clamp_min(1)
-    f1 = torch.where(prec + rec > 0, 2 * prec * rec / (prec + rec).clamp_min(1e-300), torch.zeros_like(tp))
-    return acc, float(f1.mean())
-
-
-# ---- training on a coreset ------------------------------------------------------------------------
 def train_probe(F, y, wd, seed):
-    torch.manual_seed(seed)
-    W = torch.zeros(10, F.shape[1], requires_grad=True)
-    b = torch.zeros(10, requires_grad=True)
-    opt = torch.optim.Adam([W, b], lr=PROBE_LR, weight_decay=0.0)
-    for _ in range(PROBE_STEPS):
-        opt.zero_grad()
-        loss = nn.functional.cross_entropy(F @ W.T + b, y) + 0.5 * wd * W.square().sum()
-        loss.backward()
-        opt.step()
-    return lambda Z: (Z @ W.detach().T + b.detach()).argmax(1)
+    return _train_probe(F, y, wd, seed, steps=PROBE_STEPS, lr=PROBE_LR)
 
 
 def train_finetune(pre_fc1, H, y, lr, seed):
