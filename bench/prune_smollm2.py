@@ -110,6 +110,8 @@ def main(argv=None):
                    help="sequential refits: the dense model's outputs or the layer's own unpruned output")
     p.add_argument("--token-weighting", default="none", choices=("none", "relative"),
                    help="sequential refits: weight tokens by 1/||dense target|| (massive activations)")
+    p.add_argument("--recon", default="layer", choices=("layer", "block", "cross-block"),
+                   help="sequential+reconstruct: also re-fit whole blocks (or block pairs) by Adam")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -166,6 +168,8 @@ def main(argv=None):
                 if v["sequential"]:
                     extra["token_weighting"] = args.token_weighting
                     extra["refit_target"] = args.refit_target
+                    if v["reconstruct"]:
+                        extra["recon"] = args.recon
                 rep = prune_model(model, calib_batches, sparsity=args.sparsity, criterion=crit,
                                   head_mode=args.head_mode, seed=args.seed, progress=False, **v, **extra)
             except Exception as e:  # report and go on with the other criteria
@@ -177,8 +181,9 @@ def main(argv=None):
             ppl = perplexity(model, held, chunk_size=args.batch_size)
             keys = ("layer", "kept_channels", "kept_heads", "kept_kv_heads", "lambda", "recon_rel_error",
                     "heldout_rel_error", "no_refit_rel_error", "no_refit_heldout_rel_error", "stream_rel_error",
-                    "recovery", "seconds")
-            r = {"criterion": crit, "variant": vname, "params": count(model), "perplexity": ppl, "prune_seconds": tp,
+                    "recovery", "block_recon", "seconds")
+            r = {"criterion": crit, "variant": vname + ("" if rep.get("recon", "layer") == "layer" else
+                                                        f" recon={rep['recon']}"), "params": count(model), "perplexity": ppl, "prune_seconds": tp,
                  "eval_seconds": time.perf_counter() - t, "sparsity_achieved": rep["sparsity_achieved"],
                  "params_before": rep["params_before"], "params_after": rep["params_after"],
                  "calibration_tokens": rep["calibration_tokens"], "prune_report_seconds": rep["seconds"],

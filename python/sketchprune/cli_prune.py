@@ -1,9 +1,10 @@
 """Command line: ``sketchprune prune`` and ``sketchprune eval``.
 
 ``sketchprune prune --model smollm2-135m|DIR --sparsity 0.2 --criterion sigma [--reconstruct]
---calib wiki|austen|self|FILE --calib-tokens 16384 --seq-len 512 [--budget 8GiB] [--device cpu|cuda]
---out DIR [--report report.json] [--quiet]`` prunes a model, writes the smaller model directory
-(weights, config, tokenizer, ``pruning_plan.json``, ``report.json``) atomically and the report.
+[--recon layer|block|cross-block] --calib wiki|austen|self|FILE --calib-tokens 16384 --seq-len 512
+[--budget 8GiB] [--device cpu|cuda] --out DIR [--report report.json] [--quiet]`` prunes a model,
+writes the smaller model directory (weights, config, tokenizer, ``pruning_plan.json``,
+``report.json``) atomically and the report.
 
 ``sketchprune eval --model DIR|smollm2-135m --text wiki|austen|FILE --seq-len 512 --tokens 32768
 [--report eval.json] [--quiet]`` measures perplexity and top-1 next-token accuracy on the
@@ -62,6 +63,8 @@ def run_prune(args) -> int:
     t0 = time.perf_counter()
     # 1. everything that can be checked without loading anything
     _check_args(args.sparsity, args.criterion, args.budget)
+    if args.recon != "layer":
+        args.reconstruct = True       # block refits start from the closed-form ones
     if args.out is None and args.report is None:
         raise ValueError("nothing to write: give --out DIR and/or --report FILE")
     if args.calib_tokens < args.seq_len:
@@ -85,7 +88,9 @@ def run_prune(args) -> int:
                                         seed=args.seed, progress=progress, self_options=self_opts)
     desc["source"] = args.calib
     # 3. prune (in place: the CLI owns the model; the dense measurement comes first)
-    _say(args, f"pruning {args.sparsity:.0%} with {args.criterion}{' + reconstruction' if args.reconstruct else ''} "
+    recon = "" if args.recon == "layer" else f" ({args.recon})"
+    _say(args, f"pruning {args.sparsity:.0%} with {args.criterion}"
+               f"{' + reconstruction' + recon if args.reconstruct else ''} "
                f"on {desc.get('tokens')} calibration tokens ...")
     options = {}
     if args.head_mode:
@@ -95,8 +100,8 @@ def run_prune(args) -> int:
     if args.flap_bias is not None:
         options["flap_bias"] = args.flap_bias
     model, report = prune(model, batches, sparsity=args.sparsity, criterion=args.criterion,
-                          reconstruct=args.reconstruct, budget=args.budget, inplace=True, tokenizer=tok,
-                          seq_len=args.seq_len, seed=args.seed, measure=not args.no_measure,
+                          reconstruct=args.reconstruct, recon=args.recon, budget=args.budget, inplace=True,
+                          tokenizer=tok, seq_len=args.seq_len, seed=args.seed, measure=not args.no_measure,
                           progress=progress, **options)
     report["model"] = args.model
     report["calibration"] = {**desc, **{k: v for k, v in report["calibration"].items() if k not in desc}}
@@ -226,6 +231,10 @@ def add_subparsers(sub) -> None:
                    help="fraction of the attention + MLP parameters to remove, in [0, 1) (default 0.2)")
     p.add_argument("--criterion", default="sigma", help=f"one of: {', '.join(sorted(CRITERIA))} (default sigma)")
     p.add_argument("--reconstruct", action="store_true", help="least-squares refit of down_proj / o_proj")
+    p.add_argument("--recon", default="layer", choices=["layer", "block", "cross-block"],
+                   help="layer: the closed-form refits only (default); block / cross-block: then re-fit every "
+                        "Linear of each pruned block (or two consecutive blocks) by Adam toward the dense model's "
+                        "hidden states (implies --reconstruct)")
     p.add_argument("--calib", default="wiki", help="wiki, austen, self or a UTF-8 text FILE (default wiki)")
     p.add_argument("--calib-tokens", type=int, default=16384, help="calibration tokens (default 16384)")
     p.add_argument("--batch-size", type=int, default=None, help="sequences per calibration batch (default auto)")

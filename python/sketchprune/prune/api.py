@@ -169,6 +169,25 @@ def _check_args(sparsity, criterion, budget) -> None:
             raise PruneInputError(f"budget: {e}") from None
 
 
+def _check_recon(recon, reconstruct, options) -> None:
+    from .blockrecon import EPOCHS, LR, PATIENCE, PROX, RECON_MODES, check_options
+
+    if recon not in RECON_MODES:
+        raise PruneInputError(f"recon must be one of {', '.join(RECON_MODES)}, got {recon!r}")
+    if recon == "layer":
+        return
+    if not reconstruct:
+        raise PruneInputError(f"recon={recon!r} runs after the closed-form refits and needs reconstruct=True")
+    if options.get("sequential") is False or options.get("allocation", "uniform") != "uniform":
+        raise PruneInputError(f"recon={recon!r} is available only in sequential pruning (not one-shot: "
+                              f"sequential=False or allocation='global')")
+    try:
+        check_options(*(options.get(k, d) for k, d in (("recon_epochs", EPOCHS), ("recon_lr", LR),
+                                                       ("recon_prox", PROX), ("recon_patience", PATIENCE))))
+    except ValueError as e:
+        raise PruneInputError(str(e).replace("sketchprune.prune: ", "")) from None
+
+
 def _measure_input(batches, seq_len: int, vocab: int, seed: int) -> torch.Tensor:
     if batches:
         b = batches[0]
@@ -239,6 +258,7 @@ def _layer_entries(rep: dict, plan: list[dict] | None, n_layers: int) -> list[di
             "params_after": e.get("params_after"),
             **errors,
             "stream_rel_error": e.get("stream_rel_error"),
+            "block_recon": e.get("block_recon"),
         })
     return out
 
@@ -256,7 +276,7 @@ def _sparsity(rep: dict, requested: float) -> dict:
 # ------------------------------------------------------------------------------------------ prune
 
 def prune(model, calib=None, *, sparsity: float = 0.2, criterion: str = "sigma", reconstruct: bool = True,
-          budget=None, inplace: bool = False, tokenizer=None, seq_len: int = 512, calib_tokens: int = 16384,
+          recon: str = "layer", budget=None, inplace: bool = False, tokenizer=None, seq_len: int = 512, calib_tokens: int = 16384,
           batch_size: int | None = None, seed: int = 0, device=None, measure: bool = True,
           progress: bool = True, self_options: dict | None = None, **options):
     """Prune ``model`` and return ``(pruned_model, report)``.
@@ -267,7 +287,11 @@ def prune(model, calib=None, *, sparsity: float = 0.2, criterion: str = "sigma",
     fraction of the attention + MLP parameters of the pruned layers to remove, in [0, 1).
     ``criterion``: one of :data:`~sketchprune.prune.CRITERIA`.  ``reconstruct``: re-fit
     down_proj / o_proj over the kept units (part of the calibration batches is held out to
-    choose the regularisation).  ``budget``: memory budget for the statistics (e.g. ``"8GiB"``).
+    choose the regularisation).  ``recon``: ``"layer"`` (default: those closed-form refits),
+    ``"block"`` or ``"cross-block"`` (after them, every Linear of each pruned block -- or of two
+    consecutive blocks jointly -- re-fit by a few epochs of Adam toward the dense model's hidden
+    states, stopped on the held-out calibration batches; sequential pruning only, needs
+    ``reconstruct``; per-layer ``block_recon`` in the report).  ``budget``: memory budget for the statistics (e.g. ``"8GiB"``).
     ``inplace``: prune ``model`` itself; otherwise a deep copy is pruned and ``model`` is left
     untouched.  ``device``: where to prune (default: where the model is).  ``measure``: time
     and measure memory of the dense and pruned model's forward pass on the first calibration
@@ -283,6 +307,7 @@ def prune(model, calib=None, *, sparsity: float = 0.2, criterion: str = "sigma",
 
     t_start = time.perf_counter()
     _check_args(sparsity, criterion, budget)
+    _check_recon(recon, reconstruct, options)
     source = None
     if not isinstance(model, nn.Module):
         source = str(model)
@@ -316,7 +341,7 @@ def prune(model, calib=None, *, sparsity: float = 0.2, criterion: str = "sigma",
     t0 = time.perf_counter()
     with PeakMemory(dev) as pm:
         rep = prune_model(work, batches, sparsity=float(sparsity), criterion=criterion, seed=seed, budget=budget,
-                          progress=progress, reconstruct=reconstruct, **options)
+                          progress=progress, reconstruct=reconstruct, recon=recon, **options)
     t_prune = time.perf_counter() - t0
     params_after = count_parameters(work)
     pruned = measure_forward(work, x_measure) if measure else None
@@ -333,6 +358,7 @@ def prune(model, calib=None, *, sparsity: float = 0.2, criterion: str = "sigma",
         "dtype": str(next(work.parameters()).dtype).replace("torch.", ""),
         "criterion": criterion,
         "reconstruct": bool(reconstruct),
+        "recon": recon,
         "options": options,
         "seed": seed,
         "budget": None if budget is None else str(budget),

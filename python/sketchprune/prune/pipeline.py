@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from .adapters import get_adapter, layer_indices
+from .blockrecon import EPOCHS, LR, PATIENCE, PROX, check_recon
 from .allocation import allocate, removal_plan
 from .calibration import collect_statistics
 from .criteria import get_criterion, score_model
@@ -111,7 +112,8 @@ def prune_model(model: nn.Module, batches=None, sparsity: float = 0.2, criterion
                 sequential: bool | None = None, recovery: bool = False, alphas=ALPHAS,
                 criterion_options: dict | None = None, allocation: str = "uniform",
                 stat_dtype: torch.dtype = torch.float64, token_weighting: str = "none",
-                refit_target: str = "local") -> dict:
+                refit_target: str = "local", recon: str = "layer", recon_epochs: int = EPOCHS,
+                recon_lr: float = LR, recon_prox: float = PROX, recon_patience: int = PATIENCE) -> dict:
     """Score, allocate and physically slice ``model`` in place; returns a report dict.
 
     ``sequential`` (default: on whenever calibration ``batches`` are given, no precomputed
@@ -127,7 +129,11 @@ def prune_model(model: nn.Module, batches=None, sparsity: float = 0.2, criterion
     (``LayerContext.options``); ``allocation``: ``"uniform"`` or ``"global"`` (one-shot only);
     ``stat_dtype``: the dtype second (and cross) moments are accumulated in (float32 is faster;
     solves are float64 regardless); ``token_weighting``, ``refit_target``: sequential refits only, see
-    :func:`~sketchprune.prune.sequential.prune_sequential`.
+    :func:`~sketchprune.prune.sequential.prune_sequential`.  ``recon``: ``"layer"`` (default, the
+    closed-form refits above), ``"block"`` or ``"cross-block"`` (sequential only; they imply
+    ``reconstruct`` and then re-fit all Linears of each pruned block, or of two consecutive
+    ones, by Adam toward the dense model's hidden states, :mod:`sketchprune.prune.blockrecon`;
+    ``recon_epochs``, ``recon_lr``, ``recon_prox``, ``recon_patience`` tune it).
 
     ``sparsity``: the fraction of the pruned blocks' parameters (q/k/v/o/gate/up/down of the
     pruned layers) to remove; ``attn_sparsity``: the fraction of attention parameters to remove
@@ -141,10 +147,19 @@ def prune_model(model: nn.Module, batches=None, sparsity: float = 0.2, criterion
     regularisation chosen per layer on the last ``heldout_fraction`` of the calibration batches;
     the report gives, per layer, the chosen value and the in-sample and held-out errors.
     """
+    check_recon(recon)
+    if recon != "layer":
+        reconstruct = True
+        if sequential is False:
+            raise ValueError(f"sketchprune.prune: recon={recon!r} re-fits each block on the pruned model's own "
+                             "activations, which only the sequential path has; use sequential=True (the default)")
     if sequential is None:   # data-free criteria without refits decide the same either way: one shot is cheaper
         c = get_criterion(criterion)
         data_free = not c.needs and not getattr(c, "needs_gradients", False) and not (reconstruct or recovery)
         sequential = batches is not None and stats is None and allocation == "uniform" and not data_free
+    if recon != "layer" and not sequential:
+        raise ValueError(f"sketchprune.prune: recon={recon!r} needs the sequential path: calibration batches, no "
+                         f"precomputed stats and allocation='uniform'")
     if sequential:
         if stats is not None:
             raise ValueError("sketchprune.prune: sequential pruning collects its own statistics layer by layer; "
@@ -157,7 +172,9 @@ def prune_model(model: nn.Module, batches=None, sparsity: float = 0.2, criterion
                                 flap_bias=flap_bias, reconstruct=reconstruct, recovery=recovery,
                                 heldout_fraction=heldout_fraction, alphas=alphas,
                                 criterion_options=criterion_options, stat_dtype=stat_dtype,
-                                token_weighting=token_weighting, refit_target=refit_target)
+                                token_weighting=token_weighting, refit_target=refit_target, recon=recon,
+                                recon_epochs=recon_epochs, recon_lr=recon_lr, recon_prox=recon_prox,
+                                recon_patience=recon_patience)
     if recovery:
         raise ValueError("sketchprune.prune: recovery=True needs the sequential path (sequential=True)")
     t0 = time.perf_counter()

@@ -64,6 +64,8 @@ from .._progress import track
 from ..budget import Budget, format_bytes
 from .adapters import get_adapter, layer_indices
 from .allocation import Allocation, _layer_plan, layer_costs, layer_removal
+from .blockrecon import (EPOCHS, LR, PATIENCE, PROX, BlockRecon, block_linears, check_options, check_recon,
+                         training_bytes)
 from .calibration import DiagMoments, FullMoments, LayerStatistics, _as_batch
 from .criteria import LayerContext, get_criterion
 from .reconstruct import ALPHAS, complement, fit_linear, fold_mean_into_bias, head_columns, refit_columns
@@ -103,8 +105,10 @@ def _install(linears: list[nn.Linear], V: torch.Tensor) -> None:
 class _Pruner:
     def __init__(self, model, batches, crit, sparsity, attn_sparsity, head_mode, seed, idx, budget, progress,
                  flap_bias, reconstruct, recovery, heldout_fraction, alphas, options, grads, stat_dtype=torch.float64,
-                 token_weighting="none", refit_target="local"):
+                 token_weighting="none", refit_target="local", recon="layer", block_options=None):
         self.model, self.crit = model, crit
+        self.recon, self.block_options = recon, dict(block_options or {})
+        self.prev = None        # cross-block: the pruned stream entering the previous pruned layer
         self.sparsity, self.attn_sparsity, self.head_mode, self.seed = sparsity, attn_sparsity, head_mode, seed
         self.idx, self.budget, self.progress = idx, budget, progress
         self.flap = crit.name == "flap" and flap_bias != "none"
@@ -116,7 +120,7 @@ class _Pruner:
         self.layers = self.adapter.layers(model)
         self.device = next(model.parameters()).device
         self.host = torch.device("cpu")
-        self.track_dense = reconstruct or recovery
+        self.track_dense = reconstruct or recovery or recon != "layer"
         # whether any decision depends on activations (else no stream is needed at all)
         self.needs_data = bool(crit.needs) or self.track_dense or self.flap
         self.batches = list(batches)
@@ -161,9 +165,16 @@ class _Pruner:
             act = max_rows * (3 * d_ff + 8 * d + d_qkv) * item + max_b * hs.num_heads * max_t * max_t * item
             cand = {"dense targets": rows * tgt * item, "statistics": stat, "block workspace": block,
                     "one batch's activations": act}
+            if self.recon != "layer":
+                n_blk = 2 if self.recon == "cross-block" else 1
+                n_par = sum(p.numel() for lin in block_linears(self.adapter, layer) for p in lin.parameters())
+                cand["block training (gradients, Adam moments, weight copies, backward activations)"] = \
+                    training_bytes(n_blk * n_par, max(item, 4), n_blk * act) + (n_blk - 1) * block
             for k, v in cand.items():
                 worst[k] = max(worst.get(k, 0), v)
         n_streams = (2 if self.track_dense else 1) if self.needs_data else 0
+        if self.recon == "cross-block":
+            n_streams += 1          # the pruned stream entering the previous layer
         if not self.needs_data:
             worst = {"dense targets": 0, "block workspace": worst["block workspace"]}
         first = self.layers[self.idx[0]]
@@ -396,14 +407,44 @@ class _Pruner:
                 self._refit([ad.ffn(layer).down], down_full, plan.ffn_keep, fits["down_in"], "down", rep)
         del fits, stats, attn_stats, targets
 
+        # 4b. block / cross-block reconstruction (writes the new pruned stream itself)
+        propagated = self.recon != "layer" and self._block_recon(j, layer, identical, changed, new_dense, rep)
+
         # 5. propagation
         if self.needs_data:
-            self._propagate(layer, j, identical, changed, new_dense, rep)
+            self._propagate(layer, j, identical, changed, new_dense, rep, propagated)
         rep["plan"] = plan
         rep["seconds"] = time.perf_counter() - t0
         return rep
 
-    def _propagate(self, layer, j, identical, changed, new_dense, rep):
+    def _block_recon(self, j, layer, identical, changed, new_dense, rep) -> bool:
+        """Re-fit layer ``j`` -- with ``recon="cross-block"`` jointly with layer ``j - 1`` when that
+        one was pruned just before -- toward the dense stream after ``j`` (``new_dense``), by
+        :class:`~sketchprune.prune.blockrecon.BlockRecon`, which writes the new pruned stream (and,
+        for a pair, the new stream entering ``j``, kept as ``self.prev`` for the next pair).
+        Skipped, like every refit, when nothing was removed and the streams agree.  Returns
+        whether it ran (the pruned stream is then already propagated)."""
+        cross = self.recon == "cross-block"
+        pair = cross and self.prev is not None and (j - 1) in self.removal
+        if identical and not changed:
+            if cross:
+                self.prev = list(self.pruned)
+            return False
+        if cross and not pair:
+            self.prev = list(self.pruned)       # the input of j, before the refit overwrites the stream
+        first = j - 1 if pair else j
+        blocks = [self.layers[k] for k in range(first, j + 1)]
+        br = BlockRecon(blocks, [self.inputs.calls[k] for k in range(first, j + 1)],
+                        [lin for blk in blocks for lin in block_linears(self.adapter, blk)],
+                        self.prev if pair else self.pruned, new_dense, self.inputs.masks, self.held, self.device,
+                        seed=int(self.seed) * 1_000_003 + int(j), token_weighting=self.token_weighting,
+                        progress=self.progress, host=self.host,
+                        where=f"decoder layers {first}..{j}" if pair else f"decoder layer {j}", **self.block_options)
+        info = br.run(write=[self.prev, self.pruned] if pair else [self.pruned])
+        rep["block_recon"] = {"mode": "cross-block" if pair else "block", "layers": list(range(first, j + 1)), **info}
+        return True
+
+    def _propagate(self, layer, j, identical, changed, new_dense, rep, propagated=False):
         if self.track_dense and new_dense is None:           # an unpruned layer between pruned ones
             new_dense = self.dense if not identical else [None] * len(self.dense)
             self._pass(layer, j, self.dense, "dense", out=new_dense)
@@ -411,7 +452,8 @@ class _Pruner:
             self.pruned = self.dense = new_dense             # nothing differs: one stream
             rep["stream_rel_error"] = 0.0
             return
-        self._pass(layer, j, self.pruned, "pruned", out=self.pruned)
+        if not propagated:
+            self._pass(layer, j, self.pruned, "pruned", out=self.pruned)
         if self.track_dense:
             self.dense = new_dense
             num = den = 0.0
@@ -446,6 +488,7 @@ class _Pruner:
                 if j in todo:
                     reports.append(self.prune_layer(j))
                 elif j < last and self.needs_data:
+                    self.prev = None        # cross-block pairs are two consecutive pruned layers
                     self._propagate(self.layers[j], j, self.dense is self.pruned, False, None, {})
         finally:
             self.model.train(was_training)
@@ -463,7 +506,7 @@ def _layer_report(r: dict, costs) -> dict:
     out["heldout_rel_error"] = {k: v.get("eval_error") for k, v in refit.items()}
     out["no_refit_rel_error"] = {k: v["fit_error_none"] for k, v in refit.items()}
     out["no_refit_heldout_rel_error"] = {k: v.get("eval_error_none") for k, v in refit.items()}
-    for k in ("refit", "recovery", "stream_rel_error", "seconds"):
+    for k in ("refit", "recovery", "block_recon", "stream_rel_error", "seconds"):
         if k in r:
             out[k] = r[k]
     return out
@@ -474,7 +517,9 @@ def prune_sequential(model: nn.Module, batches, sparsity: float = 0.2, criterion
                      budget=None, progress: bool = True, flap_bias: str = "create", reconstruct: bool = False,
                      recovery: bool = False, heldout_fraction: float = 0.25, alphas=ALPHAS,
                      criterion_options: dict | None = None, stat_dtype: torch.dtype = torch.float64,
-                     token_weighting: str = "none", refit_target: str = "local") -> dict:
+                     token_weighting: str = "none", refit_target: str = "local", recon: str = "layer",
+                     recon_epochs: int = EPOCHS, recon_lr: float = LR, recon_prox: float = PROX,
+                     recon_patience: int = PATIENCE) -> dict:
     """Prune ``model`` in place one decoder layer at a time (see the module doc); returns a report.
 
     Arguments as for :func:`~sketchprune.prune.prune_model`; ``recovery``: re-fit each layer's
@@ -495,9 +540,24 @@ def prune_sequential(model: nn.Module, batches, sparsity: float = 0.2, criterion
     106.5 with ``"dense"`` vs 34.0 with ``"local"``, dense model 16.1).  Raises
     :class:`~sketchprune.BudgetError` before any work when the streams, targets, statistics and
     one layer's activations cannot fit ``budget``.
+
+    ``recon``: ``"layer"`` (default: the closed-form per-Linear refits only), ``"block"`` (then
+    each pruned layer's Linears are all re-fit by Adam toward the dense stream after it,
+    :mod:`~sketchprune.prune.blockrecon`) or ``"cross-block"`` (layer ``j`` jointly with the
+    previous pruned layer ``j - 1``, input the pruned stream before ``j - 1``; the first pruned
+    layer, or one after an unpruned layer, is re-fit alone).  Both imply ``reconstruct=True``
+    and run after the closed-form refits, which give the Adam fit its starting point.
+    ``recon_epochs``, ``recon_lr`` (relative to each weight's RMS), ``recon_prox`` (pull toward
+    the starting weights), ``recon_patience``: see :class:`~sketchprune.prune.blockrecon.BlockRecon`.
     """
     t0 = time.perf_counter()
     crit = get_criterion(criterion)
+    check_recon(recon)
+    block_options = {}
+    if recon != "layer":
+        check_options(recon_epochs, recon_lr, recon_prox, recon_patience)
+        reconstruct = True
+        block_options = {"epochs": recon_epochs, "lr": recon_lr, "prox": recon_prox, "patience": recon_patience}
     if flap_bias not in FLAP_BIAS:
         raise ValueError(f"sketchprune.prune: flap_bias must be one of {FLAP_BIAS}, got {flap_bias!r}")
     if reconstruct and criterion == "flap" and flap_bias != "none":
@@ -520,7 +580,7 @@ def prune_sequential(model: nn.Module, batches, sparsity: float = 0.2, criterion
         raise IndexError("sketchprune.prune: no layers to prune")
     pr = _Pruner(model, batches, crit, sparsity, attn_sparsity, head_mode, seed, idx, budget, progress, flap_bias,
                  reconstruct, recovery, heldout_fraction, alphas, criterion_options or {}, None, stat_dtype,
-                 token_weighting, refit_target)
+                 token_weighting, refit_target, recon, block_options)
     pr.check_budget(min(idx), max(idx))
     if getattr(crit, "needs_gradients", False):     # on the dense model, before anything changes
         from .gradient_scores import gradient_statistics
@@ -539,7 +599,7 @@ def prune_sequential(model: nn.Module, batches, sparsity: float = 0.2, criterion
     fit_tokens = sum(t for t, h in zip(pr.inputs.tokens, pr.held) if not h)
     return {
         "criterion": criterion, "head_mode": head_mode, "sequential": True,
-        "reconstruct": reconstruct, "recovery": recovery,
+        "reconstruct": reconstruct, "recovery": recovery, "recon": recon, "recon_options": block_options or None,
         "sparsity_requested": alloc.sparsity, "attn_sparsity_requested": alloc.attn_sparsity,
         "sparsity_achieved": alloc.achieved(),
         "block_params_before": alloc.params_before, "block_params_after": alloc.params_after,
