@@ -216,8 +216,11 @@ def _greedy_channels_lazy(W, Hi, n_remove, group_of, left, flush_every: int = 64
         return Hi.diagonal().clone(), torch.linalg.vector_norm(W, dim=0).square()
     dead = torch.zeros(n, dtype=torch.bool)
     diag, norms = fresh()
-    U = torch.empty(n, 0, dtype=torch.float64, device=dev)
-    P = torch.empty(W.shape[0], 0, dtype=torch.float64, device=dev)
+    # the factors live in preallocated buffers; U, P are views of their first k columns
+    Ub = torch.empty(n, flush_every, dtype=torch.float64, device=dev)
+    Pb = torch.empty(W.shape[0], flush_every, dtype=torch.float64, device=dev)
+    k = 0
+    U, P = Ub[:, :0], Pb[:, :0]
     while len(order) < n_remove:
         costs = (norms / diag).clamp_min(0).to("cpu")
         j = _pick(costs, dead, group_of, left, alive)
@@ -235,14 +238,16 @@ def _greedy_channels_lazy(W, Hi, n_remove, group_of, left, flush_every: int = 64
         wtp = W.T @ p - U @ (P.T @ p)                         # W_cur^T p
         norms = norms - 2 * u * wtp + u.square() * p.square().sum()
         diag = diag - u.square()
-        U = torch.cat([U, u[:, None]], 1)
-        P = torch.cat([P, p[:, None]], 1)
+        Ub[:, k] = u
+        Pb[:, k] = p
+        k += 1
+        U, P = Ub[:, :k], Pb[:, :k]
         dead[j] = True
         diag[j], norms[j] = 1.0, 0.0
         order.append(int(alive[j]))
         incs.append(inc)
         errors.append(total)
-        if U.shape[1] >= flush_every or len(order) == n_remove:
+        if k >= flush_every or len(order) == n_remove:
             Hi.addmm_(U, U.T, alpha=-1.0)
             W.addmm_(P, U.T, alpha=-1.0)
             live = ~dead
@@ -258,8 +263,10 @@ def _greedy_channels_lazy(W, Hi, n_remove, group_of, left, flush_every: int = 64
                 Hi[dl, :] = 0
                 Hi[:, dl] = 0
                 Hi[dl, dl] = 1.0
-            U = U.new_empty(alive.numel(), 0)
-            P = P.new_empty(W.shape[0], 0)
+            if Ub.shape[0] != alive.numel():
+                Ub = Ub.new_empty(alive.numel(), flush_every)
+            k = 0
+            U, P = Ub[:, :0], Pb[:, :0]
             diag, norms = fresh()
             diag[dead.to(dev)] = 1.0
     rest_costs = (torch.linalg.vector_norm(W, dim=0).square() / Hi.diagonal()).clamp_min(0).to("cpu") \

@@ -163,9 +163,10 @@ def refit_columns(W: torch.Tensor, keep: torch.Tensor, sigma_fit: torch.Tensor, 
         return W.detach().clone(), {"alpha": None, "lambda": None, "refit": False, "reason": "all columns kept"}
     Wd = W.detach().double().cpu()
 
-    def moments(sigma):
+    def moments(sigma):   # S symmetric: C_K = S[K, :] W^T = (W S)[:, K]^T, one product serves both
         S = sigma.double().cpu()
-        return S[keep][:, keep], S[keep, :] @ Wd.T, float(torch.sum((Wd @ S) * Wd))
+        WS = Wd @ S
+        return S[keep][:, keep], WS[:, keep].T.contiguous(), float(torch.sum(WS * Wd))
 
     S_kk, C_k, e = moments(sigma_fit)
     V, info = ridge_toward(Wd[:, keep], S_kk, C_k, e, None if sigma_eval is None else moments(sigma_eval),
