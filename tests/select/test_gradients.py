@@ -1,22 +1,51 @@
+import copy
+
+import numpy as np
+import pytest
 import torch
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
 import sketchprune as sp
+from _helpers import assert_close_to_oracle
+from sketchprune.budget import BudgetError
+from sketchprune.ref.ops import sparse_sign_sketch_ref
 from sketchprune.select.gradients import linear_probe_sketch, model_gradient_sketch
 
 
-def _formed(model, layers, x, y, loss_fn):
-    """Per-sample gradients formed explicitly with torch.func, flattened in the sketch's layout."""
-    names = [n for n, p in model.named_parameters() if any(p is q for l in layers for q in l.parameters(recurse=False))]
-    params = {n: p.detach() for n, p in model.named_parameters()}
+def _formed(model, layers, x, y, loss_fn, dtype):
+    """Per-sample gradients of the layers' (weight, bias), formed with torch.func on a copy of the
+    model in ``dtype`` (eval mode), flattened in the sketch's layout (layer by layer, weight then bias)."""
+    ref = copy.deepcopy(model).to(dtype).eval()
+    prefix = {id(mod): name for name, mod in model.named_modules()}
+    names = [f"{prefix[id(l)]}.{pn}".lstrip(".") for l in layers for pn, _ in l.named_parameters(recurse=False)]
+    params = {n: p.detach() for n, p in ref.named_parameters()}
+    state = {**params, **dict(ref.named_buffers())}
 
     def loss_one(ps, xi, yi):
-        full = dict(params, **ps)
-        return loss_fn(functional_call(model, full, (xi[None],)), yi[None]).sum()
+        return loss_fn(functional_call(ref, {**state, **ps}, (xi[None],)), None if yi is None else yi[None]).sum()
 
-    g = vmap(grad(loss_one), in_dims=(None, 0, 0))({n: params[n] for n in names}, x, y)
+    ys = None if y is None else y
+    g = vmap(grad(loss_one), in_dims=(None, 0, None if y is None else 0))({n: params[n] for n in names},
+                                                                           x.to(dtype), ys)
     return torch.cat([g[n].reshape(x.shape[0], -1) for n in names], 1)
+
+
+def _check(model, layers, x, y, loss_fn, m=64, k=4, seed=1, batch=None, **kw):
+    """model_gradient_sketch against the float64 per-sample gradients (torch.func) sketched by the
+    float64 reference of sparse_sign_sketch; torch's own float32 gradients set the tolerance."""
+    bs = batch or x.shape[0]
+    batches = [(x[i:i + bs], None if y is None else y[i:i + bs]) for i in range(0, x.shape[0], bs)]
+    sk, rec = model_gradient_sketch(model, layers, batches, loss_fn, m=m, k=k, seed=seed, **kw)
+    G64 = _formed(model, layers, x, y, loss_fn, torch.float64)
+    oracle = sparse_sign_sketch_ref(G64, m, k, seed, 0, compute_dtype=torch.float64)
+    torch32 = sp.sparse_sign_sketch(_formed(model, layers, x, y, loss_fn, torch.float32), m, k, seed)
+    assert rec["r"] == G64.shape[1] and sk.shape == (x.shape[0], m) and sk.dtype == torch.float32
+    assert_close_to_oracle(sk, oracle, torch32, G64.shape[1], what="model_gradient_sketch")
+    return sk, rec
+
+
+CE = nn.CrossEntropyLoss(reduction="none")
 
 
 def test_linear_probe_matches_formed_gradients():
@@ -39,13 +68,10 @@ def test_model_gradients_linear_and_conv_match_torch_func():
                           nn.Linear(6, 4))
     x = torch.randn(10, 2, 5, 5)
     y = torch.randint(0, 4, (10,))
-    loss_fn = nn.CrossEntropyLoss(reduction="none")
-    layers = [model[0], model[5]]
-    sk, rec = model_gradient_sketch(model, layers, [(x[:6], y[:6]), (x[6:], y[6:])], loss_fn, m=64, k=4, seed=1)
-    G = _formed(model, layers, x, y, loss_fn)
-    assert rec["r"] == G.shape[1] == 2 * 3 * 9 + 3 + 6 * 4 + 4
-    assert torch.allclose(sk, sp.sparse_sign_sketch(G, 64, 4, 1), rtol=1e-4, atol=1e-5)
+    flags = [p.requires_grad for p in model.parameters()]
+    _check(model, [model[0], model[5]], x, y, CE, batch=6)
     assert all(p.grad is None for p in model.parameters())  # nothing left behind
+    assert [p.requires_grad for p in model.parameters()] == flags
 
 
 def test_model_gradients_sequence_linear():
@@ -53,16 +79,215 @@ def test_model_gradients_sequence_linear():
     lin = nn.Linear(5, 3)
     model = nn.Sequential(nn.Linear(4, 5), nn.Tanh(), lin)
     x = torch.randn(7, 6, 4)  # T = 6 tokens per sample
+    _check(model, [lin], x, None, lambda out, _: out.pow(2).sum((1, 2)), m=16, k=2, seed=5)
 
-    def loss_fn(out, _):
-        return out.pow(2).sum((1, 2))
 
-    sk, _ = model_gradient_sketch(model, [lin], [(x, None)], loss_fn, m=16, k=2, seed=5)
-    params = {n: p.detach() for n, p in model.named_parameters()}
+def test_inplace_relu_after_linear_and_conv():
+    """The gradient is taken at each layer's output as it left the layer, although ReLU(inplace)
+    overwrites that tensor right after."""
+    torch.manual_seed(2)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(inplace=True), nn.Flatten(),
+                          nn.Linear(4 * 6 * 6, 8), nn.ReLU(inplace=True), nn.Linear(8, 5))
+    x = torch.randn(9, 3, 6, 6)
+    y = torch.randint(0, 5, (9,))
+    sk, _ = _check(model, [model[0], model[3], model[5]], x, y, CE, m=48, k=3, seed=7, batch=4)
+    # the gradient with respect to the post-ReLU values is a different (wrong) answer: the check has teeth
+    wrong = nn.Sequential(*[copy.deepcopy(l) for l in model])
+    wrong[1], wrong[4] = nn.Identity(), nn.Identity()
+    G_wrong = _formed(wrong, [wrong[0], wrong[3], wrong[5]], x, y, CE, torch.float64)
+    assert not torch.allclose(sk.double(), sparse_sign_sketch_ref(G_wrong, 48, 3, 7, compute_dtype=torch.float64),
+                              rtol=1e-3, atol=1e-4)
 
-    def loss_one(ps, xi):
-        return loss_fn(functional_call(model, dict(params, **ps), (xi[None],)), None).sum()
 
-    g = vmap(grad(loss_one), in_dims=(None, 0))({"2.weight": params["2.weight"], "2.bias": params["2.bias"]}, x)
-    G = torch.cat([g["2.weight"].reshape(7, -1), g["2.bias"]], 1)
-    assert torch.allclose(sk, sp.sparse_sign_sketch(G, 16, 2, 5), rtol=1e-4, atol=1e-5)
+class _Residual(nn.Module):
+    """conv -> out += x -> ReLU in place (both on the conv's own output) -> BN (eval) -> head."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(4, 4, 3, padding=1)
+        self.bn = nn.BatchNorm2d(4)
+        self.head = nn.Linear(4, 3)
+
+    def forward(self, x):
+        out = self.conv(x)
+        out += x
+        torch.relu_(out)
+        return self.head(self.bn(out).mean((2, 3)))
+
+
+def test_residual_inplace_add_and_batchnorm_in_eval_mode():
+    torch.manual_seed(3)
+    model = _Residual()
+    with torch.no_grad():  # non-trivial running statistics, which eval mode must use
+        model.bn.running_mean.normal_()
+        model.bn.running_var.uniform_(0.5, 2.0)
+        model.bn.weight.normal_()
+        model.bn.bias.normal_()
+    model.train()
+    x = torch.randn(8, 4, 5, 5)
+    y = torch.randint(0, 3, (8,))
+    stats = model.bn.running_mean.clone()
+    _check(model, [model.conv, model.head], x, y, CE, m=32, k=2, seed=4, batch=3)
+    assert model.training and torch.equal(model.bn.running_mean, stats)  # mode restored, statistics untouched
+
+
+@pytest.mark.parametrize("conv", [
+    dict(stride=2, padding=1),
+    dict(dilation=2, padding=2, bias=False),
+    dict(padding="same", padding_mode="reflect"),
+    dict(padding=1, padding_mode="circular", groups=2),
+    dict(padding=(0, 1), stride=(1, 2)),
+], ids=["stride", "dilation-nobias", "same-reflect", "circular-groups", "asymmetric"])
+def test_conv_geometries(conv):
+    torch.manual_seed(5)
+    layer = nn.Conv2d(4, 6, 3, **conv)
+    model = nn.Sequential(layer, nn.Tanh(), nn.Flatten(), nn.LazyLinear(3))
+    x = torch.randn(7, 4, 7, 6)
+    model(x)  # materialise the lazy head
+    _check(model, [layer, model[3]], x, torch.randint(0, 3, (7,)), CE, m=40, k=3, seed=2)
+
+
+def test_channels_last_input_and_frozen_model():
+    torch.manual_seed(6)
+    model = nn.Sequential(nn.Conv2d(3, 5, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                          nn.Linear(5, 4)).to(memory_format=torch.channels_last)
+    model.requires_grad_(False)
+    x = torch.randn(6, 3, 5, 5).to(memory_format=torch.channels_last)
+    _check(model, [model[0], model[4]], x, torch.randint(0, 4, (6,)), CE, m=32, k=2, seed=3)
+    assert not any(p.requires_grad for p in model.parameters())
+
+
+class _Shared(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.inp = nn.Linear(3, 5)
+        self.mid = nn.Linear(5, 5)
+        self.out = nn.Linear(5, 2)
+
+    def forward(self, x):
+        h = torch.tanh(self.mid(torch.tanh(self.inp(x))))
+        return self.out(torch.tanh(self.mid(h)))  # mid is used twice
+
+
+def test_layer_used_twice_sums_its_uses():
+    torch.manual_seed(7)
+    model = _Shared()
+    x = torch.randn(8, 3)
+    _check(model, [model.mid, model.out], x, torch.randint(0, 2, (8,)), CE, m=32, k=2, seed=6)
+
+
+def test_backward_stops_at_the_earliest_sketched_layer():
+    class Trap(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            return x.clone()
+
+        @staticmethod
+        def backward(ctx, g):
+            raise AssertionError("the backward reached a layer below the sketched ones")
+
+    class Model(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.below = nn.Linear(4, 4)
+            self.fc = nn.Linear(4, 3)
+            self.trap = True
+
+        def forward(self, x):
+            h = self.below(x)
+            return self.fc(Trap.apply(h) if self.trap else h)
+
+    torch.manual_seed(8)
+    model = Model()
+    x, y = torch.randn(5, 4), torch.randint(0, 3, (5,))
+    # the inputs require grad, so a graph exists below fc: the backward must still stop at fc's output
+    sk, _ = model_gradient_sketch(model, [model.fc], [(x.clone().requires_grad_(), y)], CE, m=16, k=2, seed=1)
+    plain = copy.deepcopy(model)
+    plain.trap = False
+    ref, _ = _check(plain, [plain.fc], x, y, CE, m=16, k=2, seed=1)
+    torch.testing.assert_close(sk, ref)
+
+
+class _Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(4, 6), nn.Linear(6, 3)
+        self.unused = nn.Linear(4, 4)  # a submodule that forward never calls
+
+    def forward(self, x):
+        return self.fc2(torch.relu(self.fc1(x)))
+
+
+def test_errors_name_the_layer():
+    torch.manual_seed(9)
+    model = _Net()
+    x, y = torch.randn(5, 4), torch.randint(0, 3, (5,))
+    with pytest.raises(ValueError, match="'unused' was not called"):
+        model_gradient_sketch(model, [model.fc2, model.unused], [(x, y)], CE, m=16)
+    with pytest.raises(ValueError, match="'fc2' is given twice"):
+        model_gradient_sketch(model, [model.fc2, model.fc2], [(x, y)], CE, m=16)
+    with pytest.raises(TypeError, match="ReLU"):
+        model_gradient_sketch(model, [nn.ReLU()], [(x, y)], CE, m=16)
+    with pytest.raises(ValueError, match="one loss per sample"):
+        model_gradient_sketch(model, [model.fc2], [(x, y)], nn.CrossEntropyLoss(), m=16)
+    with pytest.raises(ValueError, match="batch-first"):
+        model_gradient_sketch(model, [model.fc2], [(x, y)], lambda out, t: CE(out, t)[:4], m=16)
+    model.unused.weight = model.fc1.weight  # tied weights
+    with pytest.raises(ValueError, match="weight of layer 'fc1' is shared with module 'unused'"):
+        model_gradient_sketch(model, [model.fc1], [(x, y)], CE, m=16)
+
+
+def test_output_not_reaching_the_loss_and_inplace_input_are_errors():
+    class Detached(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.side = nn.Linear(4, 2)
+            self.fc = nn.Linear(4, 3)
+
+        def forward(self, x):
+            self.side(x)  # called, but its output is dropped
+            return self.fc(x)
+
+    class Mutates(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(4, 3)
+
+        def forward(self, x):
+            h = torch.tanh(x)
+            out = self.fc(h)
+            h.mul_(2)  # the layer's input changes after the layer ran
+            return out
+
+    x, y = torch.randn(5, 4), torch.randint(0, 3, (5,))
+    model = Detached()
+    with pytest.raises(ValueError, match="'side' does not reach the loss"):
+        model_gradient_sketch(model, [model.side, model.fc], [(x, y)], CE, m=16)
+    model = Mutates()
+    with pytest.raises(RuntimeError, match="'fc' was modified in place"):
+        model_gradient_sketch(model, [model.fc], [(x, y)], CE, m=16)
+
+
+def test_budget_slices_and_memmap_output(tmp_path):
+    torch.manual_seed(10)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 6 * 6, 4))
+    layers = [model[0], model[3]]
+    x, y = torch.randn(12, 3, 6, 6), torch.randint(0, 4, (12,))
+    whole, rec = model_gradient_sketch(model, layers, [(x, y)], CE, m=32, k=2)
+    assert rec["sample_rows"] == 12
+    # room for a few samples' patches only (about 6 KiB each): the batch is sketched in slices, with the same result
+    budget = 30_000
+    mm = np.lib.format.open_memmap(tmp_path / "sk.npy", mode="w+", dtype=np.float32, shape=(12, 32))
+    sliced, rec = model_gradient_sketch(model, layers, [(x[:7], y[:7]), (x[7:], y[7:])], CE, m=32, k=2,
+                                        budget=budget, out=mm)
+    assert 1 <= rec["sample_rows"] < 7 and rec["workspace_bytes"] <= budget
+    assert np.shares_memory(sliced.numpy(), mm)
+    torch.testing.assert_close(sliced, whole, rtol=1e-5, atol=1e-6)
+    with pytest.raises(BudgetError, match="layer '0'"):
+        model_gradient_sketch(model, layers, [(x, y)], CE, m=32, k=2, budget=1000)
+    with pytest.raises(ValueError, match="out has 10 rows"):
+        model_gradient_sketch(model, layers, [(x, y)], CE, m=32, k=2, out=torch.zeros(10, 32))
+    with pytest.raises(ValueError, match="out has 13 rows"):
+        model_gradient_sketch(model, layers, [(x, y)], CE, m=32, k=2, out=torch.zeros(13, 32))
+    with pytest.raises(ValueError, match="out must be a float32"):
+        model_gradient_sketch(model, layers, [(x, y)], CE, m=32, k=2, out=torch.zeros(12, 16))
