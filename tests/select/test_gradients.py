@@ -25,9 +25,8 @@ def _formed(model, layers, x, y, loss_fn, dtype):
     def loss_one(ps, xi, yi):
         return loss_fn(functional_call(ref, {**state, **ps}, (xi[None],)), None if yi is None else yi[None]).sum()
 
-    ys = None if y is None else y
     g = vmap(grad(loss_one), in_dims=(None, 0, None if y is None else 0))({n: params[n] for n in names},
-                                                                           x.to(dtype), ys)
+                                                                           x.to(dtype), y)
     return torch.cat([g[n].reshape(x.shape[0], -1) for n in names], 1)
 
 

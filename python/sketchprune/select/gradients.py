@@ -318,7 +318,7 @@ class _RowSink:
         host = torch.empty(block.shape, dtype=torch.float32, pin_memory=True)
         host.copy_(block, non_blocking=True)
         event = torch.cuda.Event()
-        event.record()
+        event.record(torch.cuda.current_stream(block.device))
         self._drain()
         self.inflight = (event, host, r0)
 
