@@ -276,9 +276,9 @@ def _sparsity(rep: dict, requested: float) -> dict:
 # ------------------------------------------------------------------------------------------ prune
 
 def prune(model, calib=None, *, sparsity: float = 0.2, criterion: str = "sigma", reconstruct: bool = True,
-          recon: str = "layer", budget=None, inplace: bool = False, tokenizer=None, seq_len: int = 512, calib_tokens: int = 16384,
-          batch_size: int | None = None, seed: int = 0, device=None, measure: bool = True,
-          progress: bool = True, self_options: dict | None = None, **options):
+          recon: str = "layer", budget=None, inplace: bool = False, tokenizer=None, seq_len: int = 512,
+          calib_tokens: int = 16384, batch_size: int | None = None, seed: int = 0, device=None,
+          measure: bool = True, progress: bool = True, self_options: dict | None = None, **options):
     """Prune ``model`` and return ``(pruned_model, report)``.
 
     ``model``: a Hugging Face causal LM of a supported architecture, or a name / directory

@@ -30,6 +30,13 @@ on, the **dense stream** (through the original layers).  Per pruned layer ``i``:
    outputs); with ``recovery`` down is re-fit over all channels, then the channels are scored,
    the lowest go, FLAP folds down's bias, the FFN is sliced and down re-fit over the kept
    channels;
+4b. **block reconstruction** (``recon="block"`` / ``"cross-block"``, after the closed-form
+   refits): every Linear of the layer -- with ``"cross-block"`` also of the previous pruned layer
+   ``j - 1``, on the pruned stream entering ``j - 1``, kept for this -- re-fit by Adam toward the
+   dense stream after ``j``, early-stopped on the held-out batches
+   (:mod:`~sketchprune.prune.blockrecon`); its last pass writes the new pruned stream, so step 5
+   then only updates the dense stream.  Each layer is thus refined twice under
+   ``"cross-block"``: with its predecessor, then with its successor;
 5. **propagation** -- the pruned layer on the pruned stream; NaN/Inf anywhere raises
    :class:`~sketchprune.prune.streams.NonFiniteActivations` naming the layer.
 
@@ -49,7 +56,11 @@ Linear a few float64 Cholesky solves of size (kept inputs), independent of the t
 Data-free criteria without reconstruction need no activations at all (and
 :func:`~sketchprune.prune.prune_model` then prunes in one shot, which decides the same).
 Memory: the two streams and the dense targets on the host, one layer and one batch's
-activations on the model's device; checked against ``budget`` before any work.
+activations on the model's device; checked against ``budget`` before any work.  Block
+reconstruction adds, per epoch, about 3 passes over the fitting share plus one over the held-out
+share (and 2 passes overall), on the device the trained block(s)' weights 5 times more and one
+batch's activations kept for the backward pass, and with ``"cross-block"`` a third stream on
+the host.
 """
 
 from __future__ import annotations
