@@ -298,3 +298,31 @@ def test_local_refit_target_is_the_one_shot_refit_on_the_pruned_inputs():
     torch.testing.assert_close(ad.attention(ad.layers(a)[0]).o.weight, ad.attention(ad.layers(b)[0]).o.weight)
     with pytest.raises(ValueError, match="refit_target"):
         prune_model(a, data, criterion="sigma", reconstruct=True, refit_target="x", progress=False)
+
+
+def test_local_refits_skip_the_dense_stream_and_decide_the_same():
+    """With local-target refits nothing needs the dense stream: it is not run (fewer layer
+    forwards), and asking for it (``stream_error=True``) only adds the report field."""
+    data = token_batches(n=4)
+    calls = {}
+    results = {}
+    for tracked in (False, True):
+        model = make_model("llama", dtype=torch.float64)
+        layer = get_adapter(model).layers(model)[1]
+        calls[tracked] = 0
+
+        def count(m, a, calls=calls, tracked=tracked):
+            calls[tracked] += 1
+        h = layer.register_forward_pre_hook(count)
+        rep = prune_model(model, data, sparsity=0.3, criterion="sigma", reconstruct=True, progress=False,
+                          stream_error=tracked)
+        h.remove()
+        results[tracked] = (rep, model)
+    (r0, m0), (r1, m1) = results[False], results[True]
+    assert all("stream_rel_error" not in lay for lay in r0["layers"])
+    assert all(lay["stream_rel_error"] > 0 for lay in r1["layers"])
+    assert calls[True] == calls[False] + len(data)      # one dense pass over every batch, no more
+    assert [lay["kept_channels"] for lay in r0["layers"]] == [lay["kept_channels"] for lay in r1["layers"]]
+    for p0, p1 in zip(m0.parameters(), m1.parameters()):
+        torch.testing.assert_close(p0, p1, rtol=0, atol=0)
+    assert any(lay.get("refit") for lay in r0["layers"])

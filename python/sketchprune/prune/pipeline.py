@@ -113,7 +113,8 @@ def prune_model(model: nn.Module, batches=None, sparsity: float = 0.2, criterion
                 criterion_options: dict | None = None, allocation: str = "uniform",
                 stat_dtype: torch.dtype = torch.float64, token_weighting: str = "none",
                 refit_target: str = "local", recon: str = "layer", recon_epochs: int = EPOCHS,
-                recon_lr: float = LR, recon_prox: float = PROX, recon_patience: int = PATIENCE) -> dict:
+                recon_lr: float = LR, recon_prox: float = PROX, recon_patience: int = PATIENCE,
+                stream_error: bool = False) -> dict:
     """Score, allocate and physically slice ``model`` in place; returns a report dict.
 
     ``sequential`` (default: on whenever calibration ``batches`` are given, no precomputed
@@ -133,7 +134,9 @@ def prune_model(model: nn.Module, batches=None, sparsity: float = 0.2, criterion
     closed-form refits above), ``"block"`` or ``"cross-block"`` (sequential only; they imply
     ``reconstruct`` and then re-fit all Linears of each pruned block, or of two consecutive
     ones, by Adam toward the dense model's hidden states, :mod:`sketchprune.prune.blockrecon`;
-    ``recon_epochs``, ``recon_lr``, ``recon_prox``, ``recon_patience`` tune it).
+    ``recon_epochs``, ``recon_lr``, ``recon_prox``, ``recon_patience`` tune it).  ``stream_error``
+    (sequential only): report each layer's pruned-vs-dense stream distance even when that costs
+    an extra dense pass per layer.
 
     ``sparsity``: the fraction of the pruned blocks' parameters (q/k/v/o/gate/up/down of the
     pruned layers) to remove; ``attn_sparsity``: the fraction of attention parameters to remove
@@ -174,7 +177,7 @@ def prune_model(model: nn.Module, batches=None, sparsity: float = 0.2, criterion
                                 criterion_options=criterion_options, stat_dtype=stat_dtype,
                                 token_weighting=token_weighting, refit_target=refit_target, recon=recon,
                                 recon_epochs=recon_epochs, recon_lr=recon_lr, recon_prox=recon_prox,
-                                recon_patience=recon_patience)
+                                recon_patience=recon_patience, stream_error=stream_error)
     if recovery:
         raise ValueError("sketchprune.prune: recovery=True needs the sequential path (sequential=True)")
     t0 = time.perf_counter()

@@ -7,8 +7,9 @@ of the model pruned so far.
 
 The inputs of the layers are recorded once (:func:`~sketchprune.prune.streams.capture_layer_inputs`),
 then two streams of hidden states are kept in host memory, batch by batch and token-aligned:
-the **pruned stream** (through the layers pruned so far) and, when reconstruction or recovery is
-on, the **dense stream** (through the original layers).  Per pruned layer ``i``:
+the **pruned stream** (through the layers pruned so far) and, when something needs it (dense-target
+refits, relative token weights, recovery, block reconstruction, or ``stream_error=True``), the
+**dense stream** (through the original layers).  Per pruned layer ``i``:
 
 1. **dense pass** -- the (still dense) layer on the dense stream: its next state, and the dense
    outputs of the Linears the refits will target (``o``, ``down``; with ``recovery`` also
@@ -48,8 +49,8 @@ streams after the layer.  Nothing is re-fit where nothing was removed and the st
 at sparsity 0 the model comes out bit-identical.  Biases of o/down are kept (the targets exclude
 them), not re-fit.
 
-Costs per pruned layer, in forward passes of one layer over the calibration tokens: 1 (dense)
-+ the attention stage (which stops at o_proj's input, so it skips the FFN) + the FFN stage (which
+Costs per pruned layer, in forward passes of one layer over the calibration tokens: 1 (dense,
+only when the dense stream is kept) + the attention stage (which stops at o_proj's input, so it skips the FFN) + the FFN stage (which
 stops at down_proj's input) + the propagation (on the smaller layer) -- about 3 --, plus the
 re-captures of recovery (stopping at q_proj's / the FFN's input), plus the fits: per refit
 Linear a few float64 Cholesky solves of size (kept inputs), independent of the token count.
@@ -103,6 +104,11 @@ def _sites(adapter, layer) -> dict[str, nn.Linear]:
             "down_in": ffn.down}
 
 
+def _width(targets: dict, name: str) -> int | None:
+    """The column count of the dense targets of statistic ``name`` (None when none are kept)."""
+    return targets[name][0].shape[-1] if name in targets else None
+
+
 def _install(linears: list[nn.Linear], V: torch.Tensor) -> None:
     """Copy the rows of V (stacked Linears' weights) back into the Linears."""
     with torch.no_grad():
@@ -116,7 +122,8 @@ def _install(linears: list[nn.Linear], V: torch.Tensor) -> None:
 class _Pruner:
     def __init__(self, model, batches, crit, sparsity, attn_sparsity, head_mode, seed, idx, budget, progress,
                  flap_bias, reconstruct, recovery, heldout_fraction, alphas, options, grads, stat_dtype=torch.float64,
-                 token_weighting="none", refit_target="local", recon="layer", block_options=None):
+                 token_weighting="none", refit_target="local", recon="layer", block_options=None,
+                 stream_error=False):
         self.model, self.crit = model, crit
         self.recon, self.block_options = recon, dict(block_options or {})
         self.prev = None        # cross-block: the pruned stream entering the previous pruned layer
@@ -131,12 +138,17 @@ class _Pruner:
         self.layers = self.adapter.layers(model)
         self.device = next(model.parameters()).device
         self.host = torch.device("cpu")
-        self.track_dense = reconstruct or recovery or recon != "layer"
+        # the dense model's Linear outputs are targets of the dense-target refits, of the
+        # relative token weights and of recovery; the dense stream itself is needed for those, for
+        # block reconstruction (its target) and to report how far the pruned stream drifted
+        self.need_targets = recovery or (reconstruct and (refit_target == "dense" or token_weighting != "none"))
+        self.track_dense = self.need_targets or recon != "layer" or bool(stream_error)
+        self.refits = reconstruct or recovery or recon != "layer"
         # whether any decision depends on activations (else no stream is needed at all)
-        self.needs_data = bool(crit.needs) or self.track_dense or self.flap
+        self.needs_data = bool(crit.needs) or self.track_dense or self.refits or self.flap
         self.batches = list(batches)
         n = len(self.batches)
-        if self.track_dense:
+        if self.refits:
             if n < 2:
                 raise ValueError("sketchprune.prune: reconstruct/recovery need at least 2 calibration batches "
                                  "(some are held out to choose the regularisation)")
@@ -165,9 +177,9 @@ class _Pruner:
             d, d_ff, d_att = attn.q.in_features, ffn.up.out_features, attn.o.in_features
             d_qkv = attn.q.out_features + attn.k.out_features + attn.v.out_features
             d_first = sum(m.out_features for m in ffn.first)
-            tgt = (attn.o.out_features + ffn.down.out_features) if self.track_dense else 0
+            tgt = (attn.o.out_features + ffn.down.out_features) if self.need_targets else 0
             stat = 8 * (d_att * d_att + d_ff * d_ff + d * d)     # full criterion statistics, worst case
-            if self.track_dense:
+            if self.need_targets:
                 stat = 8 * 2 * (d_att * (d_att + attn.o.out_features) + d_ff * (d_ff + ffn.down.out_features))
             if self.recovery:
                 tgt += d_qkv + d_first
@@ -239,7 +251,8 @@ class _Pruner:
         return out
 
     def _moments(self, site_mod, target_dim):
-        """(fit, held) FullMoments of the input of ``site_mod`` with targets of ``target_dim`` columns."""
+        """(fit, held) FullMoments of the input of ``site_mod`` with targets of ``target_dim``
+        columns (None: second moments only, for the local-target refits)."""
         return tuple(FullMoments(site_mod.in_features, self.device, self.budget, self.stat_dtype, cross_dim=target_dim,
                                  stage_rows=0) for _ in range(2))
 
@@ -264,7 +277,7 @@ class _Pruner:
                 mask = self.inputs.masks[b]
                 check_finite(x, mask, f"the input of {name} in decoder layer {j} (pruned stream, calibration batch {b})")
                 if name in fits:
-                    y = targets[name][b].to(x.device)
+                    y = targets[name][b].to(x.device) if name in targets else None
                     if weighted:     # token t weighted by 1 / ||y_t||: every token's relative error counts alike
                         if name in crit_stats and not self.held[b]:
                             crit_stats[name].update(x, mask)
@@ -329,7 +342,7 @@ class _Pruner:
         new_dense = None
         if self.track_dense:      # 1. dense pass: next dense state + dense Linear outputs (no bias)
             ffn, attn = ad.ffn(layer), ad.attention(layer)
-            lins = {"o": attn.o, "down": ffn.down}
+            lins = {"o": attn.o, "down": ffn.down} if self.need_targets else {}
             if self.recovery:
                 lins.update(q=attn.q, k=attn.k, v=attn.v, up=ffn.up)
                 if ffn.gate is not None:
@@ -344,7 +357,7 @@ class _Pruner:
             new_dense = self.dense if not identical else [None] * len(self.dense)
             self._pass(layer, j, self.dense, "dense", post={lin: keeper(k, lin) for k, lin in lins.items()},
                        out=new_dense)
-            targets = {"o_in": store["o"], "down_in": store["down"]}
+            targets = {"o_in": store["o"], "down_in": store["down"]} if self.need_targets else {}
             if self.recovery:
                 targets["attn_in"] = [torch.cat([store[k][b] for k in ("q", "k", "v")], -1) for b in range(len(new_dense))]
                 firsts = [k for k in ("gate", "up") if k in store]
@@ -370,7 +383,7 @@ class _Pruner:
             want.setdefault("o_in", "diag")
         fits = {}
         if (self.reconstruct and heads_rm) or recover:
-            fits["o_in"] = self._moments(ad.attention(layer).o, targets["o_in"][0].shape[-1])
+            fits["o_in"] = self._moments(ad.attention(layer).o, _width(targets, "o_in"))
         stats = self._collect(layer, j, want, fits, targets)
         if recover:
             changed |= self._fit([ad.attention(layer).o], None, fits["o_in"], "o", rep, "recovery")
@@ -401,7 +414,7 @@ class _Pruner:
             want.setdefault("down_in", "diag")
         fits = {}
         if (self.reconstruct and ffn_rm) or recover_mlp:
-            fits["down_in"] = self._moments(ad.ffn(layer).down, targets["down_in"][0].shape[-1])
+            fits["down_in"] = self._moments(ad.ffn(layer).down, _width(targets, "down_in"))
         stats = self._collect(layer, j, want, fits, targets)
         if recover_mlp:
             changed |= self._fit([ad.ffn(layer).down], None, fits["down_in"], "down", rep, "recovery")
@@ -530,7 +543,7 @@ def prune_sequential(model: nn.Module, batches, sparsity: float = 0.2, criterion
                      criterion_options: dict | None = None, stat_dtype: torch.dtype = torch.float64,
                      token_weighting: str = "none", refit_target: str = "local", recon: str = "layer",
                      recon_epochs: int = EPOCHS, recon_lr: float = LR, recon_prox: float = PROX,
-                     recon_patience: int = PATIENCE) -> dict:
+                     recon_patience: int = PATIENCE, stream_error: bool = False) -> dict:
     """Prune ``model`` in place one decoder layer at a time (see the module doc); returns a report.
 
     Arguments as for :func:`~sketchprune.prune.prune_model`; ``recovery``: re-fit each layer's
@@ -560,6 +573,12 @@ def prune_sequential(model: nn.Module, batches, sparsity: float = 0.2, criterion
     and run after the closed-form refits, which give the Adam fit its starting point.
     ``recon_epochs``, ``recon_lr`` (relative to each weight's RMS), ``recon_prox`` (pull toward
     the starting weights), ``recon_patience``: see :class:`~sketchprune.prune.blockrecon.BlockRecon`.
+
+    ``stream_error``: also run the dense stream when nothing else needs it, to report per layer
+    ``stream_rel_error`` (the pruned stream's relative distance from the dense one).  With the
+    default local-target refits and no recovery or block reconstruction the dense stream is not
+    needed, and leaving it out saves one layer forward per layer (about a third of the passes);
+    otherwise the error is reported anyway.
     """
     t0 = time.perf_counter()
     crit = get_criterion(criterion)
@@ -591,7 +610,7 @@ def prune_sequential(model: nn.Module, batches, sparsity: float = 0.2, criterion
         raise IndexError("sketchprune.prune: no layers to prune")
     pr = _Pruner(model, batches, crit, sparsity, attn_sparsity, head_mode, seed, idx, budget, progress, flap_bias,
                  reconstruct, recovery, heldout_fraction, alphas, criterion_options or {}, None, stat_dtype,
-                 token_weighting, refit_target, recon, block_options)
+                 token_weighting, refit_target, recon, block_options, stream_error)
     pr.check_budget(min(idx), max(idx))
     if getattr(crit, "needs_gradients", False):     # on the dense model, before anything changes
         from .gradient_scores import gradient_statistics
