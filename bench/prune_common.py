@@ -16,7 +16,7 @@ from pathlib import Path
 LAYER_KEYS = ("layer", "kept_channels", "kept_heads", "kept_kv_heads", "ffn_kept", "ffn_total", "q_heads_kept",
               "q_heads_total", "kv_heads_kept", "kv_heads_total", "params_before", "params_after", "lambda",
               "recon_rel_error", "heldout_rel_error", "no_refit_rel_error", "no_refit_heldout_rel_error",
-              "stream_rel_error", "recovery", "seconds")
+              "stream_rel_error", "recovery", "block_recon", "seconds")
 
 
 def count_params(model) -> int:

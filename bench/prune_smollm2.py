@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 
 from provenance import git_commit, machine
+from prune_common import layer_records
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -179,15 +180,12 @@ def main(argv=None):
             tp = time.perf_counter() - t
             t = time.perf_counter()
             ppl = perplexity(model, held, chunk_size=args.batch_size)
-            keys = ("layer", "kept_channels", "kept_heads", "kept_kv_heads", "lambda", "recon_rel_error",
-                    "heldout_rel_error", "no_refit_rel_error", "no_refit_heldout_rel_error", "stream_rel_error",
-                    "recovery", "block_recon", "seconds")
             r = {"criterion": crit, "variant": vname + ("" if rep.get("recon", "layer") == "layer" else
                                                         f" recon={rep['recon']}"), "params": count(model), "perplexity": ppl, "prune_seconds": tp,
                  "eval_seconds": time.perf_counter() - t, "sparsity_achieved": rep["sparsity_achieved"],
                  "params_before": rep["params_before"], "params_after": rep["params_after"],
                  "calibration_tokens": rep["calibration_tokens"], "prune_report_seconds": rep["seconds"],
-                 "layers": [{k: l[k] for k in keys if k in l} for l in rep["layers"]]}
+                 "layers": layer_records(rep)}
             if not v["sequential"] and rep.get("reconstruction"):
                 r["reconstruction"] = {str(i): x for i, x in rep["reconstruction"].items()}
             res["pruned"].append(r)

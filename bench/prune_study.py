@@ -383,7 +383,7 @@ def _plot_ppl(runs, dense, keys, path: Path):
     keys = [k for k in keys if k.endswith("@1024")]
     fig, axes = plt.subplots(1, len(keys), figsize=(7 * len(keys), 5.5), squeeze=False)
     crits = [c for c, v in _rows(runs) if v == "published"]
-    cmap = plt.get_cmap("tab20")
+    colors = list(plt.get_cmap("tab10").colors) + ["black", "olive", "navy"]
     for ax, key in zip(axes[0], keys):
         d = _ppl(dense, key)
         for i, c in enumerate(crits):
@@ -393,7 +393,7 @@ def _plot_ppl(runs, dense, keys, path: Path):
                 if not pts:
                     continue
                 xs, ys = [0.0] + [p[0] for p in pts], [d] + [p[1] for p in pts]
-                ax.plot(xs, ys, ls=ls, marker=mk, ms=4, color=cmap(i % 20), label=f"{c} {v}")
+                ax.plot(xs, ys, ls=ls, marker=mk, ms=4, color=colors[i % len(colors)], label=f"{c} {v}")
         ax.axhline(d, color="k", lw=0.8, ls=":", label="dense")
         ax.set_yscale("log")
         ax.set_xlabel("sparsity (fraction of attention + MLP block parameters removed)")
