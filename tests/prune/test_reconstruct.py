@@ -154,3 +154,33 @@ def test_grid_walk_finds_the_exhaustive_choice():
         V2, i2 = ridge_toward(A, S, C, e, mom(Xh, Yh), grid, exhaustive=True)
         assert i1["alpha"] == i2["alpha"] and torch.equal(V1, V2), (seed, i1, i2)
         assert i1["eval_error"] <= i1["eval_error_none"]
+
+
+def test_full_moments_float64_totals_of_float32_partials():
+    """float32 inputs with float64 statistics: kernel products in float32, drained into float64
+    totals -- equal to the float64 moments to float32 accuracy, whatever the number of updates
+    (many small updates, a drain boundary crossed several times, masked rows)."""
+    from sketchprune.prune import calibration
+    from sketchprune.prune.calibration import FullMoments
+
+    g = torch.Generator().manual_seed(3)
+    X = torch.randn(3000, 24, generator=g, dtype=torch.float64) @ torch.randn(24, 24, generator=g, dtype=torch.float64)
+    Y = torch.randn(3000, 6, generator=g, dtype=torch.float64)
+    mask = torch.rand(3000, generator=g) > 0.2
+    old = calibration._DRAIN_ROWS
+    calibration._DRAIN_ROWS = 700
+    try:
+        m = FullMoments(24, "cpu", cross_dim=6, stage_rows=0)
+        for idx in torch.arange(3000).chunk(13):
+            m.update(X[idx].float(), mask[idx], y=Y[idx].float())
+        S, C = m.second_moment(), m.cross()
+        m.update(X[:5].float(), mask[:5], y=Y[:5].float())     # reading drains; updates go on
+        S2 = m.second_moment()
+    finally:
+        calibration._DRAIN_ROWS = old
+    Xm, Ym = X.float().double()[mask], Y.float().double()[mask]
+    torch.testing.assert_close(S, Xm.T @ Xm / len(Xm), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(C, Xm.T @ Ym / len(Xm), rtol=1e-5, atol=1e-5)
+    Xm2 = torch.cat([Xm, X[:5].float().double()[mask[:5]]])
+    torch.testing.assert_close(S2, Xm2.T @ Xm2 / len(Xm2), rtol=1e-5, atol=1e-5)
+    assert S.dtype == torch.float64 and m._acc.dtype == torch.float32

@@ -98,6 +98,9 @@ class DiagMoments:
                            "collect it as 'full' for the full second moment")
 
 
+_DRAIN_ROWS = 8192
+
+
 class FullMoments(DiagMoments):
     """Full second moment E[x x^T] (plus the mean), through :class:`CovarianceAccumulator`.
 
@@ -105,6 +108,12 @@ class FullMoments(DiagMoments):
     row with ``x`` and accumulates ``E[x y^T]`` (:meth:`cross`) and ``E||y||^2``
     (:meth:`target_energy`).  ``stage_rows`` is passed to the accumulator (0: no staging, each
     update is one kernel launch).
+
+    ``dtype=torch.float64`` with float32 / bfloat16 / float16 inputs: the products are
+    accumulated by the kernels in float32 (twice their float64 speed on CPUs) and the partial
+    sums are added into float64 totals every ~8k rows (and before any read), so the rounding
+    error does not grow with the stream (relative ~1e-7 sqrt(8192) at most); float64 inputs
+    are accumulated in float64 throughout.  ``dtype=torch.float32`` keeps float32 totals.
     """
 
     kind = "full"
@@ -118,6 +127,10 @@ class FullMoments(DiagMoments):
         self._sigma64: torch.Tensor | None = None   # float64 inputs: plain matmul
         self._cross64: torch.Tensor | None = None
         self._yy = torch.zeros((), dtype=torch.float64, device=device)
+        # float64 totals of the kernels' float32 per-update partial sums (dtype float64)
+        self._acc_sigma64: torch.Tensor | None = None
+        self._acc_cross64: torch.Tensor | None = None
+        self._pending = 0       # rows in the float32 partial sums since the last drain
 
     def update(self, x: torch.Tensor, mask: torch.Tensor | None = None, y: torch.Tensor | None = None) -> None:
         x = x.detach()
@@ -131,11 +144,17 @@ class FullMoments(DiagMoments):
                                  f"{tuple(x.shape)} (cross_dim {self.cross_dim})")
         m = None if mask is None else mask.to(device=x.device, dtype=torch.bool).reshape(x.shape[:-1])
         if x.dtype in _KERNEL_DTYPES:
+            mixed = self._dtype == torch.float64
             if self._acc is None:
-                self._acc = CovarianceAccumulator(self.dim, device=self._device, dtype=self._dtype,
+                self._acc = CovarianceAccumulator(self.dim, device=self._device,
+                                                  dtype=torch.float32 if mixed else self._dtype,
                                                   cross_dim=self.cross_dim, budget=self._budget,
                                                   stage_rows=self._stage_rows)
             self._acc.update(x, y, mask=m)
+            if mixed:
+                self._pending += x.numel() // max(x.shape[-1], 1)
+                if self._pending >= _DRAIN_ROWS:
+                    self._drain()
         super().update(x, mask)     # sums / squares / count
         if x.dtype not in _KERNEL_DTYPES:
             r = _rows(x, m).to(torch.float64)
@@ -150,6 +169,22 @@ class FullMoments(DiagMoments):
             yr = _rows(y, m)
             self._yy += torch.sum(yr.to(torch.float64).square()).to(self._yy.device)
 
+    def _drain(self) -> None:
+        """Move the accumulator's float32 partial sums into the float64 totals."""
+        acc = self._acc
+        acc.flush()
+        self._pending = 0
+        if self._acc_sigma64 is None:
+            self._acc_sigma64 = torch.zeros(self.dim, self.dim, dtype=torch.float64, device=acc.sigma.device)
+            if acc._cross is not None:
+                self._acc_cross64 = torch.zeros(self.dim, self.cross_dim, dtype=torch.float64,
+                                                device=acc.sigma.device)
+        self._acc_sigma64 += acc.sigma
+        acc.sigma.zero_()
+        if acc._cross is not None:
+            self._acc_cross64 += acc._cross
+            acc._cross.zero_()
+
     def _combine(self, acc_part, part64, shape) -> torch.Tensor:
         n = self._n()
         s = torch.zeros(*shape, dtype=torch.float64, device=self._sum.device)
@@ -161,12 +196,19 @@ class FullMoments(DiagMoments):
 
     def second_moment(self) -> torch.Tensor:
         """E[x x^T] (float64)."""
+        if self._acc is not None and self._acc.dtype != self._dtype:
+            self._drain()
+            return self._combine(lambda: self._acc_sigma64 / self._acc.count, self._sigma64, (self.dim, self.dim))
         return self._combine(lambda: self._acc.covariance(), self._sigma64, (self.dim, self.dim))
 
     def cross(self) -> torch.Tensor:
         """E[x y^T] (float64, dim x cross_dim)."""
         if self.cross_dim is None:
             raise RuntimeError("sketchprune.prune: this statistic has no cross moment (cross_dim not set)")
+        if self._acc is not None and self._acc.dtype != self._dtype:
+            self._drain()
+            return self._combine(lambda: self._acc_cross64 / self._acc.count, self._cross64,
+                                 (self.dim, self.cross_dim))
         return self._combine(lambda: self._acc.cross(), self._cross64, (self.dim, self.cross_dim))
 
     def target_energy(self) -> float:
