@@ -126,11 +126,16 @@ using MicroF64 = void (*)(int64_t kc, const double* A, const double* B, double* 
 using Scatter16 = void (*)(const float* const* rows, int64_t len, const SketchEntry* tab,
                            int64_t k, float* acc);
 
-// Small-T outer products in the lanes: for o < no, q < d_in (row i = o*d_in + q):
-//   v[0:16] = sum_{t<T} dt[(t*no + o)*16 + :] * at[(t*d_in + q)*16 + :];
-//   acc[tab[i*k+t].col * 16 + :] += tab[i*k+t].val * v   for t < k.
+// Per-sample outer products in the lanes: for o < no, q < nq (row i = o*ldt + q):
+//   v[0:16] = sum_{t<T} D(t, o)[0:16] * A(t, q)[0:16];
+//   acc[tab[i*k+t].col * 16 + :] += tab[i*k+t].val * v   for t < k,
+// D packed in groups of out_r rows (group g at dp + g*T*out_r*16, width w = min(out_r, no -
+// g*out_r), D(t, o) at + (t*w + o % out_r)*16), A likewise in groups of out_q columns.
 using OuterScatter16 = void (*)(const float* dt, const float* at, int64_t T, int64_t no,
-                                int64_t d_in, const SketchEntry* tab, int64_t k, float* acc);
+                                int64_t nq, int64_t ldt, const SketchEntry* tab, int64_t k,
+                                float* acc);
+// Lane-minor transpose: dst[i*16 + s] = rows[s][i] for i < len, s < 16.
+using Transpose16 = void (*)(const float* const* rows, int64_t len, float* dst);
 
 struct KernelTable {
   const char* isa;
@@ -140,6 +145,8 @@ struct KernelTable {
   MicroF64 micro_d;
   Scatter16 scatter16;
   OuterScatter16 outer_scatter16;
+  Transpose16 transpose16;
+  int out_r, out_q;  // register tile of outer_scatter16 (its packing groups)
 };
 
 // Per-ISA tables (isa_*.cpp); the x86 ones return false when not compiled in.

@@ -66,6 +66,7 @@ inline void transpose16_block(const float* const* rows, int64_t i, float* blk) {
 
 constexpr int kMrF = 6, kNvF = 2, kMrD = 6, kNvD = 2;
 constexpr int kKcF = 256, kKcD = 256;
+constexpr int kOutR = 2, kOutQ = 2;  // 8 of the 16 ymm registers hold G (16 lanes = 2 ymm)
 #include "isa_kernels.inc"
 #include "isa_entry.inc"
 

@@ -76,6 +76,7 @@ inline void transpose16_block(const float* const* rows, int64_t i, float* blk) {
 
 constexpr int kMrF = 12, kNvF = 2, kMrD = 12, kNvD = 2;
 constexpr int kKcF = 384, kKcD = 256;
+constexpr int kOutR = 4, kOutQ = 6;  // 24 of the 32 zmm registers hold G
 #include "isa_kernels.inc"
 #include "isa_entry.inc"
 

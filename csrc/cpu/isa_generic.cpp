@@ -54,6 +54,8 @@ inline void transpose16_block(const float* const* rows, int64_t i, float* blk) {
   }
 }
 
+// G tile of outer_scatter16: 1 x 2 rows x columns = 8 accumulators of 4 lanes (SSE2/NEON).
+constexpr int kOutR = 1, kOutQ = 2;
 #include "isa_kernels.inc"
 
 }  // namespace generic
@@ -67,6 +69,8 @@ void kernels_generic(KernelTable* t) {
   t->micro_d = &generic::micro_kernel<generic::VD, 4, NVD>;
   t->scatter16 = &generic::scatter16;
   t->outer_scatter16 = &generic::outer_scatter16;
+  t->transpose16 = &generic::transpose16;
+  t->out_r = generic::kOutR; t->out_q = generic::kOutQ;
 }
 
 #if !defined(__x86_64__) || !defined(__GNUC__)

@@ -16,6 +16,9 @@ namespace cpu {
 namespace {
 
 constexpr int kLanes = 16;
+// outer_sketch: up to this T, G is formed in the vector lanes (outer_scatter16); above it, by
+// per-sample GEMM slabs.
+constexpr int64_t kLaneGemmMaxT = 64;
 
 // The k nonzeros of S rows, hashed in bulk.  Columns come from sketch_hash() and
 // block_start() of common/sketch_hash.h; the only thing done differently from sketch_entry()
@@ -208,63 +211,26 @@ void sparse_sign_sketch(float* out, const void* g, int g_dtype, int64_t N, int64
 
 // ---------------------------------------------------------------------------------------
 // outer_sketch: out[n] (+)= vec(G_n) @ S with G_n[o, q] = sum_t d[n,t,o] * a[n,t,q] flattened
-// row-major (row o*d_in + q of S, offset added); G is only ever formed for a chunk of oc
-// rows o, for 16 samples at a time.  Two ways to form a chunk of the tile's G:
-//  * T <= kLaneT (= 2, where it measured faster): samples in the vector lanes -- a and d of
-//    the tile are transposed to [t][q][16] / [t][o][16] and each G row (o, q) is T 16-wide
-//    FMAs, scattered at once;
-//  * larger T: per sample an oc x d_in GEMM slab d_n[:, o-range]^T a_n (packed micro-kernel),
-//    then scattered like g rows.
-// Cost: 2*N*T*d_out*d_in flops + N*d_out*d_in*k lane-FMAs, e.g. N=64, T=128,
-// d_in=d_out=1024, k=8: 17 GFLOP + 0.5 G FMAs, with a and d read once per chunk.
-void outer_sketch(float* out, const void* a, const void* d, int dtype, int64_t N, int64_t T,
-                  int64_t d_in, int64_t d_out, int64_t lda_n, int64_t lda_t, int64_t ldd_n,
-                  int64_t ldd_t, int64_t m, int64_t k, int64_t seed, int64_t offset,
-                  bool accumulate) {
-  constexpr int64_t kLaneT = 2;
-  const int64_t R = d_in * d_out;
-  if (R == 0 || N == 0 || T == 0) {  // G == 0: out = 0 (or unchanged)
-    if (N > 0 && !accumulate) std::memset(out, 0, sizeof(float) * static_cast<size_t>(N * m));
-    return;
-  }
+// row-major (row o*d_in + q of S, offset added); G is never formed in memory.  Per work item
+// (16 samples x a chunk of ocm rows o, i.e. ocm*d_in rows of S): d of the 16 samples is
+// transposed to Dt[t][o][16] (samples in the vector lanes), then per block of qb columns q, a
+// to At[t][q][16], and outer_scatter16 forms each G row (o, q) for all 16 samples as sum_t
+// Dt[t][o] * At[t][q] (register-blocked: R rows o x Q columns q per step, T loads of R + Q
+// vectors for R*Q*T 16-wide FMAs) and scatters it from registers into the accumulator.
+// Cost: 2*N*T*d_out*d_in flops + N*d_out*d_in*k lane-FMAs, e.g. N=256, T=49, d_in=4608,
+// d_out=512, k=8: 59 GFLOP + 4.8 G lane-FMAs; a is read once per chunk, d once.  Used for
+// T <= kLaneGemmMaxT (measured 1.2-1.7x faster than the GEMM slabs below at T = 1..49, and
+// slower at T = 128, where the slabs' K-depth pays off).
+// Larger T: per sample an oc x d_in GEMM slab d_n[:, o-range]^T a_n (packed micro-kernel), then
+// scattered like g rows.
+template <class SrcA, class SrcD>
+void outer_sketch_gemm(float* out, int64_t N, int64_t T, int64_t d_in, int64_t d_out, int64_t m,
+                       int64_t k, int64_t seed, int64_t offset, bool accumulate,
+                       int64_t max_chunk, const SrcA& src_a, const SrcD& src_d, int dtype,
+                       int64_t lda_t, int64_t ldd_t) {
   const KernelTable& K = kernels();
   const int64_t nt = max_threads();
-  const int64_t es = dtype_size(dtype);
-  const char* ab = static_cast<const char*>(a);
-  const char* db = static_cast<const char*>(d);
-  auto src_a = [&](int64_t n, int64_t t) { return ab + (n * lda_n + t * lda_t) * es; };
-  auto src_d = [&](int64_t n, int64_t t) { return db + (n * ldd_n + t * ldd_t) * es; };
-  const int64_t max_chunk = std::max<int64_t>(d_in, (int64_t(1) << 18) / d_in * d_in);
-
-  if (T <= kLaneT) {
-    // >= 16 rows o per chunk, so the per-chunk transpose of a (T*d_in*16) is amortised.
-    const int64_t oc = std::min(d_out, std::max<int64_t>(16, 16384 / d_in));
-    const int64_t chunk = std::min(oc * d_in, max_chunk);
-    const int64_t ocm = chunk / d_in;
-    Scratch<float> at(nt * T * d_in * kLanes);
-    Scratch<float> dt(nt * T * ocm * kLanes);
-    Scratch<float> row(nt * std::max(d_in, ocm));
-    auto process = [&](int64_t tile, int64_t i0, int64_t len, const SketchEntry* tab,
-                       float* acc, int tid) {
-      const int64_t n0 = tile * kLanes, ns = std::min<int64_t>(kLanes, N - n0);
-      const int64_t o0 = i0 / d_in, no = len / d_in;
-      float* A = at.data() + tid * T * d_in * kLanes;
-      float* D = dt.data() + tid * T * ocm * kLanes;
-      float* tmp = row.data() + tid * std::max(d_in, ocm);
-      for (int64_t s = 0; s < kLanes; ++s)
-        for (int64_t t = 0; t < T; ++t) {
-          if (s < ns) convert_row<float>(src_a(n0 + s, t), dtype, d_in, tmp);
-          for (int64_t q = 0; q < d_in; ++q) A[(t * d_in + q) * kLanes + s] = s < ns ? tmp[q] : 0.f;
-          if (s < ns) convert_row<float>(src_d(n0 + s, t) + o0 * es, dtype, no, tmp);
-          for (int64_t o = 0; o < no; ++o) D[(t * no + o) * kLanes + s] = s < ns ? tmp[o] : 0.f;
-        }
-      K.outer_scatter16(D, A, T, no, d_in, tab, k, acc);
-    };
-    sketch_engine(out, N, R, m, k, seed, offset, accumulate, chunk, process);
-    return;
-  }
-
-  // GEMM path: >= 64 rows o per chunk (packing a_n is amortised over them), <= 2^18 rows.
+  // >= 64 rows o per chunk (packing a_n is amortised over them), <= 2^18 rows.
   const int64_t oc = std::min(d_out, std::max<int64_t>(64, 16384 / d_in));
   const int64_t chunk = std::min(oc * d_in, max_chunk);
   int64_t pa_n, pb_n;
@@ -292,6 +258,84 @@ void outer_sketch(float* out, const void* a, const void* d, int dtype, int64_t N
       rows[s] = G;
     }
     K.scatter16(rows, len, tab, k, acc);
+  };
+  sketch_engine(out, N, d_in * d_out, m, k, seed, offset, accumulate, chunk, process);
+}
+
+void outer_sketch(float* out, const void* a, const void* d, int dtype, int64_t N, int64_t T,
+                  int64_t d_in, int64_t d_out, int64_t lda_n, int64_t lda_t, int64_t ldd_n,
+                  int64_t ldd_t, int64_t m, int64_t k, int64_t seed, int64_t offset,
+                  bool accumulate) {
+  const int64_t R = d_in * d_out;
+  if (R == 0 || N == 0 || T == 0) {  // G == 0: out = 0 (or unchanged)
+    if (N > 0 && !accumulate) std::memset(out, 0, sizeof(float) * static_cast<size_t>(N * m));
+    return;
+  }
+  const KernelTable& K = kernels();
+  const int64_t nt = max_threads();
+  const int64_t es = dtype_size(dtype);
+  const char* ab = static_cast<const char*>(a);
+  const char* db = static_cast<const char*>(d);
+  auto src_a = [&](int64_t n, int64_t t) { return ab + (n * lda_n + t * lda_t) * es; };
+  auto src_d = [&](int64_t n, int64_t t) { return db + (n * ldd_n + t * ldd_t) * es; };
+  // Sizes depend on (T, d_in, d_out) only, never on N or the thread count.
+  const int64_t max_chunk = std::max<int64_t>(d_in, (int64_t(1) << 18) / d_in * d_in);
+  if (T > kLaneGemmMaxT) {
+    outer_sketch_gemm(out, N, T, d_in, d_out, m, k, seed, offset, accumulate, max_chunk, src_a,
+                      src_d, dtype, lda_t, ldd_t);
+    return;
+  }
+  const int64_t oc = std::min(d_out, std::max<int64_t>(T <= 2 ? 16 : 64, 16384 / d_in));
+  const int64_t chunk = std::min(oc * d_in, max_chunk);
+  const int64_t ocm = chunk / d_in;
+  // q block: At (T x qb x 16 floats) within ~512 KB of L2, a multiple of 48 columns (so of
+  // every ISA's out_q).
+  const int64_t qb = std::min(d_in, std::max<int64_t>(96, (int64_t(1) << 13) / T / 48 * 48));
+  const int64_t wmax = std::max(qb, ocm);
+  std::vector<float> zeros(static_cast<size_t>(wmax), 0.f);
+  Scratch<float> dts(nt * T * ocm * kLanes);
+  Scratch<float> ats(nt * T * qb * kLanes);
+  Scratch<float> conv(dtype == kFloat32 ? 0 : nt * kLanes * wmax);
+  Scratch<float> lane(nt * kLanes * wmax);
+  // Lanes s < ns of rows (n0 + s, t), columns [c0, c0 + w) (zero lanes past ns), as 16-float
+  // vectors packed in groups of `grp` columns (the layout of KernelTable::outer_scatter16).
+  auto to_lanes = [&](bool is_a, int64_t n0, int64_t ns, int64_t t, int64_t c0, int64_t w,
+                      int64_t grp, float* dst, int tid) {
+    const float* rows[kLanes];
+    for (int64_t s = 0; s < kLanes; ++s) {
+      if (s >= ns) {
+        rows[s] = zeros.data();
+        continue;
+      }
+      const char* src = (is_a ? src_a(n0 + s, t) : src_d(n0 + s, t)) + c0 * es;
+      if (dtype == kFloat32) {
+        rows[s] = reinterpret_cast<const float*>(src);
+      } else {
+        float* c = conv.data() + (tid * kLanes + s) * wmax;
+        convert_row<float>(src, dtype, w, c);
+        rows[s] = c;
+      }
+    }
+    float* tmp = lane.data() + tid * kLanes * wmax;
+    K.transpose16(rows, w, tmp);
+    for (int64_t g0 = 0; g0 < w; g0 += grp) {
+      const int64_t wg = std::min(grp, w - g0);
+      std::memcpy(dst + (g0 * T + t * wg) * kLanes, tmp + g0 * kLanes,
+                  sizeof(float) * static_cast<size_t>(wg * kLanes));
+    }
+  };
+  auto process = [&](int64_t tile, int64_t i0, int64_t len, const SketchEntry* tab, float* acc,
+                     int tid) {
+    const int64_t n0 = tile * kLanes, ns = std::min<int64_t>(kLanes, N - n0);
+    const int64_t o0 = i0 / d_in, no = len / d_in;  // i0, len are multiples of d_in
+    float* Dt = dts.data() + tid * T * ocm * kLanes;
+    float* At = ats.data() + tid * T * qb * kLanes;
+    for (int64_t t = 0; t < T; ++t) to_lanes(false, n0, ns, t, o0, no, K.out_r, Dt, tid);
+    for (int64_t q0 = 0; q0 < d_in; q0 += qb) {
+      const int64_t nq = std::min(qb, d_in - q0);
+      for (int64_t t = 0; t < T; ++t) to_lanes(true, n0, ns, t, q0, nq, K.out_q, At, tid);
+      K.outer_scatter16(Dt, At, T, no, nq, d_in, tab + q0 * k, k, acc);
+    }
   };
   sketch_engine(out, N, R, m, k, seed, offset, accumulate, chunk, process);
 }
