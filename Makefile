@@ -32,6 +32,7 @@ SP := $(PY) -m sketchprune.cli
 demo: build
 	$(PY) -m sketchprune.demo
 	@echo "== pruning SmolLM2-135M-Instruct by 20% (sigma + least-squares reconstruction, 16k Wikipedia tokens) =="
+	mkdir -p $(DEMO_OUT)
 	$(SP) prune --model smollm2-135m --sparsity 0.2 --criterion sigma --reconstruct --calib wiki \
 		--out $(DEMO_OUT)/smollm2-135m-pruned --overwrite --report $(DEMO_OUT)/prune_report.json
 	@echo "== held-out Wikipedia perplexity: dense, then pruned =="
