@@ -49,9 +49,17 @@ Protocol
   across clusters in proportion to sqrt(cluster size) (the allocation minimising sum_k p_k d / n_k,
   the variance of per-cluster least squares with equal cluster dimension d -- chosen from the
   generator's structure, not from results), SkMM (relative, top) inside each cluster; candidates
-  K x c.  Both get the same 16-candidate budget.
-* m sweep: at n = 160, SkMM (with the same 16-candidate validation choice) for m in
-  {8, 16, 32, 64, 128, 256}; uniform sampling at the same n as the reference.
+  K x c.  Both get the same 16-candidate budget.  (skmm_clustered is no longer in the default
+  run: ``--methods ...,skmm_clustered``.)
+* Added after the second run, as the principled fix of what the variance-proxy column showed
+  (the hinge coresets' tr(Sigma~ Sigma~_S^+) far above k-center's at small n): ``skmm_variance``
+  -- the ``variance`` formulation of :mod:`sketchprune.select.variance`, which minimises that
+  proxy itself (with a ridge eps, relative to the mean eigenvalue) instead of constraining the
+  diagonal of Sigma~_S in the eigenbasis.  Candidates: eps in EPS_GRID x {greedy, relaxed
+  (Frank-Wolfe) + top, relaxed + 2 sample draws} = 16.  The library default formulation is the
+  variant with the lowest mean validation rank among the hinge and variance candidates together.
+* m sweep: at n = 160, each SkMM formulation (with the same 16-candidate validation choice) for m
+  in {8, 16, 32, 64, 128, 256}; uniform sampling at the same n as the reference.
 """
 
 from __future__ import annotations
@@ -73,6 +81,7 @@ from provenance import git_commit, machine
 from sketchprune.select import (baselines, intrinsic_dimension, moment_problem, round_weights,
                                 sketch_matrix, skmm_select, solve_moment_matching, variance_proxy)
 from sketchprune.select.paper import solve_paper
+from sketchprune.select.variance import greedy_variance, solve_variance, variance_problem
 
 # ---- the generator (fixed) -------------------------------------------------------------------
 N, R, K_CLUSTERS, D_CLUSTER, SEP, S_ISO, NOISE, N_VAL = 2000, 2400, 8, 16, 4.0, 0.002, 1.0, 500
@@ -88,8 +97,12 @@ WEIGHTINGS = ["absolute", "relative"]
 ROUNDINGS = ["sample", "top"]
 SOLVER_TOL = 1e-4
 SOLVER_TIME_LIMIT = 3.0
-METHODS = ["uniform", "herding", "kcenter", "leverage", "ridge_leverage", "adaptive", "skmm", "skmm_paper",
-           "skmm_clustered"]
+VARIANCE_TOL = 1e-3  # Frank-Wolfe: certified gap <= tol * f(s)
+METHODS = ["uniform", "herding", "kcenter", "leverage", "ridge_leverage", "adaptive", "skmm", "skmm_variance",
+           "skmm_paper"]
+SKMM_FAMILIES = ["skmm", "skmm_variance"]  # SkMM formulations whose variants are kept for the default choice
+EXTRA_METHODS = ["skmm_clustered"]  # exploratory, run with --methods
+EPS_GRID = [1e-3, 1e-2, 1e-1, 1.0]
 PAPER_ITERS = 300
 CLUSTER_GRID = [4, 8, 16, 32]
 T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262,
@@ -202,6 +215,24 @@ def candidates(method, sk, n, seed, cache):
                     gen = torch.Generator().manual_seed(base + 10 * ci_ + wi)
                     idx = round_weights(sol.weights, n, rd, gen)
                     yield {"c": c, "weighting": w, "rounding": rd}, idx, info
+    elif method == "skmm_variance":
+        if "vproblem" not in cache:
+            cache["vproblem"] = variance_problem(sk)
+        X, lam = cache["vproblem"]
+        for ei, e in enumerate(EPS_GRID):
+            t0 = time.perf_counter()
+            idx, f = greedy_variance(X, lam, n, e)
+            yield ({"formulation": "variance", "eps": e, "rounding": "greedy"}, idx,
+                   {"objective": f, "converged": None, "iterations": n, "solver_seconds": time.perf_counter() - t0})
+            sol = solve_variance(X, lam, n, eps=e, tol=VARIANCE_TOL, time_limit=SOLVER_TIME_LIMIT)
+            info = {"objective": sol.objective, "objective_uniform": sol.objective_uniform,
+                    "duality_gap": sol.gap, "rel_gap": sol.gap / max(sol.objective, 1e-300),
+                    "iterations": sol.iterations, "converged": sol.converged, "solver_seconds": sol.seconds}
+            gen = torch.Generator().manual_seed(base + 10 * ei)
+            yield {"formulation": "variance", "eps": e, "rounding": "top"}, round_weights(sol.weights, n, "top"), info
+            for j in range(2):
+                yield ({"formulation": "variance", "eps": e, "rounding": "sample", "draw": j},
+                       round_weights(sol.weights, n, "sample", gen), info)
     elif method == "skmm_paper":
         if "problem" not in cache:
             cache["problem"] = moment_problem(sk)
@@ -302,7 +333,7 @@ def run_method(method, sk, n, seed, ridge, cache, keep_all=False):
 
 
 def run_seed(args):
-    seed, n_sweep, m_sweep, m_sweep_n = args
+    seed, n_sweep, m_sweep, m_sweep_n, methods = args
     torch.set_num_threads(1)
     t0 = time.perf_counter()
     data = Data(seed)
@@ -319,14 +350,17 @@ def run_seed(args):
                  "clusters_covered": K_CLUSTERS})
     for n in n_sweep:
         cache = {}
-        for method in METHODS:
-            r, allc = run_method(method, sk, n, seed, ridge, cache, keep_all=(method == "skmm"))
+        for method in methods:
+            r, allc = run_method(method, sk, n, seed, ridge, cache, keep_all=(method in SKMM_FAMILIES))
             runs.append(r)
             variants += allc
+    families = [f for f in SKMM_FAMILIES if f in methods]
     for mm in m_sweep:
         skm, _ = sketch_matrix(data.X.float(), mm, seed=seed, device="cpu")
-        r, allc = run_method("skmm", skm, m_sweep_n, seed, ridge, {}, keep_all=True)
-        msweep.append(r)
+        cache = {}
+        for fam in families:
+            r, _ = run_method(fam, skm, m_sweep_n, seed, ridge, cache)
+            msweep.append(r)
     u, _ = run_method("uniform", sk, m_sweep_n, seed, ridge, {})
     msweep.append(u)
     info = {"seed": seed, "m": m, "pilot_intrinsic_dimension": intrinsic_dimension(pilot),
@@ -348,12 +382,18 @@ def ci(vals):
     return mean, mean - h, mean + h
 
 
+SKMM_ALL = ("skmm", "skmm_variance", "skmm_paper", "skmm_clustered")
+
+
 def variant_key(hp):
-    return f"c={hp['c']}, {hp['weighting']}, {hp['rounding']}"
+    if hp.get("formulation") == "variance":
+        return f"variance, eps={hp['eps']}, {hp['rounding']}"
+    return f"hinge, c={hp['c']}, {hp['weighting']}, {hp['rounding']}"
 
 
 def write_md(res, path):
     runs, seeds, n_sweep = res["runs"], res["config"]["seeds"], res["config"]["n_sweep"]
+    methods = res["config"].get("methods", METHODS)
     L = []
     cfg = res["config"]
     L.append("# Synthetic data selection: coreset ridge regression on a Gaussian mixture\n")
@@ -372,19 +412,22 @@ def write_md(res, path):
              + "%.4g [%.4g, %.4g]" % ci([r["excess_risk"] for r in runs if r["method"] == "full_data"])
              + f"; signal variance theta*^T Sigma theta* ~ "
              f"{np.mean([si['signal_variance'] for si in res['seed_info']]):.3g}.\n")
+    L.append("`skmm`: the squared-hinge formulation (the paper's moment matching); `skmm_variance`: the "
+             "`variance` formulation (the variance proxy tr(Sigma~ (Sigma~_S + eps I)^{-1}) minimised "
+             "directly, greedy or relaxed + rounding); `skmm_paper`: the original code's procedure.\n")
     L.append("## Test excess risk ||theta_S - theta*||_Sigma^2 (mean [95% CI] over seeds; best mean per n in bold)\n")
     L.append("| method | " + " | ".join(f"n = {n}" for n in n_sweep) + " | geo-mean over n |")
     L.append("|---|" + "---|" * (len(n_sweep) + 1))
     table = {}
-    for meth in METHODS:
+    for meth in methods:
         for n in n_sweep:
             table[meth, n] = ci([r["excess_risk"] for r in runs if r["method"] == meth and r["n"] == n])
-    geo = {meth: float(np.exp(np.mean([np.log(table[meth, n][0]) for n in n_sweep]))) for meth in METHODS}
-    for meth in METHODS:
+    geo = {meth: float(np.exp(np.mean([np.log(table[meth, n][0]) for n in n_sweep]))) for meth in methods}
+    for meth in methods:
         cells = []
         for n in n_sweep:
             mean, lo, hi = table[meth, n]
-            best = min(METHODS, key=lambda mm: table[mm, n][0])
+            best = min(methods, key=lambda mm: table[mm, n][0])
             s = f"{mean:.4g} [{lo:.3g}, {hi:.3g}]"
             cells.append(f"**{s}**" if best == meth else s)
         g = f"{geo[meth]:.4g}"
@@ -392,24 +435,31 @@ def write_md(res, path):
         L.append(f"| {meth} | " + " | ".join(cells) + " |")
     L.append("")
     win = min(geo, key=geo.get)
+    others = [mm for mm in methods if mm not in SKMM_ALL]
     L.append(f"Target (SkMM has the lowest mean excess risk over the sweep): "
-             f"**{'met' if win == 'skmm' else 'not met'}** -- lowest geometric mean over n: {win} "
-             f"({geo[win]:.4g}); skmm {geo['skmm']:.4g}; uniform {geo['uniform']:.4g}.\n")
-    L.append("SkMM against the best other method per n (ratio of means; < 1: SkMM better):\n")
-    L.append("| n | best other | ratio skmm / best other | skmm CI overlaps best other's |")
-    L.append("|---|---|---|---|")
+             f"**{'met' if win in SKMM_ALL else 'not met'}** -- lowest geometric mean over n: {win} "
+             f"({geo[win]:.4g}); " + "; ".join(f"{mm} {geo[mm]:.4g}" for mm in methods if mm in SKMM_ALL)
+             + f"; best other {min(others, key=geo.get)} {min(geo[mm] for mm in others):.4g}; "
+             f"uniform {geo['uniform']:.4g}.\n")
+    L.append("Each SkMM formulation against the best non-SkMM method per n (ratio of means; < 1: SkMM better):\n")
+    fams = [mm for mm in methods if mm in SKMM_ALL]
+    L.append("| n | best other | " + " | ".join(f"{f} / best other (CI overlap)" for f in fams) + " |")
+    L.append("|---|---|" + "---|" * len(fams))
     for n in n_sweep:
-        others = [mm for mm in METHODS if mm != "skmm"]
         bo = min(others, key=lambda mm: table[mm, n][0])
-        s, o = table["skmm", n], table[bo, n]
-        overlap = not (s[2] < o[1] or o[2] < s[1])
-        L.append(f"| {n} | {bo} | {s[0] / o[0]:.3f} | {'yes' if overlap else 'no'} |")
+        o = table[bo, n]
+        cells = []
+        for f in fams:
+            s_ = table[f, n]
+            overlap = not (s_[2] < o[1] or o[2] < s_[1])
+            cells.append(f"{s_[0] / o[0]:.3f} ({'yes' if overlap else 'no'})")
+        L.append(f"| {n} | {bo} | " + " | ".join(cells) + " |")
     L.append("")
     # variance proxy and cluster coverage
     L.append("## Variance proxy tr(Sigma~ Sigma~_S^+) on the sketch (mean over seeds) and clusters covered (of 8)\n")
     L.append("| method | " + " | ".join(f"n = {n}" for n in n_sweep) + " |")
     L.append("|---|" + "---|" * len(n_sweep))
-    for meth in METHODS:
+    for meth in methods:
         cells = []
         for n in n_sweep:
             rr = [r for r in runs if r["method"] == meth and r["n"] == n]
@@ -417,17 +467,19 @@ def write_md(res, path):
                          f"{np.mean([r['clusters_covered'] for r in rr]):.2f}")
         L.append(f"| {meth} | " + " | ".join(cells) + " |")
     L.append("")
-    # skmm variants
+    # skmm variants (hinge and variance formulations ranked together)
     var = res["skmm_variants"]
-    chosen = [r for r in runs if r["method"] == "skmm"]
     L.append("## SkMM variants\n")
     L.append("Which variant validation chose (count over seeds x n):\n")
-    counts = {}
-    for r in chosen:
-        counts[variant_key(r["hyperparameters"])] = counts.get(variant_key(r["hyperparameters"]), 0) + 1
-    L.append(", ".join(f"{k}: {v}" for k, v in sorted(counts.items(), key=lambda kv: -kv[1])) + "\n")
+    for fam in [f for f in SKMM_FAMILIES if f in methods]:
+        counts = {}
+        for r in runs:
+            if r["method"] == fam:
+                counts[variant_key(r["hyperparameters"])] = counts.get(variant_key(r["hyperparameters"]), 0) + 1
+        L.append(f"* {fam}: " + ", ".join(f"{k}: {v}" for k, v in sorted(counts.items(), key=lambda kv: -kv[1])))
+    L.append("")
     keys = sorted({variant_key(v["hyperparameters"]) for v in var})
-    # mean validation rank among the variants of the same (seed, n): the criterion for the default
+    # mean validation rank among all the variants of the same (seed, n): the criterion for the default
     rank = {k: [] for k in keys}
     for seed in seeds:
         for n in n_sweep:
@@ -435,40 +487,48 @@ def write_md(res, path):
             for i, v in enumerate(vv):
                 rank[variant_key(v["hyperparameters"])].append(i + 1)
     default = min(keys, key=lambda k: np.mean(rank[k]))
-    L.append(f"Default by validation (lowest mean validation-MSE rank among the 16 variants over seeds x n): "
-             f"**{default}**.\n")
+    per = len(var) // max(1, len(seeds) * len(n_sweep))
+    L.append(f"Default by validation (lowest mean validation-MSE rank among the {per} candidates of both "
+             f"formulations, over seeds x n): **{default}**.\n")
     L.append("Each fixed variant (alpha still chosen on validation): test excess risk, mean over seeds; "
-             "mean validation rank; solver convergence (certified gap <= 1e-4 f(uniform) within "
-             f"{SOLVER_TIME_LIMIT} s) and mean iterations.\n")
+             "mean validation rank; solver convergence (hinge: certified gap <= 1e-4 f(uniform); variance, "
+             f"relaxed: Frank-Wolfe gap <= {VARIANCE_TOL} f(s); both within {SOLVER_TIME_LIMIT} s; greedy: "
+             "no relaxed solve) and mean iterations.\n")
     L.append("| variant | " + " | ".join(f"n = {n}" for n in n_sweep) + " | val rank | converged | iters |")
     L.append("|---|" + "---|" * (len(n_sweep) + 3))
-    for k in keys:
+    for k in sorted(keys, key=lambda k: np.mean(rank[k])):
         vk = [v for v in var if variant_key(v["hyperparameters"]) == k]
         cells = [f"{np.mean([v['excess_risk'] for v in vk if v['n'] == n]):.4g}" for n in n_sweep]
-        conv = np.mean([v["solver"]["converged"] for v in vk])
+        cv = [v["solver"]["converged"] for v in vk if v["solver"]["converged"] is not None]
+        conv = f"{np.mean(cv):.0%}" if cv else "-"
         it = np.mean([v["solver"]["iterations"] for v in vk])
-        L.append(f"| {k} | " + " | ".join(cells) + f" | {np.mean(rank[k]):.2f} | {conv:.0%} | {it:.0f} |")
+        L.append(f"| {k} | " + " | ".join(cells) + f" | {np.mean(rank[k]):.2f} | {conv} | {it:.0f} |")
     L.append("")
     # m sweep
     L.append(f"## m sweep (n = {res['config']['m_sweep_n']}): SkMM test excess risk against the sketch size\n")
-    L.append("| m | excess risk mean [95% CI] | variance proxy | chosen variants |")
-    L.append("|---|---|---|---|")
+    L.append("| m | formulation | excess risk mean [95% CI] | variance proxy | chosen variants |")
+    L.append("|---|---|---|---|---|")
     for mm in res["config"]["m_sweep"]:
-        rr = [r for r in res["m_sweep"] if r["method"] == "skmm" and r["m"] == mm]
-        mean, lo, hi = ci([r["excess_risk"] for r in rr])
-        ch = {}
-        for r in rr:
-            ch[variant_key(r["hyperparameters"])] = ch.get(variant_key(r["hyperparameters"]), 0) + 1
-        L.append(f"| {mm} | {mean:.4g} [{lo:.3g}, {hi:.3g}] | {np.mean([r['variance_proxy'] for r in rr]):.3g} | "
-                 + "; ".join(f"{k} x{v}" for k, v in sorted(ch.items(), key=lambda kv: -kv[1])) + " |")
+        for fam in [f for f in SKMM_FAMILIES if f in methods]:
+            rr = [r for r in res["m_sweep"] if r["method"] == fam and r["m"] == mm]
+            mean, lo, hi = ci([r["excess_risk"] for r in rr])
+            ch = {}
+            for r in rr:
+                ch[variant_key(r["hyperparameters"])] = ch.get(variant_key(r["hyperparameters"]), 0) + 1
+            L.append(f"| {mm} | {fam} | {mean:.4g} [{lo:.3g}, {hi:.3g}] | {np.mean([r['variance_proxy'] for r in rr]):.3g} | "
+                     + "; ".join(f"{k} x{v}" for k, v in sorted(ch.items(), key=lambda kv: -kv[1])) + " |")
     uu = [r for r in res["m_sweep"] if r["method"] == "uniform"]
-    L.append(f"| uniform (reference) | " + "%.4g [%.3g, %.3g]" % ci([r["excess_risk"] for r in uu]) + " | | |")
+    L.append(f"| | uniform (reference) | " + "%.4g [%.3g, %.3g]" % ci([r["excess_risk"] for r in uu]) + " | | |")
     L.append("")
-    solves = [v["solver"] for v in var]
-    L.append(f"Solver: {len(solves) // 2} SkMM solves in the n sweep, "
-             f"{np.mean([s['converged'] for s in solves]):.1%} converged to the certified tolerance; "
-             f"max relative gap {max(s['rel_gap'] for s in solves):.2e}; "
-             f"max solve time {max(s['solver_seconds'] for s in solves):.2f} s.\n")
+    hinge = {id(v["solver"]): v["solver"] for v in var if variant_key(v["hyperparameters"]).startswith("hinge")}
+    fw = {id(v["solver"]): v["solver"] for v in var
+          if v["hyperparameters"].get("rounding") in ("top", "sample") and v["hyperparameters"].get("formulation") == "variance"}
+    for name, sv in (("hinge", list(hinge.values())), ("variance (Frank-Wolfe)", list(fw.values()))):
+        if sv:
+            L.append(f"Solver, {name}: {len(sv)} solves in the n sweep, "
+                     f"{np.mean([s['converged'] for s in sv]):.1%} converged to the certified tolerance; "
+                     f"median relative gap {np.median([s['rel_gap'] for s in sv]):.2e}, max {max(s['rel_gap'] for s in sv):.2e}; "
+                     f"max solve time {max(s['solver_seconds'] for s in sv):.2f} s.\n")
     with open(path, "w") as f:
         f.write("\n".join(L))
     return default, table, geo
@@ -481,13 +541,13 @@ def plot(res, out):
 
     n_sweep = res["config"]["n_sweep"]
     fig, ax = plt.subplots(figsize=(7, 5))
-    for meth in METHODS:
+    for meth in res["config"].get("methods", METHODS):
         vals = [[r["excess_risk"] for r in res["runs"] if r["method"] == meth and r["n"] == n] for n in n_sweep]
         st = [ci(v) for v in vals]
         mean = [s[0] for s in st]
         lo = [max(s[1], min(v)) for s, v in zip(st, vals)]  # log axis: clip the band at the lowest seed
         hi = [s[2] for s in st]
-        lw = 2.5 if meth == "skmm" else 1.2
+        lw = 2.5 if meth in SKMM_ALL else 1.2
         line, = ax.plot(n_sweep, mean, marker="o", lw=lw, label=meth)
         ax.fill_between(n_sweep, lo, hi, color=line.get_color(), alpha=0.15)
     full = np.mean([r["excess_risk"] for r in res["runs"] if r["method"] == "full_data"])
@@ -505,10 +565,12 @@ def plot(res, out):
 
     fig, ax = plt.subplots(figsize=(6, 4.5))
     ms = res["config"]["m_sweep"]
-    vals = [[r["excess_risk"] for r in res["m_sweep"] if r["method"] == "skmm" and r["m"] == mm] for mm in ms]
-    st = [ci(v) for v in vals]
-    ax.plot(ms, [s[0] for s in st], marker="o", lw=2, label="SkMM (validation-chosen variant)")
-    ax.fill_between(ms, [max(s[1], min(v)) for s, v in zip(st, vals)], [s[2] for s in st], alpha=0.2)
+    for fam in [f for f in SKMM_FAMILIES if f in res["config"].get("methods", METHODS)]:
+        vals = [[r["excess_risk"] for r in res["m_sweep"] if r["method"] == fam and r["m"] == mm] for mm in ms]
+        st = [ci(v) for v in vals]
+        line, = ax.plot(ms, [s[0] for s in st], marker="o", lw=2, label=f"{fam} (validation-chosen variant)")
+        ax.fill_between(ms, [max(s[1], min(v)) for s, v in zip(st, vals)], [s[2] for s in st],
+                        color=line.get_color(), alpha=0.2)
     uv = [r["excess_risk"] for r in res["m_sweep"] if r["method"] == "uniform"]
     u = ci(uv)
     ax.axhline(u[0], color="gray", ls="--", label="uniform")
@@ -532,6 +594,8 @@ def main(argv=None):
     ap.add_argument("--quick", action="store_true", help="2 seeds, 3 n values, 3 m values (smoke run)")
     ap.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
     ap.add_argument("--replot", action="store_true", help="redo the .md and plots from OUT/synthetic.json")
+    ap.add_argument("--methods", default=",".join(METHODS),
+                    help=f"comma-separated subset of {METHODS + EXTRA_METHODS} (uniform is always run)")
     a = ap.parse_args(argv)
     if a.replot:
         with open(os.path.join(a.out, "synthetic.json")) as f:
@@ -544,7 +608,13 @@ def main(argv=None):
     m_sweep = [16, 64, 256] if a.quick else M_SWEEP
     os.makedirs(a.out, exist_ok=True)
     t0 = time.perf_counter()
-    jobs = [(s, n_sweep, m_sweep, M_SWEEP_N) for s in seeds]
+    methods = [x for x in a.methods.split(",") if x]
+    bad = [x for x in methods if x not in METHODS + EXTRA_METHODS]
+    if bad:
+        ap.error(f"unknown methods {bad}")
+    if "uniform" not in methods:
+        methods = ["uniform"] + methods
+    jobs = [(s, n_sweep, m_sweep, M_SWEEP_N, methods) for s in seeds]
     results = []
     if a.workers > 1:
         with ProcessPoolExecutor(a.workers) as ex:
@@ -563,7 +633,8 @@ def main(argv=None):
         "command": " ".join([os.path.basename(sys.argv[0])] + (argv if argv is not None else sys.argv[1:])),
         "wall_seconds": time.perf_counter() - t0,
         "config": {"N": N, "r": R, "K": K_CLUSTERS, "d": D_CLUSTER, "sep": SEP, "s_iso": S_ISO, "noise": NOISE,
-                   "n_val": N_VAL, "seeds": seeds, "n_sweep": n_sweep, "m_sweep": m_sweep,
+                   "n_val": N_VAL, "seeds": seeds, "methods": methods, "eps_grid": EPS_GRID,
+                   "variance_tol": VARIANCE_TOL, "n_sweep": n_sweep, "m_sweep": m_sweep,
                    "m_sweep_n": M_SWEEP_N, "pilot_m": PILOT_M, "budget": BUDGET, "alpha_grid": ALPHA_GRID.tolist(),
                    "alpha_grid_unit": "times the mean squared row norm of the pool", "c_grid": C_GRID,
                    "weightings": WEIGHTINGS, "roundings": ROUNDINGS, "solver_tol": SOLVER_TOL,

@@ -40,6 +40,30 @@ def test_staging_equals_direct():
     assert torch.allclose(staged.covariance(), direct.covariance(), rtol=1e-6, atol=1e-6)
 
 
+def test_drain_into_moves_the_raw_sums():
+    d, dy = 12, 3
+    acc = sp.CovarianceAccumulator(d, cross_dim=dy, stage_rows=32)
+    tot_s = torch.zeros(d, d, dtype=torch.float64)
+    tot_c = torch.zeros(d, dy, dtype=torch.float64)
+    xs, ys = [], []
+    for i in range(6):
+        x, y = randn(7, d), randn(7, dy)
+        acc.update(x, y)
+        xs.append(x), ys.append(y)
+        if i in (2, 4):
+            acc.drain_into(tot_s, tot_c)
+            assert torch.count_nonzero(acc.sigma) == 0
+    acc.drain_into(tot_s, tot_c)
+    x, y = torch.cat(xs).double(), torch.cat(ys).double()
+    assert acc.count == x.shape[0]
+    assert torch.allclose(tot_s, x.T @ x, rtol=1e-5, atol=1e-5)
+    assert torch.allclose(tot_c, x.T @ y, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="cross"):
+        acc.drain_into(tot_s)
+    with pytest.raises(ValueError, match="sigma"):
+        acc.drain_into(torch.zeros(3, 3), tot_c)
+
+
 def test_merge():
     a, b, both = (sp.CovarianceAccumulator(8) for _ in range(3))
     for i in range(4):

@@ -16,6 +16,28 @@ namespace cpu {
 namespace {
 
 constexpr int kLanes = 16;
+
+// Points rows[s] at the float32 values of lane s's source row src(s) (len values): the row
+// itself when the source is float32, else its conversion into scratch + s * stride.  Lanes
+// s >= ns (past the last sample) point at `zeros`.
+template <class Src>
+inline void lane_rows(const float* rows[kLanes], int64_t ns, const float* zeros, int dtype, int64_t len,
+                      float* scratch, int64_t stride, Src src) {
+  for (int64_t s = 0; s < kLanes; ++s) {
+    if (s >= ns) {
+      rows[s] = zeros;
+      continue;
+    }
+    const char* p = src(s);
+    if (dtype == kFloat32) {
+      rows[s] = reinterpret_cast<const float*>(p);
+    } else {
+      float* d = scratch + s * stride;
+      convert_row<float>(p, dtype, len, d);
+      rows[s] = d;
+    }
+  }
+}
 // outer_sketch: up to this T, G is formed in the vector lanes (outer_scatter16); above it, by
 // per-sample GEMM slabs.
 constexpr int64_t kLaneGemmMaxT = 64;
@@ -189,20 +211,8 @@ void sparse_sign_sketch(float* out, const void* g, int g_dtype, int64_t N, int64
     const float* rows[kLanes];
     for (int64_t b0 = 0; b0 < len; b0 += step) {  // blocks of `step` rows (bounded buffers)
       const int64_t l = std::min(step, len - b0);
-      for (int64_t s = 0; s < kLanes; ++s) {
-        if (s >= ns) {
-          rows[s] = zeros.data();
-          continue;
-        }
-        const char* src = gb + ((n0 + s) * ldg + i0 + b0) * es;
-        if (g_dtype == kFloat32) {
-          rows[s] = reinterpret_cast<const float*>(src);
-        } else {
-          float* dst = conv.data() + (tid * kLanes + s) * step;
-          convert_row<float>(src, g_dtype, l, dst);
-          rows[s] = dst;
-        }
-      }
+      lane_rows(rows, ns, zeros.data(), g_dtype, l, conv.data() + tid * kLanes * step, step,
+                [&](int64_t s) { return gb + ((n0 + s) * ldg + i0 + b0) * es; });
       K.scatter16(rows, l, tab + b0 * k, k, acc);
     }
   };
@@ -302,20 +312,8 @@ void outer_sketch(float* out, const void* a, const void* d, int dtype, int64_t N
   auto to_lanes = [&](bool is_a, int64_t n0, int64_t ns, int64_t t, int64_t c0, int64_t w,
                       int64_t grp, float* dst, int tid) {
     const float* rows[kLanes];
-    for (int64_t s = 0; s < kLanes; ++s) {
-      if (s >= ns) {
-        rows[s] = zeros.data();
-        continue;
-      }
-      const char* src = (is_a ? src_a(n0 + s, t) : src_d(n0 + s, t)) + c0 * es;
-      if (dtype == kFloat32) {
-        rows[s] = reinterpret_cast<const float*>(src);
-      } else {
-        float* c = conv.data() + (tid * kLanes + s) * wmax;
-        convert_row<float>(src, dtype, w, c);
-        rows[s] = c;
-      }
-    }
+    lane_rows(rows, ns, zeros.data(), dtype, w, conv.data() + tid * kLanes * wmax, wmax,
+              [&](int64_t s) { return (is_a ? src_a(n0 + s, t) : src_d(n0 + s, t)) + c0 * es; });
     float* tmp = lane.data() + tid * kLanes * wmax;
     K.transpose16(rows, w, tmp);
     for (int64_t g0 = 0; g0 < w; g0 += grp) {

@@ -91,6 +91,23 @@ class CovarianceAccumulator:
             ys = None if self._stage_y is None else self._stage_y[:n]
             self._accumulate(self._stage_x[:n], ys, self._stage_m[:n])
 
+    def drain_into(self, sigma: torch.Tensor, cross: torch.Tensor | None = None) -> None:
+        """Add the raw sums accumulated so far (X^T X, and X^T Y when ``cross_dim`` is set) into
+        ``sigma`` / ``cross`` (e.g. float64 totals) and reset them to zero.  Count, sums and means
+        are kept, so ``covariance()`` / ``cross()`` afterwards only cover the rows added since the
+        drain.  Meant for mixed precision: float32 kernel partials moved into float64 totals every
+        few thousand rows, so the rounding error does not grow with the stream."""
+        if sigma.shape != self.sigma.shape:
+            raise ValueError(f"drain_into: sigma must have shape {tuple(self.sigma.shape)}, got {tuple(sigma.shape)}")
+        if self._cross is not None and (cross is None or cross.shape != self._cross.shape):
+            raise ValueError(f"drain_into: cross must be a tensor of shape {tuple(self._cross.shape)}")
+        self.flush()
+        sigma += self.sigma
+        self.sigma.zero_()
+        if self._cross is not None:
+            cross += self._cross
+            self._cross.zero_()
+
     def _accumulate(self, x, y, mask):
         cov_accumulate_(self.sigma, x, 1.0, mask)
         if self._cross is not None:

@@ -121,6 +121,10 @@ def _run(args) -> int:
         raise CliError(f"--k must be >= 1, got {args.k}")
     if args.m is not None and args.m < args.k:
         raise CliError(f"--sketch-dim m = {args.m} must be >= k = {args.k}")
+    if args.method == "skmm" and args.rounding == "greedy" and args.formulation != "variance":
+        raise CliError("--rounding greedy needs --formulation variance")
+    if args.method == "skmm" and args.formulation == "variance" and not args.eps > 0:
+        raise CliError(f"--eps must be positive, got {args.eps}")
     if args.method == "skmm" and args.formulation in ("hinge", "paper") and not 0 < args.c < 1:
         raise CliError(f"--c must be in (0, 1) for the {args.formulation} formulation, got {args.c} "
                        "(with c >= 1 uniform weights already satisfy every moment constraint)")
@@ -184,6 +188,8 @@ def _run(args) -> int:
                     progress=not args.quiet and sys.stderr.isatty())
         if args.formulation == "maxmin":
             opts.pop("c")
+        if args.formulation == "variance":
+            opts = dict(formulation="variance", rounding=args.rounding, eps=args.eps, progress=opts["progress"])
     sel = select(args.n, args.method, sk, probs=probs, labels=labels, seed=args.seed,
                  class_balanced=args.class_balanced, **opts)
     elapsed = time.perf_counter() - t0
@@ -231,8 +237,12 @@ def add_parser(sub):
     s.add_argument("--sketch", default="sparse-sign", choices=["sparse-sign", "gaussian"])
     s.add_argument("--c", type=float, default=0.9, help="SkMM moment ratio c in (0, 1) (default 0.9)")
     s.add_argument("--weighting", default="relative", choices=["absolute", "relative"])
-    s.add_argument("--formulation", default="hinge", choices=["hinge", "maxmin", "paper"])
-    s.add_argument("--rounding", default="sample", choices=["sample", "top"])
+    s.add_argument("--formulation", default="hinge", choices=["hinge", "maxmin", "paper", "variance"],
+                   help="SkMM moment-matching formulation (default hinge)")
+    s.add_argument("--rounding", default="sample", choices=["sample", "top", "greedy"],
+                   help="relaxed weights -> n indices; greedy: the variance formulation's greedy design")
+    s.add_argument("--eps", type=float, default=0.01,
+                   help="ridge of the variance formulation, relative to the mean eigenvalue (default 0.01)")
     s.add_argument("--class-balanced", action=argparse.BooleanOptionalAction, default=None,
                    help="select per class (default: on for skmm when --labels are given)")
     s.add_argument("--seed", type=int, default=0)

@@ -63,6 +63,13 @@ def test_select_cli_features_probe_and_labels(tmp_path, _cli):
     res = _cli("--features", tmp_path / "f.npy", "--n", 30, "--formulation", "paper", "--m", 16, "--quiet")
     assert res.returncode == 0, res.stderr
     assert json.loads(res.stdout)["info"]["formulation"] == "paper"
+    # variance formulation, greedy and relaxed
+    for rd in ("greedy", "top"):
+        res = _cli("--features", tmp_path / "f.npy", "--n", 30, "--formulation", "variance", "--rounding", rd,
+                   "--eps", 0.1, "--m", 16, "--quiet")
+        assert res.returncode == 0, res.stderr
+        info = json.loads(res.stdout)["info"]
+        assert info["formulation"] == "variance" and info["rounding"] == rd and info["eps"] == 0.1
 
 
 def test_select_cli_default_m(tmp_path, _cli):
@@ -80,6 +87,8 @@ def test_select_cli_default_m(tmp_path, _cli):
     (["--n", 5, "--c", 1.0], "--c must be in (0, 1)"),
     (["--n", 5, "--budget", "1KiB", "--m", 16], "budget"),
     (["--n", 5, "--method", "magic"], "unknown method"),
+    (["--n", 5, "--rounding", "greedy"], "--rounding greedy needs --formulation variance"),
+    (["--n", 5, "--formulation", "variance", "--eps", 0], "--eps must be positive"),
     (["--n", 5, "--method", "forgetting"], "needs correctness"),
 ])
 def test_select_cli_bad_input(tmp_path, _cli, args, message):

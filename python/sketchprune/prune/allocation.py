@@ -267,7 +267,7 @@ def _check_scores(i: int, c: LayerCosts, fs: torch.Tensor, hsc: torch.Tensor) ->
         raise ValueError(f"sketchprune.prune: layer {i} has non-finite scores")
 
 
-def _layer_plan(i: int, c: LayerCosts, fs: torch.Tensor, hsc: torch.Tensor, rem: LayerRemoval) -> LayerPlan:
+def layer_plan(i: int, c: LayerCosts, fs: torch.Tensor, hsc: torch.Tensor, rem: LayerRemoval) -> LayerPlan:
     """Within one layer: drop the lowest-scored units in the counts of ``rem``."""
     g = c.group_size
     hs = hsc.detach().to("cpu", torch.float64)
@@ -405,6 +405,6 @@ def allocate(model: nn.Module, ffn_scores: dict, head_scores: dict, sparsity: fl
                                  ffn_floor=ffn_floor, normalise=normalise)
     out = Allocation(sparsity=sparsity, attn_sparsity=attn_sparsity, head_mode=head_mode)
     for i, c in costs.items():
-        out.layers[i] = _layer_plan(i, c, ffn_scores[i], head_scores[i], removal[i])
+        out.layers[i] = layer_plan(i, c, ffn_scores[i], head_scores[i], removal[i])
         out.costs[i] = c
     return out

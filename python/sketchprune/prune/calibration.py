@@ -171,19 +171,13 @@ class FullMoments(DiagMoments):
 
     def _drain(self) -> None:
         """Move the accumulator's float32 partial sums into the float64 totals."""
-        acc = self._acc
-        acc.flush()
         self._pending = 0
         if self._acc_sigma64 is None:
-            self._acc_sigma64 = torch.zeros(self.dim, self.dim, dtype=torch.float64, device=acc.sigma.device)
-            if acc._cross is not None:
-                self._acc_cross64 = torch.zeros(self.dim, self.cross_dim, dtype=torch.float64,
-                                                device=acc.sigma.device)
-        self._acc_sigma64 += acc.sigma
-        acc.sigma.zero_()
-        if acc._cross is not None:
-            self._acc_cross64 += acc._cross
-            acc._cross.zero_()
+            dev = self._acc.sigma.device
+            self._acc_sigma64 = torch.zeros(self.dim, self.dim, dtype=torch.float64, device=dev)
+            if self.cross_dim is not None:
+                self._acc_cross64 = torch.zeros(self.dim, self.cross_dim, dtype=torch.float64, device=dev)
+        self._acc.drain_into(self._acc_sigma64, self._acc_cross64)
 
     def _combine(self, acc_part, part64, shape) -> torch.Tensor:
         n = self._n()

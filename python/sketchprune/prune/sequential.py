@@ -75,7 +75,7 @@ from torch import nn
 from .._progress import track
 from ..budget import Budget, format_bytes
 from .adapters import get_adapter, layer_indices
-from .allocation import Allocation, _layer_plan, layer_costs, layer_removal
+from .allocation import Allocation, layer_plan, layer_costs, layer_removal
 from .blockrecon import (EPOCHS, LR, PATIENCE, PROX, BlockRecon, block_linears, check_options, check_recon,
                          training_bytes)
 from .calibration import DiagMoments, FullMoments, LayerStatistics, _as_batch
@@ -389,7 +389,7 @@ class _Pruner:
             changed |= self._fit([ad.attention(layer).o], None, fits["o_in"], "o", rep, "recovery")
         hs0 = ad.head_structure(layer)
         h_scores = self._scores(j, self.crit.heads, self._ctx(j, layer, stats, rem, costs, gen), hs0.num_heads, "head")
-        head_plan = _layer_plan(j, costs, torch.zeros(costs.ffn_units, dtype=torch.float64), h_scores, rem).heads
+        head_plan = layer_plan(j, costs, torch.zeros(costs.ffn_units, dtype=torch.float64), h_scores, rem).heads
         if heads_rm:
             cols = head_columns(resolve_heads(head_plan, hs0).q_heads, hs0.head_dim)
             if self.flap:
@@ -420,7 +420,7 @@ class _Pruner:
             changed |= self._fit([ad.ffn(layer).down], None, fits["down_in"], "down", rep, "recovery")
         ctx = self._ctx(j, layer, {**attn_stats, **stats}, rem, costs, gen)
         f_scores = self._scores(j, self.crit.ffn, ctx, costs.ffn_units, "FFN")
-        plan = _layer_plan(j, costs, f_scores, h_scores, rem)
+        plan = layer_plan(j, costs, f_scores, h_scores, rem)
         if ffn_rm:
             if self.flap:
                 self._fold(ad.ffn(layer).down, complement(costs.ffn_units, plan.ffn_keep), stats["down_in"].mean())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 import torch
@@ -10,6 +11,7 @@ from .maxmin import solve_maxmin
 from .moment_matching import moment_problem, second_moment, solve_moment_matching
 from .paper import solve_paper
 from .rounding import round_weights
+from .variance import greedy_variance, solve_variance, variance_problem
 
 
 @dataclass
@@ -44,13 +46,17 @@ def skmm_select(
     progress: bool = False,
     iters: int = 1000,
     lr: float = 0.05,
+    eps: float = 0.01,
 ) -> Selection:
     """Select n of the N rows of a gradient sketch (N x m) by Sketchy Moment Matching.
 
     ``formulation="hinge"`` (default): the squared-hinge moment matching with ratio c;
     ``"maxmin"``: maximise the smallest moment ratio (scale-free, no c); ``"paper"``: Adam from a
     random size-n start with a sparsity term (``iters``, ``lr``; see :mod:`.paper`; uncertified,
-    relative weighting only).  Returns the indices, the solver's relaxed weights s (on the capped
+    relative weighting only); ``"variance"``: minimise the ridge-regularised variance proxy
+    tr(Sigma~ (Sigma~_S(s) + eps I)^{-1}) itself (``eps`` relative to the mean eigenvalue; c and
+    weighting do not apply; see :mod:`.variance`), with ``rounding="greedy"`` building the n-subset
+    one sample at a time on the same objective instead of rounding a relaxed solution.  Returns the indices, the solver's relaxed weights s (on the capped
     simplex), and an info dict with the certified gap, objective values, iterations, time, the
     variance proxy, ``support`` (weights above 1e-6 / n) and ``top_mass`` (the mass of the n largest
     weights: 1 for a vertex of C(n), n / N for uniform weights).
@@ -74,6 +80,10 @@ def skmm_select(
     * Class balance (the moment matching run inside each class) removes the class skew; with it SkMM
       at c = 0.9 is at uniform sampling's level on this data (see the docs for the numbers).
     """
+    if rounding == "greedy" and formulation != "variance":
+        raise ValueError("rounding='greedy' applies to formulation='variance' only")
+    if formulation == "variance":
+        return _variance_select(sketch, n, rounding, seed, eps, tol, max_iter, time_limit, progress)
     problem = moment_problem(sketch)
     if formulation == "hinge":
         tol = 1e-4 if tol is None else tol
@@ -88,7 +98,7 @@ def skmm_select(
             raise ValueError("formulation='paper' uses the relative weighting only")
         sol = solve_paper(problem, n, c=c, seed=seed, iters=iters, lr=lr)
     else:
-        raise ValueError(f"formulation must be 'hinge', 'maxmin' or 'paper', got {formulation!r}")
+        raise ValueError(f"formulation must be 'hinge', 'maxmin', 'paper' or 'variance', got {formulation!r}")
     gen = torch.Generator().manual_seed(seed)
     idx = round_weights(sol.weights, n, rounding, gen)
     info = {
@@ -113,3 +123,28 @@ def skmm_select(
         "top_mass": float(torch.topk(sol.weights, n).values.sum()),
     }
     return Selection(indices=idx, weights=sol.weights, info=info)
+
+
+def _variance_select(sketch, n, rounding, seed, eps, tol, max_iter, time_limit, progress) -> Selection:
+    X, lam = variance_problem(sketch)
+    if rounding == "greedy":
+        t0 = time.perf_counter()
+        idx, f = greedy_variance(X, lam, n, eps, progress=progress)
+        weights = torch.zeros(X.shape[0], dtype=torch.float64, device=X.device)
+        weights[idx] = 1.0 / n
+        solver = {"objective": f, "duality_gap": None, "tol": None, "converged": True, "iterations": n,
+                  "seconds": time.perf_counter() - t0}
+    else:
+        tol = 1e-3 if tol is None else tol
+        sol = solve_variance(X, lam, n, eps=eps, tol=tol, max_iter=min(max_iter, 2000), time_limit=time_limit,
+                             progress=progress)
+        weights = sol.weights
+        idx = round_weights(weights, n, rounding, torch.Generator().manual_seed(seed))
+        solver = {"objective": sol.objective, "duality_gap": sol.gap, "tol": tol, "converged": sol.converged,
+                  "iterations": sol.iterations, "seconds": sol.seconds}
+    info = {"method": "skmm", "formulation": "variance", "eps": eps, "c": None, "weighting": None,
+            "rounding": rounding, "seed": seed, "N": sketch.shape[0], "m": sketch.shape[1], "rank": int(lam.numel()),
+            "objective_uniform": float((lam / (lam + eps * float(lam.mean()))).sum()), **solver,
+            "variance_proxy": variance_proxy(sketch, idx), "support": int((weights > 1e-6 / n).sum()),
+            "top_mass": float(torch.topk(weights, n).values.sum())}
+    return Selection(indices=idx, weights=weights, info=info)

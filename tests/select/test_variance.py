@@ -1,0 +1,125 @@
+"""The ``variance`` formulation: objective, greedy design, Frank-Wolfe certificate, skmm_select wiring."""
+
+import pytest
+import torch
+
+from sketchprune.select import select, skmm_select, variance_proxy
+from sketchprune.select.variance import (greedy_variance, solve_variance, variance_objective,
+                                         variance_problem)
+
+
+def _sketch(N=80, m=8, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(N, m, generator=g, dtype=torch.float64) * torch.linspace(3, 0.2, m, dtype=torch.float64)
+    x[: N // 8] += 4 * torch.randn(1, m, generator=g, dtype=torch.float64)  # a small far cluster
+    return x
+
+
+def _objective64(sk, s, eps):
+    """Float64 reference of tr(Sigma (G^T diag(s) G + eps' I)^{-1}) in the original coordinates."""
+    G = sk.double()
+    sigma = G.T @ G / G.shape[0]
+    e = eps * float(torch.trace(sigma)) / G.shape[1]
+    M = G.T @ (G * s[:, None]) + e * torch.eye(G.shape[1], dtype=torch.float64)
+    return float(torch.trace(sigma @ torch.linalg.inv(M)))
+
+
+def test_problem_rotates_into_the_eigenbasis_and_objective_matches_reference():
+    sk = _sketch()
+    X, lam = variance_problem(sk)
+    assert torch.allclose(X.T @ X / X.shape[0], torch.diag(lam), atol=1e-9 * float(lam[0]))
+    s = torch.rand(sk.shape[0], generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    s /= s.sum()
+    for eps in (1e-3, 0.1, 1.0):
+        assert variance_objective(X, lam, s, eps) == pytest.approx(_objective64(sk, s, eps), rel=1e-9)
+
+
+def _brute_greedy(X, lam, n, eps):
+    N, S = X.shape[0], []
+    for _ in range(n):
+        best = None
+        for i in range(N):
+            if i in S:
+                continue
+            s = torch.zeros(N, dtype=torch.float64)
+            s[S + [i]] = 1.0 / n
+            f = variance_objective(X, lam, s, eps)
+            if best is None or f < best[0]:
+                best = (f, i)
+        S.append(best[1])
+    return sorted(S)
+
+
+@pytest.mark.parametrize("batch", [1, 3, None])
+def test_greedy_matches_brute_force_greedy(batch):
+    X, lam = variance_problem(_sketch(N=40, m=6, seed=2))
+    for n in (1, 5, 9):
+        idx, f = greedy_variance(X, lam, n, 0.05, batch=batch)
+        assert idx.tolist() == _brute_greedy(X, lam, n, 0.05)
+        s = torch.zeros(X.shape[0], dtype=torch.float64)
+        s[idx] = 1.0 / n
+        assert f == pytest.approx(variance_objective(X, lam, s, 0.05), rel=1e-6)
+
+
+def test_greedy_batched_equals_plain_on_a_larger_problem():
+    X, lam = variance_problem(_sketch(N=600, m=16, seed=3))
+    a, fa = greedy_variance(X, lam, 120, 0.01, batch=1)
+    b, fb = greedy_variance(X, lam, 120, 0.01, batch=16)
+    assert fb == pytest.approx(fa, rel=1e-4)  # near-ties swapped by float32 refreshes
+    assert len(set(a.tolist()) & set(b.tolist())) >= 0.95 * 120
+
+
+def test_frank_wolfe_certifies_its_gap():
+    X, lam = variance_problem(_sketch(N=200, m=8))
+    n = 40
+    sol = solve_variance(X, lam, n, eps=0.05, tol=1e-3, max_iter=3000)
+    assert sol.converged and sol.gap <= 1e-3 * sol.objective
+    s = sol.weights
+    assert float(s.sum()) == pytest.approx(1.0, abs=1e-12)
+    assert float(s.min()) >= 0 and float(s.max()) <= 1.0 / n + 1e-12
+    assert sol.objective == pytest.approx(variance_objective(X, lam, s, 0.05), rel=1e-9)
+    assert sol.objective < sol.objective_uniform
+    # the certificate: no point of C(n) is better than f - gap (random vertices and the greedy set)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(50):
+        v = torch.zeros(200, dtype=torch.float64)
+        v[torch.randperm(200, generator=g)[:n]] = 1.0 / n
+        assert variance_objective(X, lam, v, 0.05) >= sol.objective - sol.gap
+    idx, fg = greedy_variance(X, lam, n, 0.05)
+    assert fg >= sol.objective - sol.gap
+
+
+def test_eps_must_be_positive():
+    X, lam = variance_problem(_sketch())
+    with pytest.raises(ValueError, match="eps"):
+        greedy_variance(X, lam, 5, 0.0)
+    with pytest.raises(ValueError, match="eps"):
+        solve_variance(X, lam, 5, eps=-1.0)
+
+
+@pytest.mark.parametrize("rounding", ["greedy", "top", "sample"])
+def test_skmm_select_variance_formulation(rounding):
+    sk = _sketch(N=120, m=8).float()
+    n = 20
+    sel = skmm_select(sk, n, formulation="variance", rounding=rounding, eps=0.05, seed=3)
+    assert sel.indices.numel() == n and torch.unique(sel.indices).numel() == n
+    info = sel.info
+    assert info["formulation"] == "variance" and info["rounding"] == rounding and info["eps"] == 0.05
+    assert info["variance_proxy"] == pytest.approx(variance_proxy(sk, sel.indices))
+    assert info["converged"] in (True, False)
+    # the coreset covers the sketched directions better than a typical uniform draw
+    g = torch.Generator().manual_seed(0)
+    uni = sorted(variance_proxy(sk, torch.randperm(120, generator=g)[:n]) for _ in range(21))[10]
+    if rounding != "sample":
+        assert info["variance_proxy"] < uni
+    # reproducible
+    again = skmm_select(sk, n, formulation="variance", rounding=rounding, eps=0.05, seed=3)
+    assert torch.equal(again.indices, sel.indices)
+
+
+def test_greedy_rounding_only_for_variance_and_through_select():
+    sk = _sketch(N=60).float()
+    with pytest.raises(ValueError, match="greedy"):
+        skmm_select(sk, 10, rounding="greedy", formulation="hinge")
+    sel = select(10, "skmm", sk, formulation="variance", rounding="greedy")
+    assert sel.indices.numel() == 10 and sel.info["formulation"] == "variance"
