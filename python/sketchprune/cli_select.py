@@ -237,12 +237,13 @@ def add_parser(sub):
     s.add_argument("--sketch", default="sparse-sign", choices=["sparse-sign", "gaussian"])
     s.add_argument("--c", type=float, default=0.9, help="SkMM moment ratio c in (0, 1) (default 0.9)")
     s.add_argument("--weighting", default="relative", choices=["absolute", "relative"])
-    s.add_argument("--formulation", default="hinge", choices=["hinge", "maxmin", "paper", "variance"],
-                   help="SkMM moment-matching formulation (default hinge)")
-    s.add_argument("--rounding", default="sample", choices=["sample", "top", "greedy"],
-                   help="relaxed weights -> n indices; greedy: the variance formulation's greedy design")
-    s.add_argument("--eps", type=float, default=0.01,
-                   help="ridge of the variance formulation, relative to the mean eigenvalue (default 0.01)")
+    s.add_argument("--formulation", default="variance", choices=["variance", "hinge", "maxmin", "paper"],
+                   help="SkMM moment-matching formulation (default variance)")
+    s.add_argument("--rounding", default=None, choices=["greedy", "sample", "top"],
+                   help="n indices from the solution: greedy (the variance formulation's default: greedy design "
+                        "on its objective), sample (the others' default) or top")
+    s.add_argument("--eps", type=float, default=0.1,
+                   help="ridge of the variance formulation, relative to the mean eigenvalue (default 0.1)")
     s.add_argument("--class-balanced", action=argparse.BooleanOptionalAction, default=None,
                    help="select per class (default: on for skmm when --labels are given)")
     s.add_argument("--seed", type=int, default=0)

@@ -84,10 +84,10 @@ def test_select_cli_default_m(tmp_path, _cli):
     (["--n", 0], "--n must be in"),
     (["--n", 101], "--n must be in"),
     (["--n", 5, "--sketch-dim", 4, "--k", 8], "must be >= k"),
-    (["--n", 5, "--c", 1.0], "--c must be in (0, 1)"),
+    (["--n", 5, "--formulation", "hinge", "--c", 1.0], "--c must be in (0, 1)"),
     (["--n", 5, "--budget", "1KiB", "--m", 16], "budget"),
     (["--n", 5, "--method", "magic"], "unknown method"),
-    (["--n", 5, "--rounding", "greedy"], "--rounding greedy needs --formulation variance"),
+    (["--n", 5, "--rounding", "greedy", "--formulation", "hinge"], "--rounding greedy needs --formulation variance"),
     (["--n", 5, "--formulation", "variance", "--eps", 0], "--eps must be positive"),
     (["--n", 5, "--method", "forgetting"], "needs correctness"),
 ])

@@ -89,7 +89,7 @@ def test_rounding_exact_n_distinct_and_unbiased():
 
 def test_skmm_select_record_and_variance_proxy():
     sk = _clustered_sketch(seed=5)
-    sel = skmm_select(sk, 40, c=0.7, seed=1)
+    sel = skmm_select(sk, 40, c=0.7, seed=1, formulation="hinge")
     assert sel.indices.numel() == 40 and torch.unique(sel.indices).numel() == 40
     info = sel.info
     assert info["converged"] and info["duality_gap"] <= info["tol"] * info["objective_uniform"]
@@ -137,13 +137,13 @@ def test_interior_optimum_top_rounding_keeps_large_norms_sample_does_not():
     g = torch.Generator().manual_seed(0)
     sk = torch.randn(600, 8, generator=g) * (0.5 + torch.rand(600, 1, generator=g))
     norms = sk.norm(dim=1)
-    top = skmm_select(sk, 100, c=0.9, rounding="top")
+    top = skmm_select(sk, 100, c=0.9, rounding="top", formulation="hinge")
     assert top.info["objective"] == 0.0 and top.info["top_mass"] < 0.5 and top.info["support"] > 300
     assert float(norms[top.indices].mean() / norms.mean()) > 1.4
     for s in range(4):
-        sel = skmm_select(sk, 100, c=0.9, seed=s)
+        sel = skmm_select(sk, 100, c=0.9, seed=s, formulation="hinge")
         assert sel.info["rounding"] == "sample"
         assert float(norms[sel.indices].mean() / norms.mean()) < 1.25
     # a vertex solution carries all its mass on n weights
-    vert = skmm_select(_clustered_sketch(seed=5), 40, c=0.6)
+    vert = skmm_select(_clustered_sketch(seed=5), 40, c=0.6, formulation="hinge")
     assert 0 < vert.info["top_mass"] <= 1 + 1e-9 and vert.info["support"] >= 40
