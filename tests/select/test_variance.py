@@ -123,3 +123,16 @@ def test_greedy_rounding_only_for_variance_and_through_select():
         skmm_select(sk, 10, rounding="greedy", formulation="hinge")
     sel = select(10, "skmm", sk, formulation="variance", rounding="greedy")
     assert sel.indices.numel() == 10 and sel.info["formulation"] == "variance"
+
+
+def test_edge_sizes_and_rank_deficient_sketch():
+    sk = _sketch(N=30, m=5)
+    sk = torch.cat([sk, sk[:, :2] * 2.0], 1)  # 7 columns, rank 5
+    X, lam = variance_problem(sk)
+    assert X.shape == (30, 5) and lam.numel() == 5
+    idx, _ = greedy_variance(X, lam, 30, 0.1)
+    assert idx.tolist() == list(range(30))
+    sol = solve_variance(X, lam, 30, eps=0.1)
+    assert sol.converged and torch.allclose(sol.weights, torch.full((30,), 1 / 30, dtype=torch.float64))
+    one = skmm_select(sk.float(), 1)
+    assert one.indices.numel() == 1
