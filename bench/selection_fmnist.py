@@ -531,6 +531,8 @@ def main(argv=None):
     ap.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
     ap.add_argument("--bench-dir", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
     ap.add_argument("--replot", action="store_true", help="redo the .md and plots from OUT/fmnist.json")
+    ap.add_argument("--overhead-only", action="store_true",
+                    help="only measure the selection overhead (on a quiet machine) and write its record to --bench-dir")
     a = ap.parse_args(argv)
     if a.replot:
         with open(os.path.join(a.out, "fmnist.json")) as f:
@@ -548,6 +550,10 @@ def main(argv=None):
     t0 = time.perf_counter()
     D = prepare(pool, a.quick)
     _log(f"prepared in {D['prep_seconds']:.0f} s; pretrained test accuracy {D['pretrained_test']['accuracy']:.4f}", t0)
+    if a.overhead_only:
+        date = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+        print("overhead record:", write_overhead(overhead(D), date, a.bench_dir))
+        return
     sks = sketches(D)
     _log(f"sketches: probe m = {sks['probe'][1]['m']} ({sks['probe'][2]:.0f} s), finetune m = "
          f"{sks['finetune'][1]['m']} ({sks['finetune'][2]:.0f} s)", t0)
