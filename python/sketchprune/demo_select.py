@@ -5,7 +5,9 @@
 2. sketch the per-sample gradients of a linear probe on the CNN's frozen features (zero
    init, random labels; the fused ``outer_sketch`` with T = 1, never forming the gradients);
 3. select ``--n`` samples (default 1000) with SkMM (library defaults, class-balanced with the
-   pool labels) and with uniform sampling, for ``--seeds`` seeds;
+   pool labels) and with uniform sampling, for ``--seeds`` seeds (each seed draws a new sketch --
+   new sparse-sign matrix and random probe labels -- since SkMM's default greedy design is
+   deterministic given the sketch);
 4. train a softmax probe on each coreset and print its accuracy on the 10k test images.
 
 The same small CNN, feature and probe code drive ``bench/selection_fmnist.py`` (the full study).
@@ -138,12 +140,14 @@ def main(argv=None) -> dict:
           f"{acc0:.2%}); pool {args.pool} images, test {xte.shape[0]}", flush=True)
 
     t = time.perf_counter()
-    sk, rec = linear_probe_sketch(F_pool, "random", 10, m=args.m, seed=0)
-    print(f"[sketch] linear-probe gradients r = {rec['r']:,} -> m = {args.m} (sparse-sign, k = {rec['k']}) in "
-          f"{time.perf_counter() - t:.2f} s", flush=True)
+    sketches = [linear_probe_sketch(F_pool, "random", 10, m=args.m, seed=s) for s in range(args.seeds)]
+    rec = sketches[0][1]
+    print(f"[sketch] linear-probe gradients r = {rec['r']:,} -> m = {args.m} (sparse-sign, k = {rec['k']}), "
+          f"one sketch per seed, in {time.perf_counter() - t:.2f} s", flush=True)
 
     res = {"n": args.n, "pool": args.pool, "accuracy": {"skmm": [], "uniform": []}, "select_s": {"skmm": [], "uniform": []}}
     for seed in range(args.seeds):
+        sk = sketches[seed][0]
         for method in ("skmm", "uniform"):
             t = time.perf_counter()
             sel = select(args.n, method, sk, labels=y_pool, seed=seed)
