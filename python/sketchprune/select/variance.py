@@ -154,7 +154,7 @@ def greedy_variance(X: torch.Tensor, lam: torch.Tensor, n: int, eps: float = 0.0
     (Woodbury).  The cost is about 4 n N m flops in N m x 2b matrix products, whatever the
     batch; ``batch=1`` is plain greedy.  Default batch: n / 64 rounded up, at most 64.  Those
     products run in float32 (a float32 copy of X, N x m); h, q and M^{-1} accumulate in float64,
-    and the returned f is recomputed exactly from the final M^{-1}.
+    and the returned f is read from the float64 M^{-1} of the final set.
     """
     N, m = X.shape
     check_size(N, n)
