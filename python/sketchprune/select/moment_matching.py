@@ -69,23 +69,31 @@ def second_moment(x: torch.Tensor, chunk: int = 65536) -> torch.Tensor:
     return sigma
 
 
+def eigen_rotation(x: torch.Tensor, rank_tol: float = 1e-10, chunk: int = 65536,
+                   dtype: torch.dtype = torch.float64):
+    """(proj, lam, V) of a sketch x (N x m): Sigma~ = x^T x / N = V diag(lam) V^T (lam descending,
+    directions with lam_j <= rank_tol * lam_max dropped) and proj = x V (N x m', in ``dtype``,
+    computed in row chunks), so proj^T proj / N = diag(lam)."""
+    if x.dim() != 2 or x.shape[0] == 0:
+        raise ValueError(f"sketch must be a non-empty 2-D tensor (N x m), got shape {tuple(x.shape)}")
+    lam, V = torch.linalg.eigh(second_moment(x, chunk))
+    lam, V = lam.flip(0), V.flip(1)
+    keep = lam > rank_tol * lam[0].clamp_min(torch.finfo(torch.float64).tiny)
+    lam, V = lam[keep], V[:, keep]
+    proj = torch.empty(x.shape[0], V.shape[1], dtype=dtype, device=x.device)
+    Vd = V.to(dtype)
+    for i in range(0, x.shape[0], chunk):
+        proj[i:i + chunk] = x[i:i + chunk].to(dtype) @ Vd
+    return proj, lam, V
+
+
 def moment_problem(sketch: torch.Tensor, rank_tol: float = 1e-10, chunk: int = 65536,
                    dtype: torch.dtype = torch.float64) -> MomentProblem:
     """Build (A, lam, V) from a sketch G~ (N x m).  Directions with lam_j <= rank_tol * lam_max
     (numerically zero) are dropped.  A is kept in ``dtype``: float64 by default, because in
     float32 the objective stalls at its rounding noise well above a tight certified gap."""
-    if sketch.dim() != 2 or sketch.shape[0] == 0:
-        raise ValueError(f"sketch must be a non-empty 2-D tensor (N x m), got shape {tuple(sketch.shape)}")
-    N, m = sketch.shape
     x = sketch if sketch.dtype in (torch.float32, torch.float16, torch.bfloat16) else sketch.float()
-    lam, V = torch.linalg.eigh(second_moment(x, chunk))
-    lam, V = lam.flip(0), V.flip(1)
-    keep = lam > rank_tol * lam[0].clamp_min(torch.finfo(torch.float64).tiny)
-    lam, V = lam[keep], V[:, keep]
-    proj = torch.empty(N, V.shape[1], dtype=dtype, device=sketch.device)
-    Vd = V.to(dtype)
-    for i in range(0, N, chunk):
-        proj[i:i + chunk] = x[i:i + chunk].to(dtype) @ Vd
+    proj, lam, V = eigen_rotation(x, rank_tol, chunk, dtype)
     return MomentProblem(A=proj.square_(), lam=lam, V=V)
 
 

@@ -11,7 +11,7 @@ from .maxmin import solve_maxmin
 from .moment_matching import moment_problem, second_moment, solve_moment_matching
 from .paper import solve_paper
 from .rounding import round_weights
-from .variance import greedy_variance, solve_variance, variance_problem
+from .variance import greedy_variance, solve_variance, uniform_objective, variance_problem
 
 
 @dataclass
@@ -156,7 +156,7 @@ def _variance_select(sketch, n, rounding, seed, eps, tol, max_iter, time_limit, 
                   "iterations": sol.iterations, "seconds": sol.seconds}
     info = {"method": "skmm", "formulation": "variance", "eps": eps, "c": None, "weighting": None,
             "rounding": rounding, "seed": seed, "N": sketch.shape[0], "m": sketch.shape[1], "rank": int(lam.numel()),
-            "objective_uniform": float((lam / (lam + eps * float(lam.mean()))).sum()), **solver,
+            "objective_uniform": uniform_objective(lam, eps), **solver,
             "variance_proxy": variance_proxy(sketch, idx), "support": int((weights > 1e-6 / n).sum()),
             "top_mass": float(torch.topk(weights, n).values.sum())}
     return Selection(indices=idx, weights=weights, info=info)

@@ -37,7 +37,7 @@ import time
 
 import torch
 
-from .moment_matching import MomentSolution, second_moment
+from .moment_matching import MomentSolution, eigen_rotation
 from .simplex import check_size
 from .._progress import progress_bar
 
@@ -45,16 +45,8 @@ from .._progress import progress_bar
 def variance_problem(sketch: torch.Tensor, rank_tol: float = 1e-10, chunk: int = 65536):
     """(X, lam): the sketch rotated into the eigenbasis of its second moment (N x m', float64, so
     X^T X / N = diag(lam)) and the eigenvalues (descending; numerically zero directions dropped)."""
-    if sketch.dim() != 2 or sketch.shape[0] == 0:
-        raise ValueError(f"sketch must be a non-empty 2-D tensor (N x m), got shape {tuple(sketch.shape)}")
     x = sketch if sketch.dtype in (torch.float32, torch.float16, torch.bfloat16, torch.float64) else sketch.float()
-    lam, V = torch.linalg.eigh(second_moment(x, chunk))
-    lam, V = lam.flip(0), V.flip(1)
-    keep = lam > rank_tol * lam[0].clamp_min(torch.finfo(torch.float64).tiny)
-    lam, V = lam[keep], V[:, keep]
-    X = torch.empty(x.shape[0], V.shape[1], dtype=torch.float64, device=x.device)
-    for i in range(0, x.shape[0], chunk):
-        X[i:i + chunk] = x[i:i + chunk].double() @ V
+    X, lam, _ = eigen_rotation(x, rank_tol, chunk, torch.float64)
     return X, lam
 
 
@@ -62,6 +54,11 @@ def _ridge(lam: torch.Tensor, eps: float) -> float:
     if not (eps > 0 and math.isfinite(eps)):
         raise ValueError(f"eps (the ridge, relative to the mean eigenvalue) must be positive and finite, got {eps}")
     return eps * float(lam.mean())
+
+
+def uniform_objective(lam: torch.Tensor, eps: float) -> float:
+    """f at uniform weights: sum_j lam_j / (lam_j + eps') (the moment matrix is diag(lam) there)."""
+    return float((lam / (lam + _ridge(lam, eps))).sum())
 
 
 def variance_objective(X: torch.Tensor, lam: torch.Tensor, s: torch.Tensor, eps: float) -> float:
@@ -105,7 +102,7 @@ def solve_variance(X: torch.Tensor, lam: torch.Tensor, n: int, eps: float = 0.01
     eye = torch.eye(m, dtype=X.dtype, device=X.device)
     s = torch.full((N,), 1.0 / N, dtype=torch.float64, device=X.device)
     M = torch.diag(lam.to(X.dtype)) + e * eye  # X^T X / N = Lam exactly in the eigenbasis
-    f_uni = float((lam / (lam + e)).sum())
+    f_uni = uniform_objective(lam, eps)
     f, gap, it, converged, hist = f_uni, float("inf"), 0, False, []
     bar = progress_bar(progress, total=max_iter, desc="moment matching (variance)", unit="it")
     for it in range(1, max_iter + 1):
