@@ -25,20 +25,30 @@ Setup (fixed before any selection result was looked at; sized for ~30 min on 2 s
   300 steps on the coreset.
 * Equal tuning effort: every method's coreset gets the same grid, chosen by validation accuracy:
   (a) weight decay in {1e-4, 1e-3, 1e-2}; (b) lr in {3e-4, 1e-3, 3e-3}.  Test accuracy and macro-F1
-  of the chosen configuration are reported, mean and 95% t-interval over SEEDS = 5 seeds.  A seed
-  changes the randomised methods' draws and the training init / minibatch order; deterministic
-  selections are computed once.
+  of the chosen configuration are reported, mean and 95% t-interval over SEEDS = 5 seeds.  Seed s
+  changes (i) the two gradient sketches (sparse-sign matrix and random labels, both drawn from s),
+  so every method that reads a sketch -- SkMM, skmm-nolabels, herding, k-center, leverage, ridge
+  leverage, adaptive -- selects from seed s's sketch, and the selections that are deterministic
+  given the sketch (SkMM's greedy design, herding) are recomputed per seed; (ii) the randomised
+  methods' draws; (iii) the training init / minibatch order.  The confidence intervals of the
+  sketch-based rows therefore cover the selection's own variance (sketch + random labels), not just
+  training noise.  Only selections that read neither a sketch nor a random draw (the model-output
+  scores el2n, entropy, margin, least confidence, GraNd, GLISTER, DeepFool) are computed once.
+  (Before, one sketch -- seed 0 -- served every seed, which gave SkMM zero-width intervals.)
 * Extra rows: ``uniform-cb`` -- uniform sampling made class-balanced with the pool's labels (n split
   across classes in proportion to their sizes, each class sampled on its own); ``skmm-nolabels`` --
   SkMM with its defaults but without the pool labels (so not class-balanced).
 * Selection signals (labels of the pool are available to the score methods, as in the methods'
   papers):
-  - SkMM and the geometry methods (uniform, herding, k-center, leverage, ridge leverage, adaptive)
-    see a gradient sketch: (a) ``linear_probe_sketch`` of the probe at zero init with random
-    labels (as in the original SkMM experiments); (b) ``model_gradient_sketch`` of fc1 + fc2
-    (per-sample gradients sketched with ``outer_sketch``, never formed) at the finetuning start
-    (fc2 init of seed 0) with random labels.  Sparse-sign, k = 8, m = 2 x the intrinsic
-    dimension of a pilot sketch (m = 512), clamped to [64, 256] (compute).  SkMM runs with the
+  - SkMM and the geometry methods (herding, k-center, leverage, ridge leverage, adaptive; uniform
+    only takes the pool size from it) see a gradient sketch, one per seed s: (a)
+    ``linear_probe_sketch`` of the probe at zero init with random labels (as in the original SkMM
+    experiments); (b) ``model_gradient_sketch`` of fc1 + fc2 (per-sample gradients sketched with
+    ``outer_sketch``, never formed) at the finetuning start with random labels.  The finetuning
+    start is one fixed model for every seed (pretrained trunk and fc1, an fc2 drawn once from torch
+    seed 0 -- not the exact fc2 init that a seed's training run uses); only the sketch matrix and
+    the random labels follow the seed.  Sparse-sign, k = 8, m = 2 x the intrinsic dimension of a
+    pilot sketch (m = 512, same seed), clamped to [64, 256] (compute).  SkMM runs with the
     library defaults: the ``variance`` formulation, eps = 0.1, greedy design (chosen on the
     validation split of the synthetic experiment), class-balanced since the pool labels are given.
     (Earlier runs: the hinge formulation with c = 0.9, relative weighting, sample rounding, chosen
@@ -96,10 +106,12 @@ SKMM_DEFAULTS = {k: v.default for k, v in inspect.signature(skmm_select).paramet
 GEOMETRY = ["uniform", "herding", "kcenter", "leverage", "ridge-leverage", "adaptive"]
 OUTPUT_METHODS = ["grand", "el2n", "entropy", "margin", "least-confidence", "forgetting", "contextual-diversity",
                   "glister", "deepfool"]
-RANDOMISED = {"skmm", "skmm-nolabels", "uniform", "uniform-cb", "kcenter", "leverage", "ridge-leverage", "adaptive",
-              "forgetting", "contextual-diversity"}
+RANDOMISED = {"uniform", "uniform-cb", "kcenter", "leverage", "ridge-leverage", "adaptive", "forgetting",
+              "contextual-diversity"}  # draw from the seed (SkMM's greedy default and herding do not)
 BALANCED = ["uniform-cb"]  # uniform sampling made class-balanced with the pool labels (an extra row)
 UNLABELLED = ["skmm-nolabels"]  # SkMM with its defaults but without the pool labels (an extra row)
+SKETCH_METHODS = ["skmm"] + GEOMETRY + BALANCED + UNLABELLED  # given seed s's gradient sketch
+PER_SEED = RANDOMISED | set(SKETCH_METHODS)  # one selection per seed; the others once (seed None)
 METHODS = ["skmm"] + GEOMETRY + OUTPUT_METHODS + BALANCED + UNLABELLED
 
 
@@ -164,21 +176,39 @@ def prepare(pool_size, quick):
     return D
 
 
-def sketches(D):
-    """The two gradient sketches (probe; fc1 + fc2) with their records and timings."""
-    out = {}
-    t0 = time.perf_counter()
-    probe = lambda m: linear_probe_sketch(D["F_pool"], "random", 10, m=m, seed=0)  # noqa: E731
-    m = choose_m(probe)
-    sk, rec = probe(m)
-    out["probe"] = (sk, rec, time.perf_counter() - t0)
-    t0 = time.perf_counter()
+def sketches(D, seeds):
+    """The two gradient sketches (probe; fc1 + fc2), one per seed: {setting: {seed: (sketch, record,
+    seconds incl. the pilot sketch that sets m)}}.  The seed draws the sparse-sign matrix and the
+    random labels; the model (and so the finetuning start) is the same for every seed."""
+    out = {"probe": {}, "finetune": {}}
     ft_model = finetune_start(D)
-    ft = lambda m: last_two_layer_sketch(ft_model, D["x_pool"], m)  # noqa: E731
-    m = choose_m(ft)
-    sk, rec = ft(m)
-    out["finetune"] = (sk, rec, time.perf_counter() - t0)
+    for s in _progress(seeds, desc="sketches"):
+        t0 = time.perf_counter()
+        probe = lambda m: linear_probe_sketch(D["F_pool"], "random", 10, m=m, seed=s)  # noqa: E731
+        sk, rec = probe(choose_m(probe))
+        out["probe"][s] = (sk, rec, time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        ft = lambda m: last_two_layer_sketch(ft_model, D["x_pool"], m, seed=s)  # noqa: E731
+        sk, rec = ft(choose_m(ft))
+        out["finetune"][s] = (sk, rec, time.perf_counter() - t0)
     return out
+
+
+def sketch_record(per_seed):
+    """The JSON record of one setting's per-seed sketches: seed 0's record (the fields every seed
+    shares) with m as an int when every seed chose the same (else the list), the total seconds and
+    a per-seed list of seed, m and seconds."""
+    recs = [{**rec, "seconds": secs} for _, rec, secs in per_seed.values()]
+    ms = sorted({r["m"] for r in recs})
+    return {**{k: v for k, v in recs[0].items() if k not in ("seed", "seconds")},
+            "m": ms[0] if len(ms) == 1 else [r["m"] for r in recs],
+            "seconds": sum(r["seconds"] for r in recs),
+            "per_seed": [{"seed": r["seed"], "m": r["m"], "seconds": r["seconds"]} for r in recs]}
+
+
+def _m_text(rec):
+    m = rec["m"]
+    return str(m) if isinstance(m, int) else f"{min(m)}-{max(m)} (per seed)"
 
 
 def finetune_start(D):
@@ -219,16 +249,16 @@ def model_outputs(D):
 
 
 def selections(D, sks, outs, hv, seeds, n_sweep):
-    """{(setting, method, n, seed): (indices, seconds, solver info)}; deterministic methods are stored
-    under seed None.  SkMM (sample rounding) is randomised: one draw per seed from the same solve."""
+    """{(setting, method, n, seed): (indices, seconds, solver info)}.  The sketch-based methods run
+    once per seed on that seed's sketch (with that seed for their own draws); the model-output
+    methods that draw nothing (see PER_SEED) are computed once and stored under seed None."""
     sel = {}
     for setting in ("probe", "finetune"):
-        sk = sks[setting][0]
         for n in _progress(n_sweep, desc=f"selecting ({setting})"):
-            for method in ["skmm"] + GEOMETRY + BALANCED + UNLABELLED:
-                for s in (seeds if method in RANDOMISED else [None]):
+            for method in SKETCH_METHODS:
+                for seed in seeds:
                     t0 = time.perf_counter()
-                    seed = 0 if s is None else s
+                    sk = sks[setting][seed][0]
                     info = None
                     if method == "uniform-cb":
                         r = select(n, "uniform", sk, labels=D["y_pool"], class_balanced=True, seed=seed)
@@ -239,10 +269,10 @@ def selections(D, sks, outs, hv, seeds, n_sweep):
                         info = _solver_info(r.info)
                     else:
                         r = select(n, method, sk, seed=seed)
-                    sel[(setting, method, n, s)] = (r.indices, time.perf_counter() - t0, info)
+                    sel[(setting, method, n, seed)] = (r.indices, time.perf_counter() - t0, info)
     for n in _progress(n_sweep, desc="selecting (model outputs)"):
         for method in OUTPUT_METHODS:
-            for s in (seeds if method in RANDOMISED else [None]):
+            for s in (seeds if method in PER_SEED else [None]):
                 t0 = time.perf_counter()
                 opts = {"val_features": hv, "val_labels": D["y_val"]} if method == "glister" else {}
                 r = select(n, method, outputs=outs, seed=0 if s is None else s, **opts)
@@ -378,6 +408,13 @@ def table(res, setting, key):
     return "\n".join(L), means, best, ns
 
 
+def _sketch_seeds_text(res):
+    if "per_seed" in res["sketch"]["probe"]:
+        return (f"one per seed ({len(res['sketch']['probe']['per_seed'])}: new sparse-sign matrix and random labels), "
+                "read by SkMM and the geometry methods")
+    return f"one (seed {res['sketch']['probe'].get('seed', 0)}) shared by every seed"
+
+
 def write_md(res, path):
     cfg = res["config"]
     wall = f"{res['wall_seconds']:.0f} s" if res.get("wall_seconds") else "(not finished)"
@@ -389,8 +426,9 @@ def write_md(res, path):
          f"non-validation training images; validation {cfg['n_val']}; test 10k; command `{res.get('command', '')}`.\n",
          f"Pretrained CNN (10k images, {cfg['pretrain_epochs']} epochs): test accuracy "
          f"{100 * res['pretrained_test']['accuracy']:.2f}%, macro-F1 {100 * res['pretrained_test']['macro_f1']:.2f}%. "
-         f"Sketch sizes: probe m = {res['sketch']['probe']['m']} (r = {res['sketch']['probe']['r']}), "
-         f"fc1 + fc2 m = {res['sketch']['finetune']['m']} (r = {res['sketch']['finetune']['r']}). "
+         f"Gradient sketches: {_sketch_seeds_text(res)}; probe m = {_m_text(res['sketch']['probe'])} "
+         f"(r = {res['sketch']['probe']['r']}), fc1 + fc2 m = {_m_text(res['sketch']['finetune'])} "
+         f"(r = {res['sketch']['finetune']['r']}). "
          f"SkMM options: {cfg['skmm']}; `skmm` is given the pool labels (so it is class-balanced by default), "
          "`skmm-nolabels` is not. See the script's docstring for the protocol.\n"]
     verdict = []
@@ -429,7 +467,8 @@ def write_md(res, path):
                  f"when class-balanced) within {SKMM_TIME_LIMIT:.0f} s; iterations {min(s['iterations'] for s in sk)}-"
                  f"{max(s['iterations'] for s in sk)}.\n")
     L.append(f"Signals: gradient sketches {res['sketch']['probe']['seconds']:.1f} s (probe) and "
-             f"{res['sketch']['finetune']['seconds']:.1f} s (fc1 + fc2, incl. the pilot sketch for m); "
+             f"{res['sketch']['finetune']['seconds']:.1f} s (fc1 + fc2), in all over the seeds' sketches and incl. "
+             f"the pilot sketches for m; "
              f"model outputs + forgetting record {res['outputs_seconds']:.1f} s.\n")
     with open(path, "w") as f:
         f.write("\n".join(L))
@@ -554,9 +593,11 @@ def main(argv=None):
         date = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
         print("overhead record:", write_overhead(overhead(D), date, a.bench_dir))
         return
-    sks = sketches(D)
-    _log(f"sketches: probe m = {sks['probe'][1]['m']} ({sks['probe'][2]:.0f} s), finetune m = "
-         f"{sks['finetune'][1]['m']} ({sks['finetune'][2]:.0f} s)", t0)
+    sks = sketches(D, seeds)
+    sketch_recs = {k: sketch_record(v) for k, v in sks.items()}
+    _log(f"sketches ({len(seeds)} seeds): probe m = {_m_text(sketch_recs['probe'])} "
+         f"({sketch_recs['probe']['seconds']:.0f} s), finetune m = {_m_text(sketch_recs['finetune'])} "
+         f"({sketch_recs['finetune']['seconds']:.0f} s)", t0)
     outs, hv, out_s = model_outputs(D)
     _log(f"model outputs and forgetting record in {out_s:.0f} s", t0)
     date = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
@@ -570,7 +611,7 @@ def main(argv=None):
                    "finetune_steps": FT_STEPS, "finetune_batch": FT_BATCH, "pilot_m": PILOT_M,
                    "skmm": {**SKMM_DEFAULTS, "time_limit_s": SKMM_TIME_LIMIT}, "quick": a.quick},
         "pretrained_test": D["pretrained_test"],
-        "sketch": {k: {**v[1], "seconds": v[2]} for k, v in sks.items()},
+        "sketch": sketch_recs,
         "outputs_seconds": out_s, "runs": [], "selection_seconds": [], "skmm_solver": [], "overhead": None,
     }
     sel = selections(D, sks, outs, hv, seeds, n_sweep)
@@ -585,7 +626,7 @@ def main(argv=None):
         for setting in ("probe", "finetune"):
             for method in METHODS:
                 for s in seeds:
-                    key = (setting, method, n, s if method in RANDOMISED else None)
+                    key = (setting, method, n, s if method in PER_SEED else None)
                     jobs.append((setting, method, n, s, sel[key][0]))
     shared = {k: D[k] for k in ("F_pool", "F_val", "F_test", "H_pool", "H_val", "H_test", "y_pool", "y_val",
                                 "y_test", "fc1")}
