@@ -55,7 +55,10 @@ void check_out_ld(const char* op, const char* name, int64_t ld, int64_t rows, in
 void check_sketch(const char* op, int64_t m, int64_t k) {
   if (k < 1 || m < k)
     fail(op, "need m >= k >= 1, got m=" + std::to_string(m) + ", k=" + std::to_string(k));
-  if (m > INT32_MAX) fail(op, "m must fit in int32, got " + std::to_string(m));
+  // The CPU kernels address the m x 16 lane accumulator with int32 offsets (16 * column).
+  if (m > INT32_MAX / 16)
+    fail(op, "m must be at most " + std::to_string(INT32_MAX / 16) + " on the CPU, got " +
+                 std::to_string(m));
 }
 
 void cov_accumulate(std::uintptr_t sigma, int sigma_dtype, int64_t d, int64_t ld_sigma,

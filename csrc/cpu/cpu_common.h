@@ -108,9 +108,11 @@ inline void convert_row(const void* src, int code, int64_t n, T* dst) {
 }
 
 // ------------------------------------------------------------------ kernel table
-// One nonzero of a sketch row: column and value (+-1/sqrt(k)).
+// One nonzero of a sketch row: its column as the offset of that column's row in a lane-minor
+// m x 16 accumulator (off = 16 * column, so consumers need no shift), and its value
+// (+-1/sqrt(k)).
 struct SketchEntry {
-  int32_t col;
+  int32_t off;
   float val;
 };
 
@@ -122,17 +124,17 @@ using MicroF32 = void (*)(int64_t kc, const float* A, const float* B, float* C, 
 using MicroF64 = void (*)(int64_t kc, const double* A, const double* B, double* C, int64_t ldc,
                           double alpha, double* buf);
 // Sketch scatter over 16 lanes (samples): for i < len, lane s:
-//   acc[tab[i*k+t].col * 16 + s] += tab[i*k+t].val * rows[s][i]   for t < k.
+//   acc[tab[i*k+t].off + s] += tab[i*k+t].val * rows[s][i]   for t < k.
 using Scatter16 = void (*)(const float* const* rows, int64_t len, const SketchEntry* tab,
                            int64_t k, float* acc);
 
-// Per-sample outer products in the lanes: for o < no, q < nq (row i = o*ldt + q):
+// Per-sample outer products in the lanes: for o < no, q < nq (tab row i = o*ldo + q*ldq):
 //   v[0:16] = sum_{t<T} D(t, o)[0:16] * A(t, q)[0:16];
-//   acc[tab[i*k+t].col * 16 + :] += tab[i*k+t].val * v   for t < k,
+//   acc[tab[i*k+t].off + :] += tab[i*k+t].val * v   for t < k,
 // D packed in groups of out_r rows (group g at dp + g*T*out_r*16, width w = min(out_r, no -
 // g*out_r), D(t, o) at + (t*w + o % out_r)*16), A likewise in groups of out_q columns.
 using OuterScatter16 = void (*)(const float* dt, const float* at, int64_t T, int64_t no,
-                                int64_t nq, int64_t ldt, const SketchEntry* tab, int64_t k,
+                                int64_t nq, int64_t ldo, int64_t ldq, const SketchEntry* tab, int64_t k,
                                 float* acc);
 // Lane-minor transpose: dst[i*16 + s] = rows[s][i] for i < len, s < 16.
 using Transpose16 = void (*)(const float* const* rows, int64_t len, float* dst);

@@ -67,7 +67,7 @@ class RowHasher {
       const uint64_t row = j * 0x9E3779B97F4A7C15ull;  // spread over the 64-bit range
       fill_fast(row, a.data());
       fill_exact(row, b.data());
-      for (int64_t t = 0; t < k; ++t) fast_ = fast_ && a[t].col == b[t].col && a[t].val == b[t].val;
+      for (int64_t t = 0; t < k; ++t) fast_ = fast_ && a[t].off == b[t].off && a[t].val == b[t].val;
     }
 #endif
   }
@@ -85,7 +85,7 @@ class RowHasher {
       int64_t col;
       float sign;
       sketch_entry(seed_mixed_, j, t, m_, k_, &col, &sign);
-      e[t] = SketchEntry{static_cast<int32_t>(col), sign * scale_};
+      e[t] = SketchEntry{static_cast<int32_t>(col * kLanes), sign * scale_};
     }
   }
   void fill_fast(uint64_t j, SketchEntry* e) const {
@@ -97,7 +97,8 @@ class RowHasher {
           static_cast<uint32_t>((static_cast<unsigned __int128>(lowbits) * width_[t]) >> 64);
       // sign without a branch (it is a coin flip): flip the sign bit of +1/sqrt(k)
       const uint32_t vbits = scale_bits_ ^ (static_cast<uint32_t>(h & 1ull) << 31);
-      e[t] = SketchEntry{start_[t] + static_cast<int32_t>(rem), bits_to_float(vbits)};
+      e[t] = SketchEntry{(start_[t] + static_cast<int32_t>(rem)) * static_cast<int32_t>(kLanes),
+                         bits_to_float(vbits)};
     }
 #else
     fill_exact(j, e);
@@ -113,11 +114,23 @@ class RowHasher {
   std::vector<uint64_t> magic_;
 };
 
-// Process(tile, i0, len, tab, acc, tid): add rows [i0, i0+len) of S (nonzeros in tab, len x k)
-// times the matching inputs of the tile's 16 samples into acc (m x 16, lane-minor).
-template <class Process>
+// The engine walks R logical rows in chunks of `chunk`; logical row L is row offset + p(L) of
+// S, p a bijection of [0, R) (the identity unless the caller orders S's rows otherwise), given
+// by row(L0, n, rows): rows[i] = p(L0 + i) for i < n (a run at a time, so a map can step
+// through its coordinates instead of dividing per row).
+// Process(tile, i0, len, tab, acc, tid): add logical rows [i0, i0+len) of S (their nonzeros in
+// tab, len x k) times the matching inputs of the tile's 16 samples into acc (m x 16,
+// lane-minor).
+struct IdentityRows {
+  void operator()(int64_t L0, int64_t n, uint64_t* rows) const {
+    for (int64_t i = 0; i < n; ++i) rows[i] = static_cast<uint64_t>(L0 + i);
+  }
+};
+constexpr int64_t kHashRun = 256;
+template <class Process, class RowMap = IdentityRows>
 void sketch_engine(float* out, int64_t N, int64_t R, int64_t m, int64_t k, int64_t seed,
-                   int64_t offset, bool accumulate, int64_t chunk, Process&& process) {
+                   int64_t offset, bool accumulate, int64_t chunk, Process&& process,
+                   const RowMap& row = RowMap()) {
   if (N == 0) return;
   if (R == 0) {
     if (!accumulate) std::memset(out, 0, sizeof(float) * static_cast<size_t>(N * m));
@@ -146,8 +159,13 @@ void sketch_engine(float* out, int64_t N, int64_t R, int64_t m, int64_t k, int64
       const int64_t len = std::min(nc * chunk, R - c0);
       const int64_t ncr = ceil_div(len, chunk);
 #pragma omp for schedule(static)
-      for (int64_t i = 0; i < len; ++i)
-        hasher.fill(static_cast<uint64_t>(offset) + static_cast<uint64_t>(c0 + i), tab + i * k);
+      for (int64_t b = 0; b < len; b += kHashRun) {
+        uint64_t rows[kHashRun];
+        const int64_t nb = std::min(kHashRun, len - b);
+        row(c0 + b, nb, rows);
+        for (int64_t i = 0; i < nb; ++i)
+          hasher.fill(static_cast<uint64_t>(offset) + rows[i], tab + (b + i) * k);
+      }
 #pragma omp for schedule(dynamic, 1)
       for (int64_t it = 0; it < ntiles * ncr; ++it) {
         const int64_t tile = it / ncr, ch = it % ncr;
@@ -222,15 +240,19 @@ void sparse_sign_sketch(float* out, const void* g, int g_dtype, int64_t N, int64
 // ---------------------------------------------------------------------------------------
 // outer_sketch: out[n] (+)= vec(G_n) @ S with G_n[o, q] = sum_t d[n,t,o] * a[n,t,q] flattened
 // row-major (row o*d_in + q of S, offset added); G is never formed in memory.  Per work item
-// (16 samples x a chunk of ocm rows o, i.e. ocm*d_in rows of S): d of the 16 samples is
-// transposed to Dt[t][o][16] (samples in the vector lanes), then per block of qb columns q, a
-// to At[t][q][16], and outer_scatter16 forms each G row (o, q) for all 16 samples as sum_t
-// Dt[t][o] * At[t][q] (register-blocked: R rows o x Q columns q per step, T loads of R + Q
-// vectors for R*Q*T 16-wide FMAs) and scatters it from registers into the accumulator.
+// (16 samples x a chunk of S rows): d of the 16 samples is transposed to Dt[t][o][16] (samples
+// in the vector lanes), then per block of qb columns q, a to At[t][q][16], and outer_scatter16
+// forms each G entry (o, q) for all 16 samples as sum_t Dt[t][o] * At[t][q] (register-blocked:
+// R rows o x Q columns q per step, T loads of R + Q vectors for R*Q*T 16-wide FMAs) and
+// scatters it from registers into the accumulator.  A chunk is every row o x a block of
+// columns q when d_out < d_in (so the larger a is transposed once per tile, d once per chunk),
+// else a block of rows o x every column q.
 // Cost: 2*N*T*d_out*d_in flops + N*d_out*d_in*k lane-FMAs, e.g. N=256, T=49, d_in=4608,
-// d_out=512, k=8: 59 GFLOP + 4.8 G lane-FMAs; a is read once per chunk, d once.  Used for
-// T <= kLaneGemmMaxT (measured 1.2-1.7x faster than the GEMM slabs below at T = 1..49, and
-// slower at T = 128, where the slabs' K-depth pays off).
+// d_out=512, k=8: 59 GFLOP + 4.8 G lane-FMAs.  Used for T <= kLaneGemmMaxT (measured
+// 1.2-1.7x faster than the GEMM slabs below at T = 1..49, and slower at T = 128, where the
+// slabs' K-depth pays off).  Measured at that shape, 1 thread, AVX-512: 1.6x the time of the
+// conv's own forward at k = 1 and 3.4x at k = 8 (the scatter's ~3 cycles per 16-lane
+// read-modify-write is the difference); the column chunks took that from 2.5x / 3.8x.
 // Larger T: per sample an oc x d_in GEMM slab d_n[:, o-range]^T a_n (packed micro-kernel), then
 // scattered like g rows.
 template <class SrcA, class SrcD>
@@ -295,12 +317,27 @@ void outer_sketch(float* out, const void* a, const void* d, int dtype, int64_t N
                       src_d, dtype, lda_t, ldd_t);
     return;
   }
-  const int64_t oc = std::min(d_out, std::max<int64_t>(T <= 2 ? 16 : 64, 16384 / d_in));
-  const int64_t chunk = std::min(oc * d_in, max_chunk);
-  const int64_t ocm = chunk / d_in;
+  // Chunks of S rows: when d_out < d_in, a chunk is every row o x a block of qc columns q
+  // (logical rows ordered (o, q) within the chunk, through the engine's row map), so a is
+  // transposed into the lanes once per tile and only the smaller d once per chunk; otherwise a
+  // block of ocm rows o x every column q (identity order: a once per chunk, d once per tile).
+  const bool by_col = d_out < d_in && T * d_out * kLanes * 4 <= (int64_t(32) << 20);  // Dt <= 32 MB
+  int64_t chunk, ocm, qc;
+  if (by_col) {
+    qc = std::min(d_in, std::max<int64_t>(1, max_chunk / d_out));
+    chunk = qc * d_out;
+    ocm = d_out;
+  } else {
+    ocm = std::min(d_out, std::max<int64_t>(T <= 2 ? 16 : 64, 16384 / d_in));
+    chunk = std::min(ocm * d_in, max_chunk);
+    ocm = chunk / d_in;
+    qc = d_in;
+  }
   // q block: At (T x qb x 16 floats) within ~512 KB of L2, a multiple of 48 columns (so of
-  // every ISA's out_q).
-  const int64_t qb = std::min(d_in, std::max<int64_t>(96, (int64_t(1) << 13) / T / 48 * 48));
+  // every ISA's out_q); o block: Dt rows handed to one outer_scatter16 call (~256 KB of L2,
+  // a multiple of 16 rows, so of every ISA's out_r).
+  const int64_t qb = std::min(qc, std::max<int64_t>(96, (int64_t(1) << 13) / T / 48 * 48));
+  const int64_t ob = std::max<int64_t>(16, (int64_t(1) << 12) / T / 16 * 16);
   const int64_t wmax = std::max(qb, ocm);
   std::vector<float> zeros(static_cast<size_t>(wmax), 0.f);
   Scratch<float> dts(nt * T * ocm * kLanes);
@@ -322,18 +359,50 @@ void outer_sketch(float* out, const void* a, const void* d, int dtype, int64_t N
                   sizeof(float) * static_cast<size_t>(wg * kLanes));
     }
   };
-  auto process = [&](int64_t tile, int64_t i0, int64_t len, const SketchEntry* tab, float* acc,
-                     int tid) {
-    const int64_t n0 = tile * kLanes, ns = std::min<int64_t>(kLanes, N - n0);
-    const int64_t o0 = i0 / d_in, no = len / d_in;  // i0, len are multiples of d_in
+  // Rows [o0, o0 + no) x columns [q_lo, q_hi) of G for the tile's samples; tab: the chunk's
+  // nonzeros, entry (o, q) at tab row (o - o0) * ldo + (q - q_lo) * ldq.
+  auto block = [&](int64_t n0, int64_t ns, int64_t o0, int64_t no, int64_t q_lo, int64_t q_hi,
+                   int64_t ldo, int64_t ldq, const SketchEntry* tab, float* acc, int tid) {
     float* Dt = dts.data() + tid * T * ocm * kLanes;
     float* At = ats.data() + tid * T * qb * kLanes;
     for (int64_t t = 0; t < T; ++t) to_lanes(false, n0, ns, t, o0, no, K.out_r, Dt, tid);
-    for (int64_t q0 = 0; q0 < d_in; q0 += qb) {
-      const int64_t nq = std::min(qb, d_in - q0);
+    for (int64_t q0 = q_lo; q0 < q_hi; q0 += qb) {
+      const int64_t nq = std::min(qb, q_hi - q0);
       for (int64_t t = 0; t < T; ++t) to_lanes(true, n0, ns, t, q0, nq, K.out_q, At, tid);
-      K.outer_scatter16(Dt, At, T, no, nq, d_in, tab + q0 * k, k, acc);
+      for (int64_t o = 0; o < no; o += ob)
+        K.outer_scatter16(Dt + o * T * kLanes, At, T, std::min(ob, no - o), nq, ldo, ldq,
+                          tab + (o * ldo + (q0 - q_lo) * ldq) * k, k, acc);
     }
+  };
+  if (by_col) {
+    // Chunk c: columns [c*qc, c*qc + w) x every row o, its logical rows ordered (q, o), the
+    // order in which outer_scatter16 walks them (a few sequential streams through tab).
+    auto process = [&](int64_t tile, int64_t i0, int64_t len, const SketchEntry* tab, float* acc,
+                       int tid) {
+      const int64_t n0 = tile * kLanes, ns = std::min<int64_t>(kLanes, N - n0);
+      const int64_t q_lo = i0 / chunk * qc;
+      block(n0, ns, 0, d_out, q_lo, q_lo + len / d_out, 1, d_out, tab, acc, tid);
+    };
+    auto row = [&](int64_t L0, int64_t n, uint64_t* rows) {
+      const int64_t c = L0 / chunk, j = L0 - c * chunk;
+      int64_t q = c * qc + j / d_out, o = j % d_out;  // q: the global column
+      int64_t q_end = std::min(d_in, (c + 1) * qc);   // end of chunk c's columns
+      for (int64_t i = 0; i < n; ++i) {
+        rows[i] = static_cast<uint64_t>(o * d_in + q);
+        if (++o == d_out) {
+          o = 0;
+          if (++q == q_end) q_end = std::min(d_in, q_end + qc);
+        }
+      }
+    };
+    sketch_engine(out, N, R, m, k, seed, offset, accumulate, chunk, process, row);
+    return;
+  }
+  auto process = [&](int64_t tile, int64_t i0, int64_t len, const SketchEntry* tab, float* acc,
+                     int tid) {
+    const int64_t n0 = tile * kLanes, ns = std::min<int64_t>(kLanes, N - n0);
+    // i0, len: multiples of d_in (whole rows o)
+    block(n0, ns, i0 / d_in, len / d_in, 0, d_in, d_in, 1, tab, acc, tid);
   };
   sketch_engine(out, N, R, m, k, seed, offset, accumulate, chunk, process);
 }

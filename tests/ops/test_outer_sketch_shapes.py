@@ -1,6 +1,6 @@
 """outer_sketch on the C++ CPU backend at the edges of its blocking: samples in 16-wide tiles
 (N not a multiple of 16), G formed in register tiles of rows o x columns q (d_out, d_in not
-multiples of them), blocks of columns q, chunks of rows o (several chunks), T on both sides of
+multiples of them), blocks of columns q, chunks of rows o or of columns q (several chunks), T on both sides of
 the switch from lane-formed to GEMM-formed gradients, strided inputs, fp16/bf16, and results that
 do not depend on the batch or on the thread count."""
 
@@ -26,6 +26,7 @@ SHAPES = [
     (18, 2, 37, 23, 48, 4),      # T = 2
     (9, 4, 100, 170, 64, 8),     # d_out over two chunks of rows o
     (33, 40, 401, 7, 128, 8),    # d_in over several blocks of columns q, 3 tiles
+    (17, 2, 3000, 100, 16, 4),   # d_out < d_in: chunks of columns q x every row o, the last partial
     (16, 64, 97, 70, 64, 8),     # the largest T formed in the lanes
     (20, 65, 50, 30, 64, 8),     # the smallest T formed by GEMM slabs
 ]
@@ -94,7 +95,8 @@ THREADS_SCRIPT = r"""
 import sys, torch, sketchprune as sp
 g = torch.Generator().manual_seed(5)
 outs = []
-for n, t, d_in, d_out in [(3, 5, 300, 200), (40, 5, 300, 200), (2, 70, 40, 30), (3, 1, 900, 100)]:
+for n, t, d_in, d_out in [(3, 5, 300, 200), (40, 5, 300, 200), (2, 70, 40, 30), (3, 1, 900, 100),
+                          (3, 2, 3000, 100)]:
     a = torch.randn(n, t, d_in, generator=g); d = torch.randn(n, t, d_out, generator=g)
     outs.append(sp.outer_sketch(a, d, 64, 8, 1, 2))
 torch.save(outs, sys.argv[1])
