@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <cstring>
 #include <memory>
+#include <new>
 #include <string>
 #include <type_traits>
 #include <vector>
@@ -46,16 +47,27 @@ inline int num_threads_in_team() {
 
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
-// Uninitialised scratch memory (std::vector would zero-fill megabytes on every call).
+// Uninitialised scratch memory (std::vector would zero-fill megabytes on every call), aligned
+// to a cache line: the kernels' 64-byte vector loads and stores at multiples of 16 floats from
+// the start would otherwise each straddle two lines (plain new[] only aligns to 16 bytes).
 template <class T>
 class Scratch {
+  static_assert(std::is_trivially_destructible<T>::value, "Scratch holds plain data only");
+
  public:
-  explicit Scratch(int64_t n) : p_(n > 0 ? new T[static_cast<size_t>(n)] : nullptr) {}
+  static constexpr std::size_t kAlign = 64;
+  explicit Scratch(int64_t n)
+      : p_(n > 0 ? static_cast<T*>(::operator new[](static_cast<std::size_t>(n) * sizeof(T),
+                                                    std::align_val_t(kAlign)))
+                 : nullptr) {}
   T* data() { return p_.get(); }
   const T* data() const { return p_.get(); }
 
  private:
-  std::unique_ptr<T[]> p_;
+  struct Free {
+    void operator()(T* p) const { ::operator delete[](p, std::align_val_t(kAlign)); }
+  };
+  std::unique_ptr<T, Free> p_;
 };
 
 // ------------------------------------------------------------------ dtypes
@@ -115,6 +127,7 @@ struct SketchEntry {
   int32_t off;
   float val;
 };
+static_assert(sizeof(SketchEntry) == 8, "SketchEntry is read as one 64-bit word {off, val bits}");
 
 // GEMM micro-kernel: acc[r][c] = sum_{p<kc} A[p*MR + r] * B[p*NR + c]  (packed slivers).
 // If C != nullptr: C[r*ldc + c] += alpha * acc[r][c] for the full MR x NR tile;
@@ -139,6 +152,21 @@ using OuterScatter16 = void (*)(const float* dt, const float* at, int64_t T, int
 // Lane-minor transpose: dst[i*16 + s] = rows[s][i] for i < len, s < 16.
 using Transpose16 = void (*)(const float* const* rows, int64_t len, float* dst);
 
+// The constants of one sparse-sign S (seed, m, k) for hashing rows in bulk (RowHasher in
+// sketch.cpp): block t of the m columns starts at start[t] and is width[t] wide; magic[t] =
+// 2^64 / width[t] rounded up (Lemire's exact 32-bit modulo); scale_bits: the bits of
+// +1/sqrt(k).
+struct HashConsts {
+  uint64_t seed_mixed;
+  int64_t k;
+  const int32_t* start;
+  const uint32_t* width;
+  const uint64_t* magic;
+  uint32_t scale_bits;
+};
+// out[i*k + t] = nonzero t of S row rows[i] (SketchEntry: off = 16 * column), for i < n.
+using HashRows = void (*)(const HashConsts& h, const uint64_t* rows, int64_t n, SketchEntry* out);
+
 struct KernelTable {
   const char* isa;
   int mr_f, nr_f, kc_f;
@@ -149,6 +177,7 @@ struct KernelTable {
   OuterScatter16 outer_scatter16;
   Transpose16 transpose16;
   int out_r, out_q;  // register tile of outer_scatter16 (its packing groups)
+  HashRows hash_rows;  // vectorised row hashing, or nullptr (RowHasher's scalar path)
 };
 
 // Per-ISA tables (isa_*.cpp); the x86 ones return false when not compiled in.

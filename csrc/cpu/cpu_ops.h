@@ -17,6 +17,10 @@ void cross_accumulate(void* c, int c_dtype, int64_t d_in, int64_t d_out, int64_t
 void sparse_sign_sketch(float* out, const void* g, int g_dtype, int64_t N, int64_t r, int64_t ldg,
                         int64_t m, int64_t k, int64_t seed, int64_t offset, bool accumulate);
 
+// Which path hashes the rows of S for (seed, m, k): "vector" (the kernel table's hash_rows,
+// verified against sketch_entry() at construction), "fast" (scalar, Lemire modulo) or "exact".
+const char* row_hash_path(int64_t seed, int64_t m, int64_t k);
+
 void outer_sketch(float* out, const void* a, const void* d, int dtype, int64_t N, int64_t T,
                   int64_t d_in, int64_t d_out, int64_t lda_n, int64_t lda_t, int64_t ldd_n,
                   int64_t ldd_t, int64_t m, int64_t k, int64_t seed, int64_t offset,

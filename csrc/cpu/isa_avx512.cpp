@@ -80,6 +80,60 @@ constexpr int kOutR = 4, kOutQ = 6;  // 24 of the 32 zmm registers hold G
 #include "isa_kernels.inc"
 #include "isa_entry.inc"
 
+// ---------------------------------------------------------------------------------------
+// Row hashing with the k nonzeros of a row in the 8 64-bit lanes (k > 8: several vectors,
+// k % 8: masked).  Same integer arithmetic as RowHasher::fill_fast (sketch_hash of
+// common/sketch_hash.h, then Lemire's modulo), with 64-bit products built from 32 x 32-bit
+// vpmuludq (AVX-512F has no 64-bit multiply), so every entry is bit-identical.
+// a * b mod 2^64
+static inline __m512i mul64(__m512i a, __m512i b) {
+  const __m512i lo = _mm512_mul_epu32(a, b);
+  const __m512i c1 = _mm512_mul_epu32(_mm512_srli_epi64(a, 32), b);
+  const __m512i c2 = _mm512_mul_epu32(a, _mm512_srli_epi64(b, 32));
+  return _mm512_add_epi64(lo, _mm512_slli_epi64(_mm512_add_epi64(c1, c2), 32));
+}
+static void hash_rows(const HashConsts& h, const uint64_t* rows, int64_t n, SketchEntry* out) {
+  const int64_t k = h.k;
+  const __m512i m1 = _mm512_set1_epi64(static_cast<long long>(kMixM1));
+  const __m512i m2 = _mm512_set1_epi64(static_cast<long long>(kMixM2));
+  const __m512i lo32 = _mm512_set1_epi64(0xFFFFFFFFll);
+  const __m512i one = _mm512_set1_epi64(1);
+  const __m512i scale = _mm512_set1_epi64(static_cast<long long>(h.scale_bits));
+  for (int64_t t0 = 0; t0 < k; t0 += 8) {
+    const int kt = static_cast<int>(k - t0 < 8 ? k - t0 : 8);
+    const __mmask8 mask = static_cast<__mmask8>((1u << kt) - 1u);
+    alignas(64) uint64_t tc[8] = {0}, mg[8] = {0}, wd[8] = {0}, st[8] = {0};
+    for (int l = 0; l < kt; ++l) {
+      tc[l] = h.seed_mixed + static_cast<uint64_t>(t0 + l) * kHashC2;
+      mg[l] = h.magic[t0 + l];
+      wd[l] = h.width[t0 + l];
+      st[l] = static_cast<uint64_t>(static_cast<int64_t>(h.start[t0 + l]));
+    }
+    const __m512i vtc = _mm512_load_si512(tc), vmg = _mm512_load_si512(mg);
+    const __m512i vwd = _mm512_load_si512(wd), vst = _mm512_load_si512(st);
+    for (int64_t i = 0; i < n; ++i) {
+      // z = seed_mixed + j * C1 + t * C2, then mix64
+      __m512i z = _mm512_add_epi64(vtc, _mm512_set1_epi64(static_cast<long long>(rows[i] * kHashC1)));
+      z = _mm512_xor_si512(z, _mm512_srli_epi64(z, 30));
+      z = mul64(z, m1);
+      z = _mm512_xor_si512(z, _mm512_srli_epi64(z, 27));
+      z = mul64(z, m2);
+      z = _mm512_xor_si512(z, _mm512_srli_epi64(z, 31));
+      // rem = ((magic * (z >> 32)) mod 2^64 * width) >> 64, exactly (z >> 32) mod width
+      const __m512i hi = _mm512_srli_epi64(z, 32);
+      const __m512i low = _mm512_add_epi64(_mm512_mul_epu32(vmg, hi),
+                                           _mm512_slli_epi64(_mm512_mul_epu32(_mm512_srli_epi64(vmg, 32), hi), 32));
+      const __m512i p_lo = _mm512_mul_epu32(low, vwd);                        // lo32(low) * w
+      const __m512i p_hi = _mm512_mul_epu32(_mm512_srli_epi64(low, 32), vwd);  // hi32(low) * w
+      const __m512i rem = _mm512_srli_epi64(_mm512_add_epi64(p_hi, _mm512_srli_epi64(p_lo, 32)), 32);
+      // entry: off = 16 * (start + rem) in the low half, value bits (sign from bit 0) high
+      const __m512i off = _mm512_and_si512(_mm512_slli_epi64(_mm512_add_epi64(vst, rem), 4), lo32);
+      const __m512i val = _mm512_xor_si512(scale, _mm512_slli_epi64(_mm512_and_si512(z, one), 31));
+      _mm512_mask_storeu_epi64(out + i * k + t0, mask, _mm512_or_si512(off, _mm512_slli_epi64(val, 32)));
+    }
+  }
+}
+
 
 }  // namespace avx512
 }  // namespace cpu
@@ -98,6 +152,7 @@ bool kernels_avx512(KernelTable* t) {
   __builtin_cpu_init();
   if (!(__builtin_cpu_supports("avx512f"))) return false;
   avx512::fill_table(t, "avx512");
+  t->hash_rows = &avx512::hash_rows;
   return true;
 }
 

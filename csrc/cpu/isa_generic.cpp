@@ -71,6 +71,7 @@ void kernels_generic(KernelTable* t) {
   t->outer_scatter16 = &generic::outer_scatter16;
   t->transpose16 = &generic::transpose16;
   t->out_r = generic::kOutR; t->out_q = generic::kOutQ;
+  t->hash_rows = nullptr;
 }
 
 #if !defined(__x86_64__) || !defined(__GNUC__)

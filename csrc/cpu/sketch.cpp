@@ -47,7 +47,9 @@ constexpr int64_t kLaneGemmMaxT = 64;
 // is the modulo: (H >> 32) < 2^32 and width_t < 2^31, so it is computed with Lemire's exact
 // 32-bit fastmod (two multiplies) instead of a 64-bit divide (~5x faster hashing).  The
 // constructor compares the fast path with sketch_entry() on 64 rows x k and falls back to
-// sketch_entry() itself if they ever disagree (e.g. if the definition of S changes).
+// sketch_entry() itself if they ever disagree (e.g. if the definition of S changes).  Runs of
+// rows go to the kernel table's vectorised hash_rows when it has one (AVX-512: 8 nonzeros per
+// vector, ~4x faster), checked the same way against sketch_entry() on 64 rows.
 class RowHasher {
  public:
   RowHasher(int64_t seed, int64_t m, int64_t k)
@@ -70,6 +72,29 @@ class RowHasher {
       for (int64_t t = 0; t < k; ++t) fast_ = fast_ && a[t].off == b[t].off && a[t].val == b[t].val;
     }
 #endif
+    consts_ = HashConsts{seed_mixed_, k_, start_.data(), width_.data(), magic_.data(), scale_bits_};
+    vec_ = kernels().hash_rows;
+    if (vec_ != nullptr) {
+      constexpr int64_t n = 64;
+      std::vector<uint64_t> rows(n);
+      for (int64_t j = 0; j < n; ++j) rows[j] = static_cast<uint64_t>(j) * 0x9E3779B97F4A7C15ull + 7;
+      std::vector<SketchEntry> a(static_cast<size_t>(n * k)), b(static_cast<size_t>(k));
+      vec_(consts_, rows.data(), n, a.data());
+      for (int64_t j = 0; j < n && vec_ != nullptr; ++j) {
+        fill_exact(rows[j], b.data());
+        for (int64_t t = 0; t < k; ++t)
+          if (a[j * k + t].off != b[t].off || a[j * k + t].val != b[t].val) vec_ = nullptr;
+      }
+    }
+  }
+  const char* path() const { return vec_ != nullptr ? "vector" : fast_ ? "fast" : "exact"; }
+  // e[i*k .. i*k + k) = the nonzeros of global row rows[i], for i < n.
+  void fill_rows(const uint64_t* rows, int64_t n, SketchEntry* e) const {
+    if (vec_ != nullptr) {
+      vec_(consts_, rows, n, e);
+      return;
+    }
+    for (int64_t i = 0; i < n; ++i) fill(rows[i], e + i * k_);
   }
   // e[0..k) = the nonzeros of global row j.
   void fill(uint64_t j, SketchEntry* e) const {
@@ -112,6 +137,8 @@ class RowHasher {
   std::vector<int32_t> start_;
   std::vector<uint32_t> width_;
   std::vector<uint64_t> magic_;
+  HashConsts consts_;
+  HashRows vec_ = nullptr;
 };
 
 // The engine walks R logical rows in chunks of `chunk`; logical row L is row offset + p(L) of
@@ -163,8 +190,8 @@ void sketch_engine(float* out, int64_t N, int64_t R, int64_t m, int64_t k, int64
         uint64_t rows[kHashRun];
         const int64_t nb = std::min(kHashRun, len - b);
         row(c0 + b, nb, rows);
-        for (int64_t i = 0; i < nb; ++i)
-          hasher.fill(static_cast<uint64_t>(offset) + rows[i], tab + (b + i) * k);
+        for (int64_t i = 0; i < nb; ++i) rows[i] += static_cast<uint64_t>(offset);
+        hasher.fill_rows(rows, nb, tab + b * k);
       }
 #pragma omp for schedule(dynamic, 1)
       for (int64_t it = 0; it < ntiles * ncr; ++it) {
@@ -209,6 +236,8 @@ int64_t sketch_chunk_rows(int64_t k) {
 }
 
 }  // namespace
+
+const char* row_hash_path(int64_t seed, int64_t m, int64_t k) { return RowHasher(seed, m, k).path(); }
 
 // ---------------------------------------------------------------------------------------
 // sparse_sign_sketch: out (N x m fp32, contiguous) (+)= g @ S, g N x r (fp32|fp16|bf16, row
