@@ -45,8 +45,18 @@ epoch about 3 x the fitting share (forward + backward) + the held-out share, + 1
 which also writes the new pruned stream, so the caller need not propagate again).  Device
 memory: the block(s)' trainable weights 5 times more (gradients, two Adam moments, best and
 starting copies) and one minibatch's activations kept for the backward pass
-(:func:`training_bytes`).  Half-precision weights are refused: Adam on bf16/fp16 weights loses
-the small updates (train in float32 and cast afterwards).
+(:func:`training_bytes`).
+
+Half-precision models (bf16 / fp16 weights): Adam on half-precision weights loses the small
+updates, so the block(s) are trained on a float32 copy -- every parameter and buffer of the
+block(s) upcast for the training, its inputs and call arguments (position embeddings, masks)
+too -- and cast back at the end.  The reported ``heldout_error_before`` / ``_after`` and
+``fit_error_*`` are measured with the weights in the model's own precision; ``heldout_curve``
+is the float32 training curve (its epoch 0 is the upcast starting weights).  If rounding the
+best float32 weights back to half precision leaves the held-out error above the starting one,
+the starting weights are restored, so the held-out error is never worse than before in the
+model's precision either.  The float32 copy costs the block(s)' parameters again at 4 bytes each
+(:func:`training_bytes` is given 4-byte items for the training).
 """
 
 from __future__ import annotations
@@ -58,7 +68,7 @@ import torch
 from torch import nn
 
 from .._progress import progress_bar
-from .streams import NonFiniteActivations, run_layer
+from .streams import LayerCall, NonFiniteActivations, _map_tensors, run_layer
 
 #: ``recon`` values: per-Linear closed-form refits only, + block, + two-block joint refits
 RECON_MODES = ("layer", "block", "cross-block")
@@ -126,9 +136,10 @@ class BlockRecon:
                  prox=PROX, patience=PATIENCE, seed=0, token_weighting="none", progress=False, where="block",
                  host="cpu"):
         check_options(epochs, lr, prox, patience)
-        if any(p.dtype in (torch.float16, torch.bfloat16) for lin in linears for p in lin.parameters()):
-            raise ValueError("sketchprune.prune: block reconstruction needs float32 or float64 weights (Adam on "
-                             "half-precision weights loses its small updates); prune in float32 and cast afterwards")
+        half = (torch.float16, torch.bfloat16)
+        # trained on a float32 copy when any weight of the block(s) is in half precision
+        self.upcast = any(p.dtype in half for blk in blocks for p in blk.parameters())
+        self.cast = None            # the dtype inputs are cast to while the blocks are upcast
         self.blocks, self.calls, self.linears = blocks, calls, linears
         self.inputs, self.targets, self.masks, self.held = inputs, targets, masks, held
         self.device, self.epochs, self.lr, self.prox, self.patience = device, epochs, float(lr), float(prox), patience
@@ -139,10 +150,33 @@ class BlockRecon:
         """Outputs of every block on batch ``b`` (gradients flow if enabled)."""
         h, outs = self.inputs[b], []
         for k, blk in enumerate(self.blocks):
-            h = run_layer(blk, h, self.calls[k][b], self.device, self.masks[b],
+            call = self.calls[k][b]
+            if self.cast is not None:
+                h = h.to(self.cast)
+                up = lambda t: t.to(self.cast) if t.is_floating_point() else t  # noqa: E731
+                call = LayerCall(_map_tensors(call.args, up), _map_tensors(call.kwargs, up))
+            h = run_layer(blk, h, call, self.device, self.masks[b],
                           f"the output of {self.where} (block {k + 1} of {len(self.blocks)}, calibration batch {b})")
             outs.append(h)
         return outs
+
+    def _set_precision(self, upcast: bool, dtypes: dict | None = None) -> dict:
+        """Upcast every floating parameter / buffer of the blocks to float32 (returns their
+        dtypes) or, with ``upcast=False``, cast them back to ``dtypes``.  Parameter objects are
+        kept (only their data changes), so optimiser groups and the Linears stay valid."""
+        old = {}
+        with torch.no_grad():
+            for blk in self.blocks:
+                for t in list(blk.parameters()) + list(blk.buffers()):
+                    if not t.is_floating_point():
+                        continue
+                    if upcast:
+                        old[id(t)] = t.dtype
+                        t.data = t.data.to(torch.float32)
+                    elif id(t) in dtypes:
+                        t.data = t.data.to(dtypes[id(t)])
+        self.cast = torch.float32 if upcast else None
+        return old
 
     def _error(self, which: list[int], write=None) -> float:
         """Relative error over batches ``which`` (no gradients); ``write``: per block a list into
@@ -179,22 +213,29 @@ class BlockRecon:
             raise ValueError("sketchprune.prune: block reconstruction needs fitting and held-out calibration batches")
         block_params = [p for blk in self.blocks for p in blk.parameters()]
         flags = [p.requires_grad for p in block_params]
-        params, groups = [], []
-        for lin in self.linears:
-            scale = float(lin.weight.detach().double().square().mean().sqrt())
-            for p in (lin.weight, lin.bias):
-                if p is not None:
-                    params.append(p)
-                    groups.append({"params": [p], "lr": self.lr * (scale if scale > 0 else 1.0)})
-        start = [p.detach().clone() for p in params]
-        norms = [max(float(s.double().square().sum()), 1e-30) for s in start]
-        fit_before = self._error(fit)
-        held_before = self._error(hold)
-        best, best_epoch, curve, bad = held_before, 0, [held_before], 0
-        best_state = None
-        gen = torch.Generator().manual_seed(int(self.seed))
-        bar = progress_bar(self.progress, total=self.epochs, desc=f"block recon {self.where}", leave=False)
+        if self.upcast:     # the errors before, in the model's own precision
+            fit_before, held_before = self._error(fit), self._error(hold)
+            original = [p.detach().clone() for p in block_params]
+        dtypes, params, bar = None, [], None
         try:
+            if self.upcast:
+                dtypes = self._set_precision(True)
+            groups = []
+            for lin in self.linears:
+                scale = float(lin.weight.detach().double().square().mean().sqrt())
+                for p in (lin.weight, lin.bias):
+                    if p is not None:
+                        params.append(p)
+                        groups.append({"params": [p], "lr": self.lr * (scale if scale > 0 else 1.0)})
+            start = [p.detach().clone() for p in params]
+            norms = [max(float(s.double().square().sum()), 1e-30) for s in start]
+            if not self.upcast:
+                fit_before, held_before = self._error(fit), self._error(hold)
+            curve0 = self._error(hold) if self.upcast else held_before
+            best, best_epoch, curve, bad = curve0, 0, [curve0], 0
+            best_state = None
+            gen = torch.Generator().manual_seed(int(self.seed))
+            bar = progress_bar(self.progress, total=self.epochs, desc=f"block recon {self.where}", leave=False)
             for p in block_params:
                 p.requires_grad_(False)
             for p in params:
@@ -223,6 +264,9 @@ class BlockRecon:
                     if bad >= self.patience or diverged:
                         break
             del opt
+            with torch.no_grad():
+                for p, s in zip(params, best_state if best_state is not None else start):
+                    p.copy_(s)
         finally:
             for p, f in zip(block_params, flags):
                 p.requires_grad_(f)
@@ -230,13 +274,20 @@ class BlockRecon:
                 p.grad = None
             if bar is not None:
                 bar.close()
-        with torch.no_grad():
-            for p, s in zip(params, best_state if best_state is not None else start):
-                p.copy_(s)
+            if dtypes is not None:      # back to the model's precision, also when training failed
+                self._set_precision(False, dtypes)
+        reverted = False
+        if self.upcast and best_state is not None and self._error(hold) > held_before:
+            with torch.no_grad():       # rounding to half precision undid the gain: keep the start
+                for p, s in zip(block_params, original):
+                    p.copy_(s)
+            reverted = True
         fit_after = self._error(fit, write)        # the held-out batches' outputs written too:
-        held_after = self._error(hold, write)      # the same weights, so equal to curve[best_epoch]
+        held_after = self._error(hold, write)      # same weights: = curve[best_epoch] (unless upcast)
+        precision = {"train_dtype": "float32 copy of half-precision weights" if self.upcast else "model dtype",
+                     "reverted_after_rounding": reverted}
         return {"epochs_run": epochs_run, "best_epoch": best_epoch, "diverged": diverged, "lr": self.lr,
-                "prox": self.prox,
+                "prox": self.prox, **precision,
                 "trainable": "q/k/v/o/gate/up/down weights and biases (norms frozen)",
                 "trainable_params": sum(p.numel() for p in params),
                 "fit_error_before": fit_before, "fit_error_after": fit_after,

@@ -191,8 +191,12 @@ class _Pruner:
             if self.recon != "layer":
                 n_blk = 2 if self.recon == "cross-block" else 1
                 n_par = sum(p.numel() for lin in block_linears(self.adapter, layer) for p in lin.parameters())
+                # half-precision blocks train on a float32 copy (activations in float32 too) and
+                # keep their half-precision originals
+                t_item = max(item, 4)
+                upcast = n_blk * sum(p.numel() for p in layer.parameters()) * (t_item + item) if item < 4 else 0
                 cand["block training (gradients, Adam moments, weight copies, backward activations)"] = \
-                    training_bytes(n_blk * n_par, max(item, 4), n_blk * act) + (n_blk - 1) * block
+                    training_bytes(n_blk * n_par, t_item, n_blk * act * t_item // item) + (n_blk - 1) * block + upcast
             for k, v in cand.items():
                 worst[k] = max(worst.get(k, 0), v)
         n_streams = (2 if self.track_dense else 1) if self.needs_data else 0
