@@ -24,7 +24,6 @@ import datetime
 import glob
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -74,17 +73,6 @@ print(json.dumps({"wall": min(r[0] for r in res), "cpu": min(r[1] for r in res),
 """
 
 
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("before")
@@ -106,6 +94,8 @@ def main() -> int:
         ap.error(f"no case matches {args.cases!r}")
     os.makedirs(args.out, exist_ok=True)
     import torch  # only for the result check
+
+    from sketchprune.info import cpu_name
 
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
     rows = []
@@ -131,7 +121,7 @@ def main() -> int:
 
     date = datetime.date.today().isoformat()
     L = [f"# CPU sketch ops: two builds of the native module compared ({args.label})\n",
-         f"{datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')}; {_cpu_name()}, "
+         f"{datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')}; {cpu_name()}, "
          f"{args.threads} OpenMP thread(s), torch {torch.__version__}; before = `{args.before}`, after = "
          f"`{args.after}`.  Command: `{' '.join(sys.argv)}`.\n",
          f"Method: see `bench/compare_cpu_builds.py` (one process per build, case and round; {args.rounds} rounds x "
