@@ -2,7 +2,8 @@
 """Compare two builds of the native CPU module on the sketch ops, interleaved, in one run.
 
     python bench/compare_cpu_builds.py BEFORE_DIR AFTER_DIR [OUT_DIR] [--rounds 3] [--calls 2]
-                                       [--threads 1] [--label NAME]
+                                       [--threads 1] [--label NAME] [--cases a,b]
+                                       [--before-name TEXT] [--after-name TEXT]
 
 BEFORE_DIR and AFTER_DIR each hold a built ``_C_cpu*.so`` (e.g. copied from two wheels or
 build trees).  Two builds of one extension cannot be loaded into one process, so every
@@ -82,6 +83,8 @@ def main() -> int:
     ap.add_argument("--calls", type=int, default=2)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--label", default="sketch")
+    ap.add_argument("--before-name", default=None, help="what the before build is (e.g. its commit); default: its folder")
+    ap.add_argument("--after-name", default=None, help="what the after build is; default: its folder")
     ap.add_argument("--cases", default="", help="comma-separated substrings of case names (default: all)")
     args = ap.parse_args()
     for d in (args.before, args.after):
@@ -122,8 +125,8 @@ def main() -> int:
     date = datetime.date.today().isoformat()
     L = [f"# CPU sketch ops: two builds of the native module compared ({args.label})\n",
          f"{datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')}; {cpu_name()}, "
-         f"{args.threads} OpenMP thread(s), torch {torch.__version__}; before = `{args.before}`, after = "
-         f"`{args.after}`.  Command: `{' '.join(sys.argv)}`.\n",
+         f"{args.threads} OpenMP thread(s), torch {torch.__version__}; before = {args.before_name or args.before}, "
+         f"after = {args.after_name or args.after}.\n",
          f"Method: see `bench/compare_cpu_builds.py` (one process per build, case and round; {args.rounds} rounds x "
          f"(1 warm-up + {args.calls} timed calls), builds alternating; best call).  CPU = thread time of the calling "
          "thread.  `matmul` = thread time of one fp32 1024^3 matmul in the same processes (median over the "
