@@ -179,9 +179,10 @@ py::dict build_info() {
 #endif
   d["threads"] = sketchprune::cpu::max_threads();
   d["isa"] = std::string(sketchprune::cpu::kernels().isa);
-  // the row-hash path of the default k = 8 and of a k that needs a masked second vector
+  // the row-hash path of the default k = 8, of a k that needs a masked second vector, and of k = 1
   d["row_hash"] = std::string(sketchprune::cpu::row_hash_path(0, 512, 8));
   d["row_hash_k13"] = std::string(sketchprune::cpu::row_hash_path(1, 100, 13));
+  d["row_hash_k1"] = std::string(sketchprune::cpu::row_hash_path(1, 100, 1));
   return d;
 }
 

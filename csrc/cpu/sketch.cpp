@@ -73,7 +73,9 @@ class RowHasher {
     }
 #endif
     consts_ = HashConsts{seed_mixed_, k_, start_.data(), width_.data(), magic_.data(), scale_bits_};
-    vec_ = kernels().hash_rows;
+    // the vector path puts a row's k nonzeros in the lanes: for k < 3 most lanes would idle
+    // and the scalar path is faster (measured at k = 1: 0.8x)
+    vec_ = k >= 3 ? kernels().hash_rows : nullptr;
     if (vec_ != nullptr) {
       constexpr int64_t n = 64;
       std::vector<uint64_t> rows(n);
