@@ -408,6 +408,14 @@ def table(res, setting, key):
     return "\n".join(L), means, best, ns
 
 
+def _paired_ci(res, setting, a, b, n, key="test_accuracy"):
+    """Mean and 95% t-interval of method a minus method b over the seeds both have, or None."""
+    va, vb = ({r["seed"]: r[key] for r in res["runs"] if r["setting"] == setting and r["method"] == m and r["n"] == n}
+              for m in (a, b))
+    common = sorted(set(va) & set(vb))
+    return ci([va[s] - vb[s] for s in common]) if common else None
+
+
 def _sketch_seeds_text(res):
     if "per_seed" in res["sketch"]["probe"]:
         return (f"one per seed ({len(res['sketch']['probe']['per_seed'])}: new sparse-sign matrix and random labels), "
@@ -445,8 +453,14 @@ def write_md(res, path):
                 dbest = {n: 100 * (means[("skmm", n)][0] - means[(others[n], n)][0]) for n in ns}
                 wins = sum(best[n] == "skmm" for n in ns)
                 met = all(d >= 1.0 for d in diff.values()) and wins > len(ns) / 2
-                verdict.append(f"* {title}: SkMM - uniform accuracy = " + ", ".join(f"{diff[n]:+.2f}" for n in ns)
-                               + f" points (n = {', '.join(map(str, ns))}); SkMM - best other method = "
+                paired = {n: _paired_ci(res, setting, "skmm", "uniform", n) for n in ns}
+                verdict.append(f"* {title}: SkMM - uniform accuracy = " + ", ".join(
+                               f"{diff[n]:+.2f}" + ("" if paired[n] is None else
+                                                    f" [{100 * paired[n][1]:+.2f}, {100 * paired[n][2]:+.2f}]")
+                               for n in ns)
+                               + f" points (n = {', '.join(map(str, ns))}; [95% t-interval of the per-seed "
+                               "difference, the two runs of a seed sharing the training init and minibatch order]); "
+                               "SkMM - best other method = "
                                + ", ".join(f"{dbest[n]:+.2f} ({others[n]})" for n in ns)
                                + f"; SkMM best at {wins} of {len(ns)} n. Target (>= +1 point over uniform at every n "
                                + f"and best at most n): **{'met' if met else 'not met'}**.")
