@@ -349,7 +349,7 @@ void outer_sketch(float* out, const void* a, const void* d, int dtype, int64_t N
     return;
   }
   // Chunks of S rows: when d_out < d_in, a chunk is every row o x a block of qc columns q
-  // (logical rows ordered (o, q) within the chunk, through the engine's row map), so a is
+  // (logical rows ordered (q, o) within the chunk, through the engine's row map), so a is
   // transposed into the lanes once per tile and only the smaller d once per chunk; otherwise a
   // block of ocm rows o x every column q (identity order: a once per chunk, d once per tile).
   const bool by_col = d_out < d_in && T * d_out * kLanes * 4 <= (int64_t(32) << 20);  // Dt <= 32 MB
