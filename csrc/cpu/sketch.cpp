@@ -281,9 +281,10 @@ void sparse_sign_sketch(float* out, const void* g, int g_dtype, int64_t N, int64
 // Cost: 2*N*T*d_out*d_in flops + N*d_out*d_in*k lane-FMAs, e.g. N=256, T=49, d_in=4608,
 // d_out=512, k=8: 59 GFLOP + 4.8 G lane-FMAs.  Used for T <= kLaneGemmMaxT (measured
 // 1.2-1.7x faster than the GEMM slabs below at T = 1..49, and slower at T = 128, where the
-// slabs' K-depth pays off).  Measured at that shape, 1 thread, AVX-512: 1.6x the time of the
-// conv's own forward at k = 1 and 3.4x at k = 8 (the scatter's ~3 cycles per 16-lane
-// read-modify-write is the difference); the column chunks took that from 2.5x / 3.8x.
+// slabs' K-depth pays off).  Measured at that shape, N = 256, 1 thread, AVX-512: ~1.5x the
+// time of the conv's own forward at k = 1 and ~2.5x at k = 8 (the scatter's ~3 cycles per
+// 16-lane read-modify-write is the difference); 4.4x at k = 8 before the column chunks, the
+// aligned scratch and the vector row hashing (bench/results/compare-cpu-builds-*).
 // Larger T: per sample an oc x d_in GEMM slab d_n[:, o-range]^T a_n (packed micro-kernel), then
 // scattered like g rows.
 template <class SrcA, class SrcD>
