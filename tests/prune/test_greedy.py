@@ -178,7 +178,8 @@ def brute_similarity(D, n_remove=None, group_of=None, quota=None):
     order = []
     while alive:
         def red(i):
-            others = [abs(float(D[i, j])) / (float(D[i, i]) * float(D[j, j])) ** 0.5 for j in alive if j != i]
+            others = [abs(float(D[i, j] + D[j, i]) / 2) / (float(D[i, i]) * float(D[j, j])) ** 0.5
+                      for j in alive if j != i]
             return max(others) if others else 0.0
         constrained = left is not None and len(order) < n_remove
         cand = [i for i in alive if not constrained or left[group_of[i]] > 0]
@@ -224,6 +225,21 @@ def test_similarity_keeps_one_of_a_duplicated_pair():
     assert order[0] == 1 and 3 not in order[:4] or order[0] == 3 and 1 not in order[:4]
     assert order[0] == 1          # the lower-energy member goes, its partner stays
     assert incs[0] < 1e-5
+
+
+def test_similarity_pair_decided_by_energy_not_by_rounding_asymmetry():
+    """A Gram matrix is symmetric only up to rounding: of the most similar pair the lower-energy
+    member must go even when the higher-energy one's off-diagonal entry is larger by a few ulps."""
+    g = torch.Generator().manual_seed(1)
+    U = torch.randn(5, 50, generator=g, dtype=F64)
+    U[3] = 2.0 * U[1] + 0.3 * torch.randn(50, generator=g, dtype=F64)     # 3 ~ 2 x 1: 4x the energy
+    D = U @ U.T
+    D = (D + D.T) / 2
+    D[3, 1] = D[3, 1] * (1 + 4e-16)          # row 3's redundancy a few ulps above row 1's
+    assert float(D[3, 1]) > float(D[1, 3]) and float(D[3, 3]) > float(D[1, 1])
+    order, _ = similarity_elimination(D)
+    assert order[0] == 1 and order == brute_similarity(D)
+    assert similarity_elimination(D.T.contiguous())[0] == order   # and the transpose gives the same
 
 
 @pytest.mark.parametrize("head_mode", ["query", "group"])
