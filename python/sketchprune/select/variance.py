@@ -184,25 +184,29 @@ def greedy_variance(X: torch.Tensor, lam: torch.Tensor, n: int, eps: float = 0.0
         Xl = rows(short)
         Bl = Xl @ Minv                                  # (L, m): rows x_s^T M^{-1}
         hl, ql = h[short].clone(), q[short].clone()
-        free = torch.ones(L, dtype=torch.bool, device=X.device)
-        U = []                                          # the picked rows' u = M^{-1} x_s (as updated)
-        Mr = Minv.clone()
+        taken = torch.zeros(L, dtype=X.dtype, device=X.device)   # -inf once picked
+        U, us, ds = [], [], []                          # picks; their u = M^{-1} x_s (as updated), 1 + h
         for _ in range(b):
-            gl = (ql / (1.0 + hl)).masked_fill(~free, -math.inf)
+            gl = (ql / (1.0 + hl)).add_(taken)
             j = int(torch.argmax(gl))
             if U and float(gl[j]) < outside:
                 break
-            free[j] = False
+            taken[j] = -math.inf
             u = Bl[j].clone()
             d = 1.0 + float(hl[j])
+            lu = lamd * u
             w = Xl @ u
-            bb = Bl @ (lamd * u)
-            ql.sub_(w * bb, alpha=2.0 / d).add_(w.square(), alpha=float(u @ (lamd * u)) / (d * d))
-            hl.sub_(w.square(), alpha=1.0 / d)
+            w2 = w.square()
+            ql.sub_(w * (Bl @ lu), alpha=2.0 / d).add_(w2, alpha=float(u @ lu) / (d * d))
+            hl.sub_(w2, alpha=1.0 / d)
             Bl.sub_(torch.outer(w, u / d))
-            Mr.sub_(torch.outer(u, u / d))
             order.append(int(short[j]))
             U.append(j)
+            us.append(u)
+            ds.append(d)
+        # the round's M^{-1}: one rank-b update, sum_j u_j u_j^T / d_j (the u_j as picked)
+        Us = torch.stack(us, 1)                         # (m, b)
+        Mr = Minv - (Us / torch.tensor(ds, dtype=X.dtype, device=X.device)) @ Us.T
         picked = short[torch.tensor(U, device=X.device)]
         chosen[picked] = True
         # every sample's h, q for M^{-1} -> M^{-1} - P K^{-1} P^T, P = M^{-1} U_s, K = I + U_s^T M^{-1} U_s
