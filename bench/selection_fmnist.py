@@ -21,8 +21,12 @@ Setup (fixed before any selection result was looked at; sized for ~30 min on 2 s
 * (a) Linear probing: a fresh softmax head on the frozen 1568-d conv features (standardised on
   the pool), trained on the coreset by full-batch Adam (lr 0.01, 200 steps).
 * (b) Finetuning the last two layers: fc1 starts from the pretrained weights, fc2 from a fresh
-  random init (the classifier is re-learned), the conv trunk frozen; minibatch Adam, batch 64,
-  300 steps on the coreset.
+  random init (the classifier is re-learned), the conv trunk frozen; minibatch Adam, batch 256,
+  1000 steps on the coreset with a cosine decay of the learning rate to zero.  (Until 2026-11-25:
+  batch 64, 300 steps, constant rate -- under five epochs at n = 4000, where the finetuned model
+  stayed ~4 points below the linear probe: on uniform coresets of 4000, validation accuracy rose
+  from 82-83% to 85-86% with longer training; the schedule was changed on that validation check
+  alone, before any selection method was rerun.)
 * Equal tuning effort: every method's coreset gets the same grid, chosen by validation accuracy:
   (a) weight decay in {1e-4, 1e-3, 1e-2}; (b) lr in {3e-4, 1e-3, 3e-3}.  Test accuracy and macro-F1
   of the chosen configuration are reported, mean and 95% t-interval over SEEDS = 5 seeds.  Seed s
@@ -99,7 +103,7 @@ PILOT_M, M_MIN, M_MAX = 512, 64, 256
 PROBE_WD = [1e-4, 1e-3, 1e-2]
 FT_LR = [3e-4, 1e-3, 3e-3]
 PROBE_STEPS, PROBE_LR = 200, 0.01
-FT_STEPS, FT_BATCH = 300, 64
+FT_STEPS, FT_BATCH = 1000, 256
 SKMM_TIME_LIMIT = 60.0
 SKMM_DEFAULTS = {k: v.default for k, v in inspect.signature(skmm_select).parameters.items()
                  if k in ("c", "weighting", "rounding", "formulation")} | {"class_balanced": "when labels are given"}
@@ -136,7 +140,9 @@ def train_finetune(pre_fc1, H, y, lr, seed):
     opt = torch.optim.Adam(params, lr=lr)
     g = torch.Generator().manual_seed(seed)
     n = H.shape[0]
-    for _ in range(FT_STEPS):
+    for i in range(FT_STEPS):
+        for group in opt.param_groups:  # cosine decay to zero over the run
+            group["lr"] = lr * 0.5 * (1.0 + math.cos(math.pi * i / FT_STEPS))
         idx = torch.randint(n, (min(FT_BATCH, n),), generator=g)
         opt.zero_grad()
         nn.functional.cross_entropy(fc2(torch.relu(fc1(H[idx]))), y[idx]).backward()
@@ -622,7 +628,8 @@ def main(argv=None):
         "config": {"seeds": seeds, "n_sweep": n_sweep, "pool": pool, "n_pretrain": N_PRE, "n_val": N_VAL,
                    "split_seed": SPLIT_SEED, "pretrain_epochs": 1 if a.quick else 2, "probe_wd_grid": PROBE_WD,
                    "finetune_lr_grid": FT_LR, "probe_steps": PROBE_STEPS, "probe_lr": PROBE_LR,
-                   "finetune_steps": FT_STEPS, "finetune_batch": FT_BATCH, "pilot_m": PILOT_M,
+                   "finetune_steps": FT_STEPS, "finetune_batch": FT_BATCH, "finetune_schedule": "cosine",
+                   "pilot_m": PILOT_M,
                    "skmm": {**SKMM_DEFAULTS, "time_limit_s": SKMM_TIME_LIMIT}, "quick": a.quick},
         "pretrained_test": D["pretrained_test"],
         "sketch": sketch_recs,
