@@ -48,6 +48,60 @@ def test_adaptive_spans_a_low_rank_matrix_in_rank_steps():
     assert torch.linalg.matrix_rank(X[idx].double()) == 3
 
 
+def test_kcenter_matches_farthest_point_reference():
+    # float64 farthest-point traversal from the same first pick (the seed's draw)
+    X = _X(200, 5, seed=5) + 40.0  # an offset: the expansion ||x||^2 - 2 x.c + ||c||^2 must not lose it
+    n = 25
+    first = int(torch.randint(200, (1,), generator=B._gen(3)))
+    Xd = X.double()
+    dist = (Xd - Xd[first]).square().sum(1)
+    ref = [first]
+    for _ in range(n - 1):
+        dist[ref] = -1.0
+        i = int(dist.argmax())
+        ref.append(i)
+        dist = torch.minimum(dist, (Xd - Xd[i]).square().sum(1))
+    assert B.kcenter(X, n, seed=3).tolist() == sorted(ref)
+
+
+def test_kcenter_with_duplicate_rows_still_returns_n_distinct():
+    X = _X(10, 3, seed=6).repeat(4, 1)  # 10 distinct points, each 4 times
+    _valid(B.kcenter(X, 30), 40, 30)
+
+
+def _adaptive_reference(X, n, seed):
+    # the textbook loop: residual norms recomputed from R at every pick
+    R = X.double().clone()
+    gen, out = B._gen(seed), []
+    for _ in range(n):
+        w = R.square().sum(1)
+        w[out] = 0.0
+        i = int(torch.multinomial(w / w.sum(), 1, generator=gen))
+        out.append(i)
+        v = R[i].clone()
+        R -= torch.outer(R @ v / (v @ v), v)
+    return sorted(out)
+
+
+def test_adaptive_matches_the_textbook_loop_while_the_span_lasts():
+    X = _X(300, 12, seed=7)
+    for seed in range(3):
+        assert B.adaptive(X, 10, seed=seed).tolist() == _adaptive_reference(X, 10, seed)
+
+
+def test_adaptive_past_the_rank_fills_uniformly():
+    g = torch.Generator().manual_seed(8)
+    X = torch.randn(400, 4, generator=g) @ torch.randn(4, 9, generator=g)  # rank 4
+    counts = torch.zeros(400)
+    for seed in range(40):
+        idx = B.adaptive(X, 60, seed=seed)
+        _valid(idx, 400, 60)
+        counts[idx] += 1
+    # the 56 rows past the span are uniform over the rest: every row is picked now and then
+    # (P(a given row never in 40 draws of ~14%) ~ 2e-3; over 400 rows ~ 1 expected miss)
+    assert int((counts == 0).sum()) <= 8
+
+
 def test_score_methods():
     g = torch.Generator().manual_seed(4)
     probs = torch.softmax(torch.randn(30, 5, generator=g) * 2, 1)

@@ -54,19 +54,26 @@ def herding(X: torch.Tensor, n: int) -> torch.Tensor:
 
 def kcenter(X: torch.Tensor, n: int, seed: int = 0) -> torch.Tensor:
     """Greedy k-center (farthest-point): start from a random sample, repeatedly add the sample
-    farthest from the chosen set.  O(N n m) time, O(N) extra memory."""
+    farthest from the chosen set.  O(N n m) time, O(N) extra memory: each pick is one
+    matrix-vector product, distances by ||x||^2 - 2 x.c + ||c||^2 on the centred rows."""
     N = X.shape[0]
     check_size(N, n)
     X = X.float()
+    X = X - X.mean(0)  # distances are unchanged; smaller norms, less cancellation
+    sq = X.square().sum(1)
     first = int(torch.randint(N, (1,), generator=_gen(seed)))
-    dist = (X - X[first]).pow(2).sum(1)
+
+    def dist_to(i):
+        return torch.addmv(sq, X, X[i], alpha=-2.0).add_(sq[i]).clamp_min_(0.0)
+
+    dist = dist_to(first)
+    dist[first] = -1.0  # chosen: below every distance, and torch.minimum keeps it there
     out = [first]
-    dist[first] = -1.0
     for _ in range(n - 1):
         i = int(torch.argmax(dist))
         out.append(i)
-        dist = torch.minimum(dist, (X - X[i]).pow(2).sum(1))
-        dist[out] = -1.0
+        torch.minimum(dist, dist_to(i), out=dist)
+        dist[i] = -1.0
     return torch.tensor(sorted(out), dtype=torch.int64)
 
 
@@ -106,29 +113,41 @@ def ridge_leverage(X: torch.Tensor, n: int, ridge: float | None = None, seed: in
 def adaptive(X: torch.Tensor, n: int, seed: int = 0) -> torch.Tensor:
     """Adaptive sampling / randomised pivoting: draw a row with probability proportional to its
     squared residual norm, project every row's residual off it, repeat (Deshpande & Vempala 2006;
-    randomly pivoted Cholesky on the Gram matrix).  Rows already spanned get probability ~0."""
+    randomly pivoted Cholesky on the Gram matrix).  Rows already spanned get probability ~0.
+
+    Each pick costs one pass for R v and one for the rank-one update (the squared residual norms
+    are updated from R v, not recomputed).  Once the residual mass falls below 1e-12 of the
+    start (X's row space exhausted, e.g. after rank(X) <= m picks of an N x m sketch), every
+    remaining row has probability ~0 and the rest of the n are drawn uniformly without
+    replacement from the unchosen rows, in one draw."""
     N = X.shape[0]
     check_size(N, n)
     R = X.double().clone()
-    floor = 1e-12 * max(float(R.square().sum()), 1e-300)  # residual mass below this: span exhausted
+    w = R.square().sum(1)
+    floor = 1e-12 * max(float(w.sum()), 1e-300)  # residual mass below this: span exhausted
     gen = _gen(seed)
     chosen = torch.zeros(N, dtype=torch.bool)
     out = []
-    for _ in range(n):
-        w = R.square().sum(1)
-        w[chosen] = 0.0
-        tot = float(w.sum())
-        if tot <= floor:
-            rest = torch.nonzero(~chosen).squeeze(1)
-            i = int(rest[torch.randint(rest.numel(), (1,), generator=gen)])
-        else:
-            i = int(torch.multinomial(w / tot, 1, generator=gen))
+    while len(out) < n:
+        p = w.clamp_min(0.0).masked_fill_(chosen, 0.0)
+        tot = float(p.sum())
+        if tot <= floor:  # confirm on the exact norms (the updated ones carry rounding)
+            p = R.square().sum(1).masked_fill_(chosen, 0.0)
+            tot = float(p.sum())
+            if tot <= floor:
+                break
+        i = int(torch.multinomial(p / tot, 1, generator=gen))
         chosen[i] = True
         out.append(i)
-        v = R[i]
+        v = R[i].clone()
         nv = float(v @ v)
         if nv > 0:
-            R -= torch.outer(R @ v / nv, v)
+            c = R @ v
+            R.addr_(c, v, alpha=-1.0 / nv)
+            w.sub_(c.square_().div_(nv))
+    if len(out) < n:  # span exhausted: the rest uniformly among the unchosen rows
+        rest = torch.nonzero(~chosen).squeeze(1)
+        out += rest[torch.randperm(rest.numel(), generator=gen)[:n - len(out)]].tolist()
     return torch.tensor(sorted(out), dtype=torch.int64)
 
 
