@@ -81,7 +81,7 @@ def _labels(path: str, N: int):
     import torch
 
     y = _load(path, "labels")
-    y = torch.as_tensor(np.asarray(y)) if not isinstance(y, torch.Tensor) else y
+    y = torch.from_numpy(np.array(y)) if not isinstance(y, torch.Tensor) else y  # a copy: memmaps are read-only
     if y.dim() != 1 or int(y.shape[0]) != N:
         raise CliError(f"labels must be a vector of length N = {N}, got shape {tuple(y.shape)}")
     if y.is_floating_point() and not torch.equal(y, y.round()):

@@ -1,6 +1,5 @@
 """Step two of pruning: calibration statistics, criteria, allocation and the prune_model pipeline."""
 
-import contextlib
 import copy
 
 import pytest
@@ -238,8 +237,7 @@ def test_prune_model_end_to_end(kind, name):
     model = make_model(kind, dtype=torch.float32)
     data = batches(n=2)
     mode = "group" if name in ("magnitude-l1", "flap") else "query"
-    with pytest.warns(UserWarning, match="bias") if name == "flap" else contextlib.nullcontext():
-        rep = prune_model(model, data, sparsity=0.3, criterion=name, head_mode=mode, progress=False)
+    rep = prune_model(model, data, sparsity=0.3, criterion=name, head_mode=mode, progress=False)
     assert rep["criterion"] == name and len(rep["layers"]) == LAYERS
     assert rep["params_after"] < rep["params_before"]
     assert abs(rep["sparsity_achieved"]["overall"] - 0.3) < 0.02
@@ -282,8 +280,7 @@ def test_flap_compensation_matches_mean_replacement():
     data = batches(n=2)
     dense = copy.deepcopy(model)
     ref_in = capture(dense, data)[0]["mlp_in"]
-    with pytest.warns(UserWarning):
-        prune_model(model, data, sparsity=0.3, criterion="flap", attn_sparsity=0.0, progress=False)
+    prune_model(model, data, sparsity=0.3, criterion="flap", attn_sparsity=0.0, progress=False)
     mlp0, dmlp0 = model.model.layers[0].mlp, dense.model.layers[0].mlp
     with torch.no_grad():
         h = dmlp0.act_fn(dmlp0.gate_proj(ref_in)) * dmlp0.up_proj(ref_in)
@@ -327,6 +324,45 @@ def test_flap_existing_biases_fold_without_warning_and_round_trip(tmp_path):
     model.save_pretrained(tmp_path)
     again = load_pruned(tmp_path, dtype=torch.float32, attn_implementation="eager").eval()
     torch.testing.assert_close(logits(again, data[0]["input_ids"]), want)
+
+
+@pytest.mark.parametrize("kind,sequential", [("llama", False), ("llama", True), ("qwen2", False)])
+def test_flap_created_biases_save_and_load(kind, sequential, tmp_path):
+    """FLAP on an architecture without down / o biases creates them: the config records them per
+    layer, the stock loader is not offered, and load_pruned / load_saved give the same logits."""
+    import warnings
+
+    from sketchprune.prune import load_pruned
+    from sketchprune.prune.export import load_saved, save_pruned_dir, stock_loadable
+    model = make_model(kind, dtype=torch.float32)
+    data = batches(n=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        rep = prune_model(model, data, sparsity=0.3, criterion="flap", head_mode="group", sequential=sequential,
+                          progress=False)
+    assert any(f.endswith("(created)") for f in rep["biases_folded"])
+    layers = model.config.sketchprune_layers
+    assert all(l["added_biases"] == ["down", "o"] for l in layers), layers
+    assert not stock_loadable(model)
+    x = data[1]["input_ids"]
+    want = logits(model, x)
+    info = save_pruned_dir(model, tmp_path / "out", verify_input=x)
+    assert info["load_with"] == "sketchprune.load_pruned" and info["verify"]["max_abs_logit_diff"] <= 1e-4
+    for loader in (load_pruned, load_saved):
+        again = loader(tmp_path / "out", dtype=torch.float32, attn_implementation="eager").eval()
+        assert all(l.mlp.down_proj.bias is not None and l.self_attn.o_proj.bias is not None
+                   for l in again.model.layers)
+        torch.testing.assert_close(logits(again, x), want)
+
+
+def test_native_biases_are_not_recorded_as_added():
+    model = make_model("llama", dtype=torch.float32, attention_bias=True, mlp_bias=True)
+    prune_model(model, batches(n=1), sparsity=0.3, criterion="flap", flap_bias="existing", head_mode="group",
+                progress=False)
+    assert not any("added_biases" in l for l in model.config.sketchprune_layers)
+    qwen = make_model("qwen2", dtype=torch.float32)  # q/k/v biases are the architecture's own
+    prune_model(qwen, batches(n=1), sparsity=0.3, criterion="sigma", progress=False)
+    assert not any("added_biases" in l for l in qwen.config.sketchprune_layers)
 
 
 def test_flap_bias_none_and_existing_on_biasless_model():

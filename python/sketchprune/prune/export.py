@@ -85,11 +85,13 @@ def stock_loadable(model) -> bool:
     """Whether the stock ``from_pretrained`` of transformers rebuilds ``model``'s sizes from its
     config: every layer has the same sizes and the standard config fields hold them (see
     :func:`~sketchprune.prune.slicing.record_structure`; e.g. a head count that does not divide
-    ``hidden_size`` cannot be written there)."""
+    ``hidden_size`` cannot be written there) and no layer has a bias the architecture lacks."""
     from .adapters import get_adapter
 
     cfg = model.config
     layers = getattr(cfg, "sketchprune_layers", None) or []
+    if any(sizes.get("added_biases") for sizes in layers):
+        return False  # the stock classes would build these Linears without their biases
     fields = get_adapter(model).config_fields
     return all(getattr(cfg, fields[k], None) == v for sizes in layers for k, v in sizes.items() if k in fields)
 

@@ -21,7 +21,6 @@ warning says so.  ``flap_bias="existing"`` folds only into biases that already e
 from __future__ import annotations
 
 import time
-import warnings
 
 import torch
 from torch import nn
@@ -225,11 +224,7 @@ def prune_model(model: nn.Module, batches=None, sparsity: float = 0.2, criterion
     params_before = count_parameters(model)
     folded = []
     if criterion == "flap" and flap_bias != "none":
-        folded = _flap_compensate(model, adapter, alloc, stats, flap_bias)
-        if any(f.endswith("(created)") for f in folded):
-            warnings.warn("sketchprune.prune: FLAP bias compensation created down_proj/o_proj biases; "
-                          "they are exact in memory but save_pretrained/load_pruned do not carry them yet",
-                          stacklevel=2)
+        folded = _flap_compensate(model, adapter, alloc, stats, flap_bias)  # created biases: see slicing
     refits = _refit(model, adapter, alloc, stats, held, alphas) if reconstruct else {}
     slice_model(model, ffn=alloc.ffn, heads=alloc.heads)
     _install_refits(model, adapter, refits)

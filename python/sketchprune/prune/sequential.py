@@ -67,7 +67,6 @@ the host.
 from __future__ import annotations
 
 import time
-import warnings
 
 import torch
 from torch import nn
@@ -81,7 +80,7 @@ from .blockrecon import (EPOCHS, LR, PATIENCE, PROX, BlockRecon, block_linears, 
 from .calibration import DiagMoments, FullMoments, LayerStatistics, _as_batch
 from .criteria import LayerContext, get_criterion
 from .reconstruct import ALPHAS, complement, fit_linear, fold_mean_into_bias, head_columns, refit_columns
-from .slicing import resolve_heads, slice_model
+from .slicing import record_structure, resolve_heads, slice_model
 from .streams import LayerInputs, capture_layer_inputs, check_finite, run_layer
 
 FLAP_BIAS = ("create", "existing", "none")
@@ -623,9 +622,7 @@ def prune_sequential(model: nn.Module, batches, sparsity: float = 0.2, criterion
     costs = {i: layer_costs(adapter, pr.layers[i]) for i in idx}
     params_before = sum(p.numel() for p in model.parameters())
     reports, secs = pr.run()
-    if any(f.endswith("(created)") for f in pr.folded):
-        warnings.warn("sketchprune.prune: FLAP bias compensation created down_proj/o_proj biases; "
-                      "they are exact in memory but save_pretrained/load_pruned do not carry them yet", stacklevel=3)
+    record_structure(model, adapter)  # biases FLAP created after a layer was sliced (see slicing)
     plans = {r["layer"]: r["plan"] for r in reports}
     alloc = Allocation(layers=plans, costs=costs, sparsity=float(sparsity),
                        attn_sparsity=float(sparsity if attn_sparsity is None else attn_sparsity), head_mode=head_mode)

@@ -15,7 +15,9 @@ layer: ``intermediate_size``, ``num_attention_heads``, ``num_key_value_heads``) 
   and ``from_pretrained`` stops with a size-mismatch error.  :func:`load_pruned` loads it: it uses
   a subclass of the saved architecture whose constructor re-sizes each layer's Linears to
   ``sketchprune_layers`` (on the meta device that ``from_pretrained`` builds on), then lets
-  ``from_pretrained`` fill the weights as usual.
+  ``from_pretrained`` fill the weights as usual.  Biases recorded in a layer's ``added_biases``
+  (e.g. FLAP's bias compensation on an architecture without down / o biases) are re-created
+  there the same way.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import torch
 from torch import nn
 
 from .adapters import AttnLinears, FFNLinears, HeadStructure, get_adapter
+from .slicing import second_linears
 
 _PRUNED_CLASSES: dict[type, type] = {}
 
@@ -72,6 +75,15 @@ def resize_to_structure(model: nn.Module, layers: list[dict]) -> None:
                                                      _empty_linear(a.k, kv, a.k.in_features),
                                                      _empty_linear(a.v, kv, a.v.in_features),
                                                      _empty_linear(a.o, a.o.out_features, q)), h)
+        lin = second_linears(adapter, layer)
+        for role in spec.get("added_biases", ()):
+            m = lin.get(role)
+            if m is None:
+                raise ValueError(f"sketchprune.prune: unknown bias role {role!r} in sketchprune_layers")
+            if m.bias is None:
+                w = m.weight
+                m.bias = nn.Parameter(torch.empty(w.shape[0], dtype=w.dtype, device=w.device),
+                                      requires_grad=w.requires_grad)
 
 
 def pruned_model_class(base: type) -> type:

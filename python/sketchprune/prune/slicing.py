@@ -26,10 +26,16 @@ after head pruning in OPT/BERT, whose head width is ``hidden_size // num_attenti
 standard fields (e.g. ``intermediate_size`` / ``ffn_dim``, ``num_attention_heads``,
 ``num_key_value_heads``, ``head_dim``) are updated too, so the stock ``from_pretrained`` loads
 the saved model.  See :mod:`sketchprune.prune.serialization`.
+
+Biases the architecture does not have (FLAP's bias compensation gives down / o projections of a
+Llama-family model one) are recorded per layer as ``added_biases`` (roles ``"down"``, ``"o"``);
+:func:`~sketchprune.prune.load_pruned` re-creates them, and the stock ``from_pretrained``, which
+would drop them, is not offered for such a model.
 """
 
 from __future__ import annotations
 
+import copy
 import numbers
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -207,6 +213,30 @@ def slice_attention(attn: AttnLinears, plan: HeadPlan) -> AttnLinears:
     )
 
 
+BIAS_ROLES = ("down", "o")  # the second matrices of the depth-2 units: the only ones given a bias
+
+
+def second_linears(adapter: ArchitectureAdapter, layer: nn.Module) -> dict[str, nn.Module]:
+    """{"down": the FFN's down projection, "o": the attention output projection} of ``layer``."""
+    return {"down": adapter.ffn(layer).down, "o": adapter.attention(layer).o}
+
+
+def _stock_bias_roles(model: nn.Module, adapter: ArchitectureAdapter) -> frozenset:
+    """The roles of BIAS_ROLES that carry a bias in the architecture as its config builds it (one
+    model built on the meta device, without the recorded per-layer sizes; cached on the model)."""
+    cached = model.__dict__.get("_sketchprune_stock_bias_roles")
+    if cached is None:
+        cfg = copy.deepcopy(model.config)
+        if hasattr(cfg, "sketchprune_layers"):
+            del cfg.sketchprune_layers
+        with torch.device("meta"):
+            ref = type(model)(cfg)
+        lin = second_linears(adapter, adapter.layers(ref)[0])
+        cached = frozenset(r for r, m in lin.items() if getattr(m, "bias", None) is not None)
+        model.__dict__["_sketchprune_stock_bias_roles"] = cached
+    return cached
+
+
 def record_structure(model: nn.Module, adapter: ArchitectureAdapter | None = None) -> list[dict]:
     """Write the per-layer sizes into ``model.config`` (see module doc) and return them."""
     adapter = adapter or get_adapter(model)
@@ -214,6 +244,13 @@ def record_structure(model: nn.Module, adapter: ArchitectureAdapter | None = Non
     cfg = model.config
     layers = [{"intermediate_size": u.ffn_units, "num_attention_heads": u.heads.num_heads,
                "num_key_value_heads": u.heads.num_kv_heads} for u in units]
+    has = [{r for r, m in second_linears(adapter, layer).items() if getattr(m, "bias", None) is not None}
+           for layer in adapter.layers(model)]
+    if any(has):
+        stock_roles = _stock_bias_roles(model, adapter)
+        for spec, roles in zip(layers, has):
+            if roles - stock_roles:
+                spec["added_biases"] = sorted(roles - stock_roles)
     head_dims = {u.heads.head_dim for u in units}
     if len(head_dims) != 1:
         raise ValueError(f"sketchprune.prune: layers have different head_dim {sorted(head_dims)}")

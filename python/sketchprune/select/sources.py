@@ -16,6 +16,7 @@ record (type, m, k, seed) is returned with the result so a selection can be repr
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import torch
@@ -32,7 +33,10 @@ def _block(G, r0, r1, c0, c1, device):
     if isinstance(G, torch.Tensor):
         b = G[r0:r1, c0:c1]
     else:
-        b = torch.from_numpy(np.ascontiguousarray(G[r0:r1, c0:c1]))
+        a = np.ascontiguousarray(G[r0:r1, c0:c1])
+        with warnings.catch_warnings():  # a read-only memmap block: only ever read here
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+            b = torch.from_numpy(a)
     if b.dtype not in (torch.float32, torch.float16, torch.bfloat16):
         b = b.to(torch.float32)
     return b.to(device, non_blocking=True)
