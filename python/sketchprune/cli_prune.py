@@ -80,7 +80,6 @@ def run_prune(args) -> int:
     # 2. model and calibration data
     _say(args, f"loading {args.model} ...")
     model, tok = load_model(args.model, device=args.device, dtype=_dtype(args.dtype))
-    _check_flap_bias(args, model)
     progress = _progress(args)
     self_opts = {"temperature": args.self_temperature, "top_k": args.self_top_k}
     batches, desc = calibration_batches(args.calib, model=model, tokenizer=tok, seq_len=args.seq_len,
@@ -119,21 +118,6 @@ def run_prune(args) -> int:
         write_json_atomic(args.report, report)
     _summary_prune(args, report)
     return 0
-
-
-def _check_flap_bias(args, model) -> None:
-    """FLAP's mean compensation creates biases the saved model cannot carry: refuse before pruning."""
-    mode = args.flap_bias or ("none" if args.reconstruct else "create")
-    if args.criterion != "flap" or mode != "create" or args.out is None:
-        return
-    from .prune.adapters import get_adapter
-
-    adapter = get_adapter(model)
-    layer = adapter.layers(model)[0]
-    if adapter.ffn(layer).down.bias is None or adapter.attention(layer).o.bias is None:
-        raise ValueError("--criterion flap folds the removed units' means into down_proj / o_proj biases, which this "
-                         "model does not have and a saved model cannot carry yet; add --reconstruct (which re-fits "
-                         "those weights instead) or pass --flap-bias existing|none")
 
 
 def report_input(batches):
