@@ -64,3 +64,11 @@ def test_skmm_is_class_balanced_by_default_when_labels_are_given():
     assert "class_balanced" not in select(30, "uniform", sk, labels=labels, seed=1).info
     with pytest.raises(ValueError, match="needs labels"):
         select(30, "skmm", sk, class_balanced=True)
+
+
+def test_select_names_non_finite_sketch_rows():
+    sk = torch.randn(40, 6, generator=torch.Generator().manual_seed(0))
+    sk[7, 2], sk[31, 0] = float("nan"), float("-inf")
+    for method in ("skmm", "uniform", "kcenter"):
+        with pytest.raises(ValueError, match=r"NaN or Inf values in 2 of 40 rows \(7, 31\)"):
+            select(5, method, sk)

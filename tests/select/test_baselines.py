@@ -64,9 +64,13 @@ def test_kcenter_matches_farthest_point_reference():
     assert B.kcenter(X, n, seed=3).tolist() == sorted(ref)
 
 
-def test_kcenter_with_duplicate_rows_still_returns_n_distinct():
+def test_kcenter_with_duplicate_or_non_finite_rows_still_returns_n_distinct():
     X = _X(10, 3, seed=6).repeat(4, 1)  # 10 distinct points, each 4 times
     _valid(B.kcenter(X, 30), 40, 30)
+    X = _X(50, 4, seed=9)
+    X[3, 1], X[17, 0] = float("nan"), float("inf")
+    _valid(B.kcenter(X, 20), 50, 20)
+    _valid(B.kcenter(torch.full((8, 2), 3e19), 5), 8, 5)  # squared norms overflow float32
 
 
 def _adaptive_reference(X, n, seed):

@@ -43,6 +43,8 @@ def select(n: int, method: str = "skmm", sketch: torch.Tensor | None = None, *, 
     """
     if method not in METHODS:
         raise ValueError(f"unknown selection method {method!r}; choose one of {', '.join(METHODS)}")
+    if sketch is not None:
+        _check_finite(sketch)
     outputs = _merge(outputs, probs, labels, grad_norms)
     if class_balanced is None:  # SkMM's default: class-balanced whenever labels are known
         class_balanced = method == "skmm" and outputs.labels is not None
@@ -87,6 +89,18 @@ def _size(sketch, outputs: ModelOutputs) -> int:
     if outputs.size is not None:
         return outputs.size
     raise ValueError("give a sketch (N x m) or model outputs (probs, logits, features, grad_norms, correctness)")
+
+
+def _check_finite(sketch) -> None:
+    """NaN or Inf in the sketch (from the gradients of those samples): an error naming the rows."""
+    if not isinstance(sketch, torch.Tensor) or sketch.dim() != 2 or not sketch.is_floating_point():
+        return  # other types and shapes: the method's own checks
+    bad = torch.nonzero(~torch.isfinite(sketch).all(1)).reshape(-1)
+    if bad.numel():
+        shown = ", ".join(str(int(i)) for i in bad[:10]) + (", ..." if bad.numel() > 10 else "")
+        raise ValueError(f"the sketch has NaN or Inf values in {bad.numel()} of {sketch.shape[0]} rows ({shown}): "
+                         f"those samples' gradients are not finite; drop them (e.g. sketch[mask]) and map the "
+                         f"selected indices back")
 
 
 def _need(t, name, method):

@@ -55,7 +55,9 @@ def herding(X: torch.Tensor, n: int) -> torch.Tensor:
 def kcenter(X: torch.Tensor, n: int, seed: int = 0) -> torch.Tensor:
     """Greedy k-center (farthest-point): start from a random sample, repeatedly add the sample
     farthest from the chosen set.  O(N n m) time, O(N) extra memory: each pick is one
-    matrix-vector product, distances by ||x||^2 - 2 x.c + ||c||^2 on the centred rows."""
+    matrix-vector product, distances by ||x||^2 - 2 x.c + ||c||^2 on the centred rows in float32
+    (absolute error ~1e-7 (||x||^2 + ||c||^2): points closer than ~3e-4 ||x|| are ranked by
+    rounding).  Always n distinct indices, also for rows with NaN or Inf (taken first)."""
     N = X.shape[0]
     check_size(N, n)
     X = X.float()
@@ -66,14 +68,16 @@ def kcenter(X: torch.Tensor, n: int, seed: int = 0) -> torch.Tensor:
     def dist_to(i):
         return torch.addmv(sq, X, X[i], alpha=-2.0).add_(sq[i]).clamp_min_(0.0)
 
-    dist = dist_to(first)
-    dist[first] = -1.0  # chosen: below every distance, and torch.minimum keeps it there
+    chosen = torch.zeros(N, dtype=torch.bool)
+    chosen[first] = True
+    dist = dist_to(first).masked_fill_(chosen, -1.0)
     out = [first]
     for _ in range(n - 1):
-        i = int(torch.argmax(dist))
+        i = int(torch.argmax(dist))  # NaN counts as the largest: non-finite rows go first
         out.append(i)
+        chosen[i] = True
         torch.minimum(dist, dist_to(i), out=dist)
-        dist[i] = -1.0
+        dist.masked_fill_(chosen, -1.0)  # also where a NaN distance reached a chosen row
     return torch.tensor(sorted(out), dtype=torch.int64)
 
 
@@ -132,7 +136,8 @@ def adaptive(X: torch.Tensor, n: int, seed: int = 0) -> torch.Tensor:
         p = w.clamp_min(0.0).masked_fill_(chosen, 0.0)
         tot = float(p.sum())
         if tot <= floor:  # confirm on the exact norms (the updated ones carry rounding)
-            p = R.square().sum(1).masked_fill_(chosen, 0.0)
+            w = R.square().sum(1)
+            p = w.masked_fill(chosen, 0.0)
             tot = float(p.sum())
             if tot <= floor:
                 break
