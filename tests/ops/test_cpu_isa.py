@@ -30,7 +30,7 @@ o = sp.outer_sketch(a, d, 32, 4, 1, 5)
 gr = torch.einsum("nto,ntq->noq", d.double(), a.double()).reshape(6, -1)
 oref = gr @ sketch_matrix(1, 5, 63, 32, 4)
 assert ((o.double() - oref).norm() / oref.norm()) < 1e-5
-for k in (1, 8, 13):  # row hashing: one masked vector, one full, two (the second masked)
+for k in (1, 6, 8, 13):  # row hashing: one masked vector (k = 1, 6), one full, two (the second masked)
     out = sp.sparse_sign_sketch(g, 40, k, 9, 2**40 + 1)
     oref = g.double() @ sketch_matrix(9, 2**40 + 1, 333, 40, k)
     assert ((out.double() - oref).norm() / oref.norm()) < 1e-5, k
