@@ -10,12 +10,12 @@ in one shot: :func:`~sketchprune.prune.calibration.collect_statistics` on the de
 FLAP bias compensation: removing input channels ``R`` of a Linear ``y = W x + b`` and replacing
 them by their calibration mean gives ``y = W[:, K] x_K + (b + W[:, R] E[x_R])``, so
 ``W[:, R] E[x_R]`` is added to the bias of down_proj (FFN channels) / o_proj (head blocks).
-Llama-family models have no bias there; ``flap_bias="create"`` (default) then adds one in
-memory, which is exact for evaluation but is **not** carried by ``save_pretrained`` /
-:func:`~sketchprune.prune.load_pruned` yet (the Llama config's ``mlp_bias`` / ``attention_bias``
-switch on all of gate/up/down resp. q/k/v/o biases together, and Qwen2 has no switch for o); a
-warning says so.  ``flap_bias="existing"`` folds only into biases that already exist,
-``"none"`` skips compensation.
+Llama-family models have no bias there; ``flap_bias="create"`` (default) then adds one.  The
+stock configs cannot describe it (the Llama config's ``mlp_bias`` / ``attention_bias`` switch on
+all of gate/up/down resp. q/k/v/o biases together, and Qwen2 has no switch for o), so the slicing
+records it per layer as ``added_biases`` and :func:`~sketchprune.prune.load_pruned` re-creates it.
+``flap_bias="existing"`` folds only into biases that already exist, ``"none"`` skips
+compensation.
 """
 
 from __future__ import annotations

@@ -213,16 +213,14 @@ def slice_attention(attn: AttnLinears, plan: HeadPlan) -> AttnLinears:
     )
 
 
-BIAS_ROLES = ("down", "o")  # the second matrices of the depth-2 units: the only ones given a bias
-
-
 def second_linears(adapter: ArchitectureAdapter, layer: nn.Module) -> dict[str, nn.Module]:
-    """{"down": the FFN's down projection, "o": the attention output projection} of ``layer``."""
+    """{"down": the FFN's down projection, "o": the attention output projection} of ``layer``: the
+    second matrices of the depth-2 units, the only ones pruning ever gives a bias."""
     return {"down": adapter.ffn(layer).down, "o": adapter.attention(layer).o}
 
 
 def _stock_bias_roles(model: nn.Module, adapter: ArchitectureAdapter) -> frozenset:
-    """The roles of BIAS_ROLES that carry a bias in the architecture as its config builds it (one
+    """The roles of :func:`second_linears` that carry a bias in the architecture as its config builds it (one
     model built on the meta device, without the recorded per-layer sizes; cached on the model)."""
     cached = model.__dict__.get("_sketchprune_stock_bias_roles")
     if cached is None:
