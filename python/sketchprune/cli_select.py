@@ -9,7 +9,8 @@
   init (``linear_probe_sketch``) with random labels (as in the original SkMM experiments), or the
   labels of ``--labels`` when given.
 * ``--sketch-dim`` (alias ``--m``): the sketch size m; default twice the intrinsic dimension of a
-  pilot sketch.  ``--probs P.npy`` (N x classes) feeds the methods that read model probabilities.
+  pilot sketch of at most ``PILOT_M`` columns (recorded under ``sketch.pilot``; a warning says when
+  the estimate exceeds half the pilot's width, where it is only a lower bound).  ``--probs P.npy`` (N x classes) feeds the methods that read model probabilities.
 
 Output (``--out``, written atomically, or stdout): ``indices``, ``weights`` (SkMM's relaxed
 weights of the selected samples, or null), ``method``, ``n``, ``seed``, ``sketch`` {type, m, k,
@@ -24,6 +25,8 @@ import json
 import sys
 import time
 from pathlib import Path
+
+PILOT_M = 1024  # the widest pilot sketch the default m is estimated from
 
 
 class CliError(Exception):
@@ -169,13 +172,24 @@ def _run(args) -> int:
                                        progress=not args.quiet)
         sketch_type = args.sketch
     m = args.m
+    pilot_rec = None
     if m is None:  # twice the intrinsic dimension of a pilot sketch
-        pilot_m = min(1024, max(8, r, args.k))
+        pilot_m = min(PILOT_M, max(8, r, args.k))
         budget.check("cpu", N * pilot_m * 4, what=f"the pilot sketch ({N} x {pilot_m}, float32)")
         pilot, _ = make(pilot_m)
-        m = max(args.k, min(2 * intrinsic_dimension(pilot), r))
+        idim = intrinsic_dimension(pilot)
+        m = max(args.k, min(2 * idim, r))
+        # The estimate is only trustworthy when the pilot is well above it; a pilot narrower than the
+        # gradients whose estimate exceeds half its width measured (at most) its own size.
+        lower_bound = pilot_m < r and 2 * idim > pilot_m
+        pilot_rec = {"m": pilot_m, "intrinsic_dimension": idim, "lower_bound": lower_bound}
         if not args.quiet:
             print(f"m = {m} (twice the intrinsic dimension of a pilot sketch)", file=sys.stderr)
+        if lower_bound:
+            print(f"warning: the pilot sketch (m = {pilot_m}) estimated an intrinsic dimension of {idim}, more "
+                  f"than half its own size, so the estimate is only a lower bound and m = {m} may be too small; "
+                  "give --sketch-dim to choose m (a larger m costs time and memory in the solve, see the docs)",
+                  file=sys.stderr)
     # the sketch (float32) and, for SkMM, its float64 moment problem and the solver's copies
     per_row = m * 4 + (m * 8 * 3 if args.method == "skmm" else 0)
     budget.check("cpu", N * per_row, what=f"selection from an {N} x {m} sketch")
@@ -198,6 +212,8 @@ def _run(args) -> int:
         weights = sel.weights[sel.indices.to(sel.weights.device)].double().cpu().tolist()
     sketch_rec = {"type": record.get("sketch", sketch_type), "m": m, "k": record.get("k"), "seed": args.seed,
                   **{k: v for k, v in record.items() if k not in ("sketch", "m", "k", "seed")}}
+    if pilot_rec is not None:
+        sketch_rec["pilot"] = pilot_rec
     out = {"indices": sel.indices.tolist(), "weights": weights, "method": args.method, "n": args.n,
            "seed": args.seed, "sketch": sketch_rec, "time_s": elapsed,
            "input": {"grads" if args.grads else "features": str(src), "labels": args.labels, "N": N},

@@ -112,3 +112,28 @@ def test_select_cli_bad_files(tmp_path, _cli):
     assert res.returncode == 2 and "does not exist" in res.stderr and "Traceback" not in res.stderr
     res = _cli("--n", 10)
     assert res.returncode != 0 and "exactly one of --grads" in res.stderr
+
+
+def test_select_cli_default_m_records_pilot_and_warns_when_saturated(tmp_path, _cli, monkeypatch):
+    import sketchprune.cli_select as cs
+    rng = np.random.default_rng(2)
+    # low-rank gradients (rank 5) far below a 64-column pilot: a trustworthy estimate, no warning
+    g = (rng.standard_normal((200, 5)) @ rng.standard_normal((5, 300))).astype(np.float32)
+    np.save(tmp_path / "low.npy", g)
+    monkeypatch.setattr(cs, "PILOT_M", 64)
+    res = _cli("--grads", tmp_path / "low.npy", "--n", 10, "--method", "kcenter")
+    assert res.returncode == 0, res.stderr
+    pilot = json.loads(res.stdout)["sketch"]["pilot"]
+    assert pilot["m"] == 64 and pilot["intrinsic_dimension"] <= 5 and not pilot["lower_bound"]
+    assert "lower bound" not in res.stderr
+    # isotropic gradients wider than the pilot: the estimate fills it -> warned (also with --quiet)
+    np.save(tmp_path / "iso.npy", rng.standard_normal((200, 300)).astype(np.float32))
+    res = _cli("--grads", tmp_path / "iso.npy", "--n", 10, "--method", "kcenter", "--quiet")
+    assert res.returncode == 0, res.stderr
+    d = json.loads(res.stdout)
+    assert d["sketch"]["pilot"]["lower_bound"] and d["sketch"]["pilot"]["intrinsic_dimension"] > 32
+    assert "only a lower bound" in res.stderr and "--sketch-dim" in res.stderr
+    assert d["sketch"]["m"] == 2 * d["sketch"]["pilot"]["intrinsic_dimension"]
+    # an explicit m: no pilot
+    res = _cli("--grads", tmp_path / "iso.npy", "--n", 10, "--method", "kcenter", "--m", 16, "--quiet")
+    assert "pilot" not in json.loads(res.stdout)["sketch"]
