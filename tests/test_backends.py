@@ -73,3 +73,29 @@ def test_cross_device_error():
         pytest.skip("no GPU")
     with pytest.raises(ValueError, match="one device"):
         sp.cov_accumulate_(torch.zeros(3, 3), torch.randn(2, 3, device="cuda"))
+
+
+def test_old_triton_interpreter_with_new_numpy_is_reported(monkeypatch):
+    """Triton < 3.7's interpreter cannot run the kernels with NumPy >= 2.4: the triton CPU backend
+    says so (and the version pairs that work are not refused)."""
+    triton = pytest.importorskip("triton")
+    import numpy
+
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    cases = [("3.6.0", "2.4.6", True), ("3.6.0", "2.3.5", False), ("3.7.0", "2.4.6", False),
+             ("3.10.1+git1234", "2.5.0.dev0", False), ("3.2.0", "2.4.0rc1", True)]
+    try:
+        for tv, nv, bad in cases:
+            monkeypatch.setattr(triton, "__version__", tv)
+            monkeypatch.setattr(numpy, "__version__", nv)
+            _backends.triton_interpreter_problem.cache_clear()
+            why = _backends.triton_interpreter_problem()
+            assert (why is not None) == bad, (tv, nv, why)
+            if bad:
+                assert f"triton {tv}" in why and "numpy < 2.4" in why
+                assert _backends.unavailable_reason("triton", "cpu") == why
+                with pytest.raises(BackendUnavailableError, match="Triton 3.7"), use_backend("triton"):
+                    sp.ops.cov_accumulate_(torch.zeros(3, 3), torch.ones(4, 3))
+    finally:
+        monkeypatch.undo()
+        _backends.triton_interpreter_problem.cache_clear()

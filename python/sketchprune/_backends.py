@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import importlib.util
+import itertools
 import os
 import threading
 
@@ -89,6 +90,30 @@ def triton_interpreted() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
+def _version(text: str) -> tuple[int, ...]:
+    out = []
+    for part in text.split("+")[0].split(".")[:3]:
+        digits = "".join(itertools.takewhile(str.isdigit, part))
+        out.append(int(digits) if digits else 0)
+    return tuple(out)
+
+
+@functools.lru_cache(maxsize=None)
+def triton_interpreter_problem() -> str | None:
+    """Why this Triton's interpreter cannot run the kernels here, or None.  Triton < 3.7's
+    interpreter turns a loop bound computed in the kernel into a Python int with ``int()`` on a
+    1-element array, which NumPy >= 2.4 refuses (fixed in Triton 3.7 by squeezing first)."""
+    import numpy
+    import triton
+
+    if _version(triton.__version__) < (3, 7) and _version(numpy.__version__) >= (2, 4):
+        return (f"triton {triton.__version__}'s interpreter cannot run these kernels with NumPy {numpy.__version__} "
+                "(it converts loop bounds with int() on 1-element arrays, an error since NumPy 2.4; fixed in "
+                "Triton 3.7): use triton >= 3.7 or numpy < 2.4 for the interpreter (compiled GPU kernels are "
+                "not affected)")
+    return None
+
+
 def unavailable_reason(backend: str, device_type: str) -> str | None:
     """None when ``backend`` can run on ``device_type``, else the reason it cannot."""
     if backend == "torch":
@@ -110,6 +135,8 @@ def unavailable_reason(backend: str, device_type: str) -> str | None:
             return "triton is not installed (pip install 'sketchprune[triton]')"
         if device_type == "cpu" and not triton_interpreted():
             return "triton runs on CPU tensors only under the interpreter (set TRITON_INTERPRET=1 before importing triton)"
+        if device_type == "cpu" and triton_interpreter_problem() is not None:
+            return triton_interpreter_problem()
         if device_type not in ("cpu", "cuda"):
             return f"triton kernels are not available for {device_type} tensors"
         from .ops import _triton_reg
