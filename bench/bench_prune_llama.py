@@ -7,7 +7,8 @@ heads, 32 KV heads, vocabulary 32000) and random bf16 weights, 4 decoder layers,
 sparsity with ``criterion="greedy"`` and least-squares reconstruction on 128 x 2048 random
 calibration tokens under a ``Budget("8GiB")`` (GPU).  On a CPU the same code runs at toy shapes
 (hidden 256, FFN 688, 8 heads, 2 layers, 8 x 128 tokens) as a smoke run: its times say
-nothing about the target.
+nothing about the target; ``SKETCHPRUNE_BENCH_PRUNE_SHAPE=llama7b`` runs the LLaMA-7B shapes on the
+CPU too (with the layer and token counts below; no budget, host memory).
 
 ``extra_info``: the total time, the time per decoder layer (total / layers: an upper bound, as
 it also carries the one-off embedding pass), that per-layer time extrapolated to the 32 layers
@@ -22,6 +23,7 @@ Options through the environment: ``SKETCHPRUNE_BENCH_PRUNE_CRITERION`` (default 
 from __future__ import annotations
 
 import os
+import resource
 import time
 
 import pytest
@@ -36,7 +38,7 @@ BUDGET = "8GiB"
 
 
 def _shape(device):
-    if device.type == "cuda":
+    if device.type == "cuda" or os.environ.get("SKETCHPRUNE_BENCH_PRUNE_SHAPE", "") == "llama7b":
         layers = int(os.environ.get("SKETCHPRUNE_BENCH_PRUNE_LAYERS", "4"))
         b, s = (int(v) for v in os.environ.get("SKETCHPRUNE_BENCH_PRUNE_TOKENS", "128x2048").split("x"))
         return dict(hidden_size=4096, intermediate_size=11008, num_attention_heads=32, num_key_value_heads=32,
@@ -76,12 +78,13 @@ def test_prune_llama7b_shapes(benchmark, device):
         L = cfg_kw["num_hidden_layers"]
         info.update(total_s=total, per_layer_s=total / L, extrapolated_32_layers_s=total / L * 32,
                     peak_memory_bytes=torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None,
+                    peak_rss_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,  # host, whole process
                     budget=BUDGET if budget is not None else None,
                     sparsity_achieved=report.get("sparsity_achieved"),
                     calibration_tokens=n_batches * seq, layers=L, criterion=criterion, dtype=str(dtype))
 
     benchmark.pedantic(run, rounds=1, iterations=1)
     benchmark.extra_info.update(info, details=dict(info), op="prune", case=f"llama7b-shapes L={info['layers']} {n_batches}x{seq}"
-                                if device.type == "cuda" else f"toy L={info['layers']} {n_batches}x{seq}",
+                                if cfg_kw["hidden_size"] == 4096 else f"toy L={info['layers']} {n_batches}x{seq}",
                                 impl=f"{criterion}+reconstruct", kind="sketchprune", backend="sketchprune",
                                 device=str(device), median_s=info["total_s"])
