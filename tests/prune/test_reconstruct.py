@@ -173,14 +173,18 @@ def test_full_moments_float64_totals_of_float32_partials():
         m = FullMoments(24, "cpu", cross_dim=6, stage_rows=0)
         for idx in torch.arange(3000).chunk(13):
             m.update(X[idx].float(), mask[idx], y=Y[idx].float())
+        assert m._acc.dtype == torch.float32
         S, C = m.second_moment(), m.cross()
-        m.update(X[:5].float(), mask[:5], y=Y[:5].float())     # reading drains; updates go on
-        S2 = m.second_moment()
+        # the first read ends the accumulation: the float32 workspace is freed, later reads
+        # return the same tensors, and a further update is refused without changing them
+        assert m._acc is None and m.second_moment() is S and m.cross() is C
+        S0 = S.clone()
+        with pytest.raises(RuntimeError, match="already read"):
+            m.update(X[:5].float(), mask[:5], y=Y[:5].float())
+        assert torch.equal(m.second_moment(), S0)
     finally:
         calibration._DRAIN_ROWS = old
     Xm, Ym = X.float().double()[mask], Y.float().double()[mask]
     torch.testing.assert_close(S, Xm.T @ Xm / len(Xm), rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(C, Xm.T @ Ym / len(Xm), rtol=1e-5, atol=1e-5)
-    Xm2 = torch.cat([Xm, X[:5].float().double()[mask[:5]]])
-    torch.testing.assert_close(S2, Xm2.T @ Xm2 / len(Xm2), rtol=1e-5, atol=1e-5)
-    assert S.dtype == torch.float64 and m._acc.dtype == torch.float32
+    assert S.dtype == torch.float64 and C.dtype == torch.float64

@@ -131,9 +131,13 @@ class FullMoments(DiagMoments):
         self._acc_sigma64: torch.Tensor | None = None
         self._acc_cross64: torch.Tensor | None = None
         self._pending = 0       # rows in the float32 partial sums since the last drain
+        self._final: tuple[torch.Tensor, torch.Tensor | None] | None = None   # set by the first read
 
     def update(self, x: torch.Tensor, mask: torch.Tensor | None = None, y: torch.Tensor | None = None) -> None:
         x = x.detach()
+        if self._final is not None:
+            raise RuntimeError("sketchprune.prune: these statistics were already read; accumulate every batch "
+                               "before reading second_moment() / cross()")
         if (y is None) != (self.cross_dim is None):
             raise ValueError(f"sketchprune.prune: targets y must be given exactly when cross_dim is set "
                              f"(cross_dim={self.cross_dim})")
@@ -179,31 +183,63 @@ class FullMoments(DiagMoments):
                 self._acc_cross64 = torch.zeros(self.dim, self.cross_dim, dtype=torch.float64, device=dev)
         self._acc.drain_into(self._acc_sigma64, self._acc_cross64)
 
-    def _combine(self, acc_part, part64, shape) -> torch.Tensor:
+    def _total(self, acc64, acc_plain, part64, shape) -> torch.Tensor:
+        """The normalised float64 total of the kernel part (``acc64``: the drained float64 sums,
+        reused in place; else ``acc_plain()``: the accumulator's own normalised total) and the
+        float64-input part ``part64``.  Same arithmetic as forming each piece out of place."""
         n = self._n()
-        s = torch.zeros(*shape, dtype=torch.float64, device=self._sum.device)
+        s = None
         if self._acc is not None and self._acc.count:
-            s += acc_part().to(torch.float64) * (self._acc.count / n)
+            c = self._acc.count
+            s = acc64.div_(c).mul_(c / n) if acc64 is not None else acc_plain().to(torch.float64).mul_(c / n)
         if part64 is not None:
-            s += part64 / n
-        return s
+            s = part64 / n if s is None else s.add_(part64 / n)
+        return torch.zeros(*shape, dtype=torch.float64, device=self._sum.device) if s is None else s
+
+    def finish(self) -> None:
+        """Fold every partial sum into the normalised float64 moments, once (the first read ends
+        the accumulation): the drained float64 buffers become the results, the float32 kernel
+        workspaces are freed, so a d x d statistic holds one float64 d x d array afterwards."""
+        if self._final is not None:
+            return
+        self._n()
+        mixed = self._acc is not None and self._acc.dtype != self._dtype
+        if mixed:
+            self._drain()
+        acc = self._acc
+        sigma = self._total(self._acc_sigma64 if mixed else None, lambda: acc.covariance(), self._sigma64,
+                            (self.dim, self.dim))
+        cross = None
+        if self.cross_dim is not None:
+            cross = self._total(self._acc_cross64 if mixed else None, lambda: acc.cross(), self._cross64,
+                                (self.dim, self.cross_dim))
+        self._final = (sigma, cross)
+        self._acc = self._acc_sigma64 = self._acc_cross64 = self._sigma64 = self._cross64 = None
+
+    def release(self) -> None:
+        """Free the float64 moments (a caller that has taken what it needs); reading them
+        afterwards is an error."""
+        self.finish()
+        self._final = self._RELEASED
+
+    _RELEASED = (None, None)
 
     def second_moment(self) -> torch.Tensor:
-        """E[x x^T] (float64)."""
-        if self._acc is not None and self._acc.dtype != self._dtype:
-            self._drain()
-            return self._combine(lambda: self._acc_sigma64 / self._acc.count, self._sigma64, (self.dim, self.dim))
-        return self._combine(lambda: self._acc.covariance(), self._sigma64, (self.dim, self.dim))
+        """E[x x^T] (float64).  The first read ends the accumulation (see :meth:`finish`); every
+        read returns the same tensor, which callers must not modify."""
+        self.finish()
+        if self._final is self._RELEASED:
+            raise RuntimeError("sketchprune.prune: these statistics were released")
+        return self._final[0]
 
     def cross(self) -> torch.Tensor:
-        """E[x y^T] (float64, dim x cross_dim)."""
+        """E[x y^T] (float64, dim x cross_dim); shared like :meth:`second_moment`."""
         if self.cross_dim is None:
             raise RuntimeError("sketchprune.prune: this statistic has no cross moment (cross_dim not set)")
-        if self._acc is not None and self._acc.dtype != self._dtype:
-            self._drain()
-            return self._combine(lambda: self._acc_cross64 / self._acc.count, self._cross64,
-                                 (self.dim, self.cross_dim))
-        return self._combine(lambda: self._acc.cross(), self._cross64, (self.dim, self.cross_dim))
+        self.finish()
+        if self._final is self._RELEASED:
+            raise RuntimeError("sketchprune.prune: these statistics were released")
+        return self._final[1]
 
     def target_energy(self) -> float:
         """E||y||^2 over the accumulated rows."""

@@ -319,12 +319,12 @@ def _greedy():
     the removal increments in removal order (strictly increasing; survivors above, by their
     increment at the final state)."""
     def ffn(ctx):
-        W = _w(ctx.ffn.down)
+        W = ctx.ffn.down.weight.detach()        # greedy_obs works on one float64 copy of it
         H = ctx.stat("down_in").second_moment().to(W.device)
         return _greedy_scores(W, H, 1, ctx.ffn_remove, ctx).to(W.device)
 
     def heads(ctx):
-        W = _w(ctx.attn.o)
+        W = ctx.attn.o.weight.detach()
         H = ctx.stat("o_in").second_moment().to(W.device)
         width, n_rm, group_of, quota, expand = _head_units(ctx)
         return expand(_greedy_scores(W, H, width, n_rm, ctx, group_of, quota)).to(W.device)

@@ -68,8 +68,23 @@ def _damped_inverse(H: torch.Tensor, damp: float) -> torch.Tensor:
                          f"({damp} x mean diagonal); increase damp")
     Hi = torch.cholesky_inverse(L)
     del L
-    Hi += Hi.T.clone()
-    return Hi.mul_(0.5)
+    return _symmetrize_(Hi)
+
+
+def _symmetrize_(A: torch.Tensor, block: int = 1024) -> torch.Tensor:
+    """A <- (A + A^T) / 2 in place, a pair of blocks at a time (no second n x n array)."""
+    n = A.shape[0]
+    for i0 in range(0, n, block):
+        i1 = min(n, i0 + block)
+        D = A[i0:i1, i0:i1]
+        D.copy_((D + D.T) * 0.5)
+        for j0 in range(i1, n, block):
+            j1 = min(n, j0 + block)
+            upper, lower = A[i0:i1, j0:j1], A[j0:j1, i0:i1]
+            avg = (upper + lower.T) * 0.5
+            upper.copy_(avg)
+            lower.copy_(avg.T)
+    return A
 
 
 def _unit_costs(W: torch.Tensor, Hi: torch.Tensor, width: int) -> torch.Tensor:
@@ -98,7 +113,11 @@ def greedy_obs(W: torch.Tensor, H: torch.Tensor, width: int = 1, n_remove: int |
     increments, one entry per step).  ``h_inverse``: the damped inverse of ``H`` when the caller
     already has it (copied, not modified; ``damp`` is then not used).
     """
-    W = W.detach().to(torch.float64).clone()
+    W0 = W.detach()
+    W = W0.to(torch.float64)
+    if W.data_ptr() == W0.data_ptr():           # one private float64 copy, whatever the input dtype
+        W = W.clone()
+    del W0
     H = H.detach().to(device=W.device, dtype=torch.float64)
     if W.shape[1] % width or H.shape != (W.shape[1], W.shape[1]):
         raise ValueError(f"sketchprune.prune: greedy_obs got W {tuple(W.shape)}, H {tuple(H.shape)}, width {width}")
@@ -138,8 +157,7 @@ def greedy_obs(W: torch.Tensor, H: torch.Tensor, width: int = 1, n_remove: int |
         live = ~dead
         kc = (torch.nonzero(live).reshape(-1).to(W.device)[:, None] * width + cols_of).reshape(-1)
         W = W[:, kc].contiguous()
-        Hi = Hi[kc][:, kc]
-        Hi = 0.5 * (Hi + Hi.T)
+        Hi = _symmetrize_(Hi[kc[:, None], kc[None, :]])
         alive, dead = alive[live], dead[live]
 
     while len(order) < n_remove:
@@ -254,8 +272,7 @@ def _greedy_channels_lazy(W, Hi, n_remove, group_of, left, flush_every: int = 64
             idx = torch.nonzero(live).reshape(-1).to(dev)
             if int(dead.sum()) * 8 >= alive.numel() or len(order) == n_remove:
                 W = W[:, idx].contiguous()
-                Hi = Hi[idx][:, idx]
-                Hi = 0.5 * (Hi + Hi.T)
+                Hi = _symmetrize_(Hi[idx[:, None], idx[None, :]])
                 alive, dead = alive[live], dead[live]
             else:
                 dl = torch.nonzero(dead).reshape(-1).to(dev)

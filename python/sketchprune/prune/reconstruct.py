@@ -80,35 +80,55 @@ def ridge_toward(anchor: torch.Tensor, S_kk: torch.Tensor, C_k: torch.Tensor, en
     scale = float(torch.trace(S)) / max(k, 1)
     At = A.T.contiguous()
     C = C.contiguous()
-    cand = {"none": (At, S @ At)}          # candidate -> (Z = V^T, S Z)
-    lams = {"none": None}
-    eye = torch.eye(k, dtype=torch.float64, device=dev)
+    # Memory: besides the moments, one k x k array (the Cholesky factor of S + lam I, formed with
+    # lam added to S's diagonal and taken off again) and two d_out x k solutions (the best one so far and the current one) at any time; each
+    # candidate's in-sample error is taken when it is solved (S Z = C + lam (A^T - Z) needs no
+    # product with S) and its solution dropped unless it is the best held-out so far.
+    fit, lams, ev = {}, {"none": None}, None
+    fit["none"] = rel_error(At.T, S, C, energy)
+    kept = {"none": At}                     # candidate -> Z = V^T (the no-refit one, and the best)
 
-    def solve(a) -> bool:
+    def solve(a):
+        """Z for alpha ``a`` (None if S + lam I is not positive definite); records its fit error."""
         lam = a * scale if scale > 0 else a
-        chol, bad = torch.linalg.cholesky_ex(S + lam * eye)
+        diag = S.diagonal()
+        saved = diag.clone()
+        try:        # factor S + lam I without a second k x k array; S is restored bit for bit
+            diag.add_(lam)
+            chol, bad = torch.linalg.cholesky_ex(S)
+        finally:
+            diag.copy_(saved)
         if int(bad) != 0:
-            return False
+            return None
         Z = torch.cholesky_solve(C + lam * At, chol)
-        cand[a], lams[a] = (Z, C + lam * (At - Z)), lam
-        return True
+        del chol
+        lams[a] = lam
+        fit[a] = rel_error(Z.T, S, C, energy, C + lam * (At - Z))
+        return Z
 
     if heldout is None:
-        solve(default_alpha)
-        best = default_alpha if default_alpha in cand else "none"
-        ev = None
+        Z = solve(default_alpha)
+        best = default_alpha if Z is not None else "none"
+        if Z is not None:
+            kept[best] = Z
     else:
         Sh, Ch, eh = heldout[0].to(dev, torch.float64), heldout[1].to(dev, torch.float64), float(heldout[2])
-        ev = {}
+        ev = {"none": rel_error(At.T, Sh, Ch, eh)}
+        ev["none"] = ev["none"] if math.isfinite(ev["none"]) else math.inf
+        best = "none"
 
         def held_error(a) -> float:
+            nonlocal best
             if a not in ev:
-                ok = a == "none" or solve(a)
-                e = rel_error(cand[a][0].T, Sh, Ch, eh) if ok else math.inf
+                Z = solve(a)
+                e = rel_error(Z.T, Sh, Ch, eh) if Z is not None else math.inf
                 ev[a] = e if math.isfinite(e) else math.inf
+                if Z is not None and ev[a] < ev[best]:
+                    if best != "none":
+                        del kept[best]
+                    best, kept[a] = a, Z
             return ev[a]
 
-        held_error("none")
         grid = sorted(alphas)
         if exhaustive or len(grid) < 3:
             for a in grid:
@@ -119,14 +139,13 @@ def ridge_toward(anchor: torch.Tensor, S_kk: torch.Tensor, C_k: torch.Tensor, en
             i = i - 1 if step < 0 else i
             while 0 <= i + step < len(grid) and held_error(grid[i + step]) < held_error(grid[i]):
                 i += step
-        best = min(ev, key=ev.get)
-    fit = {a: rel_error(Z.T, S, C, energy, SZ.contiguous()) for a, (Z, SZ) in cand.items()}
+        best = min(ev, key=ev.get)          # ties: the first evaluated, as kept above
     info = {"fit_error_none": fit["none"]}
     if ev is not None:
         info.update(eval_error_none=ev["none"], eval_error=ev[best])
     info.update(alpha=None if best == "none" else best, **{"lambda": lams[best]}, refit=best != "none",
                 fit_error=fit[best])
-    return cand[best][0].T, info
+    return kept[best].T, info
 
 
 def fit_linear(anchor: torch.Tensor, keep: torch.Tensor | None, fit, held=None, alphas=ALPHAS,
@@ -142,7 +161,7 @@ def fit_linear(anchor: torch.Tensor, keep: torch.Tensor | None, fit, held=None, 
         S, C = m.second_moment(), m.cross()
         if keep is not None:
             k = keep.to(device=S.device, dtype=torch.int64)
-            S, C = S[k][:, k], C[k]
+            S, C = S[k[:, None], k[None, :]], C[k]
         return S, C, m.target_energy()
 
     S, C, e = restrict(fit)
@@ -150,28 +169,56 @@ def fit_linear(anchor: torch.Tensor, keep: torch.Tensor | None, fit, held=None, 
     return V.to(dtype=anchor.dtype, device=anchor.device), info
 
 
-def refit_columns(W: torch.Tensor, keep: torch.Tensor, sigma_fit: torch.Tensor, sigma_eval: torch.Tensor | None = None,
-                  alphas=ALPHAS, default_alpha: float = 1e-2) -> tuple[torch.Tensor, dict]:
+def refit_columns(W: torch.Tensor, keep: torch.Tensor, sigma_fit, sigma_eval=None,
+                  alphas=ALPHAS, default_alpha: float = 1e-2, release: bool = False) -> tuple[torch.Tensor, dict]:
     """Refit W restricted to the columns ``keep`` toward ``W x`` under the input second moments
     ``sigma_fit`` (choosing on ``sigma_eval``); returns (V, info).  See the module doc.
 
+    ``sigma_fit`` / ``sigma_eval``: d_in x d_in tensors, or statistics objects with
+    ``second_moment()`` (and ``release()``): with ``release=True`` the objects are released once
+    the |K|-wide moments are formed, so their d_in x d_in arrays are gone before the solves.
     Without ``sigma_eval`` the fixed ``default_alpha`` is used and no held-out error is reported.
     """
-    keep = keep.to(torch.int64).cpu()
     d_in = W.shape[1]
-    if keep.numel() == d_in and torch.equal(keep, torch.arange(d_in)):
+    keep_cpu = keep.to(torch.int64).cpu()
+    if keep_cpu.numel() == d_in and torch.equal(keep_cpu, torch.arange(d_in)):
         return W.detach().clone(), {"alpha": None, "lambda": None, "refit": False, "reason": "all columns kept"}
-    Wd = W.detach().double().cpu()
+    def full(sigma):
+        return sigma.second_moment() if hasattr(sigma, "second_moment") else sigma
 
-    def moments(sigma):   # S symmetric: C_K = S[K, :] W^T = (W S)[:, K]^T, one product serves both
-        S = sigma.double().cpu()
-        WS = Wd @ S
-        return S[keep][:, keep], WS[:, keep].T.contiguous(), float(torch.sum(WS * Wd))
+    dev = full(sigma_fit).device    # solve where the statistics live (the pruning device)
+    keep = keep_cpu.to(dev)
+    Wd = W.detach().to(device=dev, dtype=torch.float64)
+
+    inv = torch.full((d_in,), -1, dtype=torch.int64, device=dev)
+    inv[keep] = torch.arange(keep.numel(), device=dev)
+
+    def moments(sigma, block=1024):
+        # S symmetric: C_K = S[K, :] W^T = (W S)[:, K]^T and e = tr(W S W^T), from W S formed a
+        # block of columns at a time (d_out x block): the only large allocations are the results,
+        # S_KK (by 2-D indexing, no |K| x d_in intermediate) and C_K.
+        S = full(sigma).to(device=dev, dtype=torch.float64)
+        C_k = torch.empty(keep.numel(), Wd.shape[0], dtype=torch.float64, device=dev)
+        e = 0.0
+        for c0 in range(0, d_in, block):
+            c1 = min(d_in, c0 + block)
+            WS = Wd @ S[:, c0:c1]
+            e += float(torch.sum(WS * Wd[:, c0:c1]))
+            pos = inv[c0:c1]
+            hit = pos >= 0
+            C_k[pos[hit]] = WS[:, hit].T
+        return S[keep[:, None], keep[None, :]], C_k, e
 
     S_kk, C_k, e = moments(sigma_fit)
-    V, info = ridge_toward(Wd[:, keep], S_kk, C_k, e, None if sigma_eval is None else moments(sigma_eval),
-                           alphas, default_alpha)
-    return V.to(W.dtype).to(W.device), info
+    held = None if sigma_eval is None else moments(sigma_eval)
+    anchor = Wd[:, keep]
+    del Wd
+    if release:
+        for sigma in (sigma_fit, sigma_eval):
+            if hasattr(sigma, "release"):
+                sigma.release()
+    V, info = ridge_toward(anchor, S_kk, C_k, e, held, alphas, default_alpha)
+    return V.to(device=W.device, dtype=W.dtype), info
 
 
 def head_columns(q_heads: torch.Tensor, head_dim: int) -> torch.Tensor:

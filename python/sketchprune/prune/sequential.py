@@ -177,13 +177,25 @@ class _Pruner:
             d_qkv = attn.q.out_features + attn.k.out_features + attn.v.out_features
             d_first = sum(m.out_features for m in ffn.first)
             tgt = (attn.o.out_features + ffn.down.out_features) if self.need_targets else 0
-            stat = 8 * (d_att * d_att + d_ff * d_ff + d * d)     # full criterion statistics, worst case
-            if self.need_targets:
-                stat = 8 * 2 * (d_att * (d_att + attn.o.out_features) + d_ff * (d_ff + ffn.down.out_features))
+            # Statistics: one stage (attention, then FFN) at a time, each full moment held as a
+            # float64 total for the fitting and (with refits) the held-out tokens, plus a float32
+            # kernel workspace of the same shape while accumulating (freed before the criterion
+            # and the solves run, see _collect).  Entries: d_in x (d_in + target columns).
+            copies = 2 if self.refits else 1
+            t_o, t_down = (attn.o.out_features, ffn.down.out_features) if self.need_targets else (0, 0)
+            entries = max(d_att * (d_att + t_o) + d * d, d_ff * (d_ff + t_down) + d * d)
             if self.recovery:
                 tgt += d_qkv + d_first
-                stat += 8 * 2 * (d * (d + max(d_qkv, d_first)))
-            block = sum(p.numel() for p in layer.parameters()) * item + 8 * 3 * max(d_ff, d_att) ** 2
+                entries += d * (d + max(d_qkv, d_first))
+            stat = copies * 8 * entries
+            # Workspace after accumulation: the criterion's (greedy: the damped inverse and its
+            # Cholesky factor, n x n float64 each, and a float64 copy of the weight; a compaction
+            # briefly holds a second, smaller inverse) or the refit's (restricted moments, one
+            # Cholesky factor, a few d_out x |K| solutions) -- at most three n x n float64 arrays
+            # plus the layer's weights in float64; before that, the float32 workspace.
+            n_max = max(d_ff, d_att)
+            work = max(8 * 3 * n_max * n_max + 8 * d * n_max, copies * 4 * entries)
+            block = sum(p.numel() for p in layer.parameters()) * item + work
             act = max_rows * (3 * d_ff + 8 * d + d_qkv) * item + max_b * hs.num_heads * max_t * max_t * item
             cand = {"dense targets": rows * tgt * item, "statistics": stat, "block workspace": block,
                     "one batch's activations": act}
@@ -293,6 +305,11 @@ class _Pruner:
             pre[sites[name]] = fn
         if pre:
             self._pass(layer, j, self.pruned, "pruned", pre=pre, stop=sites[names[-1]])
+        # the pass is complete: fold the full moments into their float64 totals now, so their
+        # float32 kernel workspaces are freed before the criterion and the refits run
+        for m in [*crit_stats.values(), *(p for pair in fits.values() for p in pair)]:
+            if isinstance(m, FullMoments) and m.count:
+                m.finish()
         return crit_stats
 
     def _fit(self, linears, keep, moments, name, report, section):
@@ -304,12 +321,13 @@ class _Pruner:
         report.setdefault(section, {})[name] = info
         return info["refit"]
 
-    def _refit(self, linears, full, keep, moments, name, rep):
+    def _refit(self, linears, full, keep, moments, name, rep, release=False):
         """Post-pruning refit over ``keep``: toward the dense outputs, or (``refit_target="local"``)
-        toward this layer's own unpruned output ``full @ x`` on the same pruned-stream inputs."""
+        toward this layer's own unpruned output ``full @ x`` on the same pruned-stream inputs.
+        ``release``: the statistics are not read again, so their full arrays may go before the solves."""
         if full is None:
             return self._fit(linears, keep, moments, name, rep, "refit")
-        V, info = refit_columns(full, keep, moments[0].second_moment(), moments[1].second_moment(), self.alphas)
+        V, info = refit_columns(full, keep, moments[0], moments[1], self.alphas, release=release)
         if info["refit"]:
             _install(linears, V)
         rep.setdefault("refit", {})[name] = info
@@ -431,7 +449,8 @@ class _Pruner:
             slice_model(self.model, ffn={j: plan.ffn_keep})
             changed = True
             if self.reconstruct:
-                self._refit([ad.ffn(layer).down], down_full, plan.ffn_keep, fits["down_in"], "down", rep)
+                self._refit([ad.ffn(layer).down], down_full, plan.ffn_keep, fits["down_in"], "down", rep,
+                            release=True)
         del fits, stats, attn_stats, targets
 
         # 4b. block / cross-block reconstruction (writes the new pruned stream itself)
