@@ -79,7 +79,7 @@ def run_prune(args) -> int:
     resolve_model_dir(args.model)  # missing path / unsupported architecture, before reading weights
     # 2. model and calibration data
     _say(args, f"loading {args.model} ...")
-    model, tok = load_model(args.model, device=args.device, dtype=_dtype(args.dtype))
+    model, tok = load_model(args.model, device="cpu" if args.onload else args.device, dtype=_dtype(args.dtype))
     progress = _progress(args)
     self_opts = {"temperature": args.self_temperature, "top_k": args.self_top_k}
     batches, desc = calibration_batches(args.calib, model=model, tokenizer=tok, seq_len=args.seq_len,
@@ -101,7 +101,8 @@ def run_prune(args) -> int:
     model, report = prune(model, batches, sparsity=args.sparsity, criterion=args.criterion,
                           reconstruct=args.reconstruct, recon=args.recon, budget=args.budget, inplace=True,
                           tokenizer=tok, seq_len=args.seq_len, seed=args.seed, measure=not args.no_measure,
-                          progress=progress, **options)
+                          progress=progress, device=args.device if args.onload else None, onload=args.onload,
+                          **options)
     report["model"] = args.model
     report["calibration"] = {**desc, **{k: v for k, v in report["calibration"].items() if k not in desc}}
     report["command"] = ["sketchprune", "prune"] + list(args.argv)
@@ -231,6 +232,10 @@ def add_subparsers(sub) -> None:
     p.add_argument("--self-top-k", type=int, default=50, help="--calib self: top-k sampling (0 = all)")
     p.add_argument("--out", default=None, help="output model directory (written atomically)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out directory")
+    p.add_argument("--onload", action="store_true",
+                   help="keep the model in host memory and move one decoder layer at a time to --device (the "
+                        "device then holds one layer, its statistics and one batch's activations: what --budget "
+                        "bounds)")
     p.add_argument("--no-measure", action="store_true", help="skip the dense / pruned latency and memory measurement")
     p.add_argument("--no-verify", action="store_true", help="skip reloading the saved model to check its logits")
     _common(p)

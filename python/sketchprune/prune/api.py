@@ -278,7 +278,8 @@ def _sparsity(rep: dict, requested: float) -> dict:
 def prune(model, calib=None, *, sparsity: float = 0.2, criterion: str = "sigma", reconstruct: bool = True,
           recon: str = "layer", budget=None, inplace: bool = False, tokenizer=None, seq_len: int = 512,
           calib_tokens: int = 16384, batch_size: int | None = None, seed: int = 0, device=None,
-          measure: bool = True, progress: bool = True, self_options: dict | None = None, **options):
+          onload: bool = False, measure: bool = True, progress: bool = True, self_options: dict | None = None,
+          **options):
     """Prune ``model`` and return ``(pruned_model, report)``.
 
     ``model``: a Hugging Face causal LM of a supported architecture, or a name / directory
@@ -293,7 +294,11 @@ def prune(model, calib=None, *, sparsity: float = 0.2, criterion: str = "sigma",
     states, stopped on the held-out calibration batches; sequential pruning only, needs
     ``reconstruct``; per-layer ``block_recon`` in the report).  ``budget``: memory budget for the statistics (e.g. ``"8GiB"``).
     ``inplace``: prune ``model`` itself; otherwise a deep copy is pruned and ``model`` is left
-    untouched.  ``device``: where to prune (default: where the model is).  ``measure``: time
+    untouched.  ``device``: where to prune (default: where the model is).  ``onload``: keep the
+    model where it is (host memory) and move one decoder layer at a time to ``device`` for its
+    turn (sequential on-loading: the device holds one layer, its statistics and one batch's
+    activations, which is what ``budget`` bounds); the dense / pruned forward measurements then
+    run where the model is.  ``measure``: time
     and measure memory of the dense and pruned model's forward pass on the first calibration
     sequence.  Further ``options`` (``attn_sparsity``, ``head_mode``, ``layers``, ``flap_bias``,
     ``heldout_fraction``, ...) go to :func:`~sketchprune.prune.prune_model`.
@@ -308,10 +313,12 @@ def prune(model, calib=None, *, sparsity: float = 0.2, criterion: str = "sigma",
     t_start = time.perf_counter()
     _check_args(sparsity, criterion, budget)
     _check_recon(recon, reconstruct, options)
+    if onload and device is None:
+        raise PruneInputError("onload=True moves one layer at a time to a device: give device=... (e.g. 'cuda')")
     source = None
     if not isinstance(model, nn.Module):
         source = str(model)
-        model, tok = load_model(model, device=device or "cpu")
+        model, tok = load_model(model, device="cpu" if onload else (device or "cpu"))
         tokenizer = tokenizer if tokenizer is not None else tok
         inplace = True  # nobody else holds it
     try:
@@ -331,9 +338,9 @@ def prune(model, calib=None, *, sparsity: float = 0.2, criterion: str = "sigma",
         raise PruneInputError(f"reconstruction holds out part of the calibration batches and needs at least 2, got "
                               f"{len(batches)}: give more calibration tokens or a smaller batch size")
     work = model if inplace else copy.deepcopy(model)
-    if device is not None:
+    if device is not None and not onload:
         work.to(device)
-    dev = next(work.parameters()).device
+    dev = torch.device(device) if onload else next(work.parameters()).device
     x_measure = _measure_input(batches, seq_len, int(getattr(work.config, "vocab_size", 2)), seed)
     dense = measure_forward(work, x_measure) if measure else None
     digests = unit_digests(work)
@@ -341,7 +348,8 @@ def prune(model, calib=None, *, sparsity: float = 0.2, criterion: str = "sigma",
     t0 = time.perf_counter()
     with PeakMemory(dev) as pm:
         rep = prune_model(work, batches, sparsity=float(sparsity), criterion=criterion, seed=seed, budget=budget,
-                          progress=progress, reconstruct=reconstruct, recon=recon, **options)
+                          progress=progress, reconstruct=reconstruct, recon=recon,
+                          **({"device": dev} if onload else {}), **options)
     t_prune = time.perf_counter() - t0
     params_after = count_parameters(work)
     pruned = measure_forward(work, x_measure) if measure else None
@@ -355,6 +363,7 @@ def prune(model, calib=None, *, sparsity: float = 0.2, criterion: str = "sigma",
         "model": source or type(model).__name__,
         "architecture": getattr(work.config, "model_type", None),
         "device": str(dev),
+        "onload": bool(onload),
         "dtype": str(next(work.parameters()).dtype).replace("torch.", ""),
         "criterion": criterion,
         "reconstruct": bool(reconstruct),

@@ -113,7 +113,7 @@ def prune_model(model: nn.Module, batches=None, sparsity: float = 0.2, criterion
                 stat_dtype: torch.dtype = torch.float64, token_weighting: str = "none",
                 refit_target: str = "local", recon: str = "layer", recon_epochs: int = EPOCHS,
                 recon_lr: float = LR, recon_prox: float = PROX, recon_patience: int = PATIENCE,
-                stream_error: bool = False) -> dict:
+                stream_error: bool = False, device=None) -> dict:
     """Score, allocate and physically slice ``model`` in place; returns a report dict.
 
     ``sequential`` (default: on whenever calibration ``batches`` are given, no precomputed
@@ -135,7 +135,10 @@ def prune_model(model: nn.Module, batches=None, sparsity: float = 0.2, criterion
     ones, by Adam toward the dense model's hidden states, :mod:`sketchprune.prune.blockrecon`;
     ``recon_epochs``, ``recon_lr``, ``recon_prox``, ``recon_patience`` tune it).  ``stream_error``
     (sequential only): report each layer's pruned-vs-dense stream distance even when that costs
-    an extra dense pass per layer.
+    an extra dense pass per layer.  ``device`` (sequential only): where the layers are pruned; a
+    device other than the model's (e.g. ``"cuda"`` for a model in host memory) moves one decoder
+    layer at a time there and back (sequential on-loading, see
+    :func:`~sketchprune.prune.sequential.prune_sequential`).
 
     ``sparsity``: the fraction of the pruned blocks' parameters (q/k/v/o/gate/up/down of the
     pruned layers) to remove; ``attn_sparsity``: the fraction of attention parameters to remove
@@ -176,7 +179,11 @@ def prune_model(model: nn.Module, batches=None, sparsity: float = 0.2, criterion
                                 criterion_options=criterion_options, stat_dtype=stat_dtype,
                                 token_weighting=token_weighting, refit_target=refit_target, recon=recon,
                                 recon_epochs=recon_epochs, recon_lr=recon_lr, recon_prox=recon_prox,
-                                recon_patience=recon_patience, stream_error=stream_error)
+                                recon_patience=recon_patience, stream_error=stream_error, device=device)
+    if device is not None and torch.device(device).type != next(model.parameters()).device.type:
+        raise ValueError(f"sketchprune.prune: device={str(device)!r} differs from the model's device; moving one "
+                         "layer at a time there (on-loading) needs the sequential path (calibration batches, no "
+                         "precomputed stats, allocation='uniform', a criterion or refit that reads activations)")
     if recovery:
         raise ValueError("sketchprune.prune: recovery=True needs the sequential path (sequential=True)")
     t0 = time.perf_counter()

@@ -66,6 +66,7 @@ the host.
 
 from __future__ import annotations
 
+import contextlib
 import time
 
 import torch
@@ -122,7 +123,7 @@ class _Pruner:
     def __init__(self, model, batches, crit, sparsity, attn_sparsity, head_mode, seed, idx, budget, progress,
                  flap_bias, reconstruct, recovery, heldout_fraction, alphas, options, grads, stat_dtype=torch.float64,
                  token_weighting="none", refit_target="local", recon="layer", block_options=None,
-                 stream_error=False):
+                 stream_error=False, device=None):
         self.model, self.crit = model, crit
         self.recon, self.block_options = recon, dict(block_options or {})
         self.prev = None        # cross-block: the pruned stream entering the previous pruned layer
@@ -135,7 +136,15 @@ class _Pruner:
         self.token_weighting, self.refit_target = token_weighting, refit_target
         self.adapter = get_adapter(model)
         self.layers = self.adapter.layers(model)
-        self.device = next(model.parameters()).device
+        # where the model lives, and where its layers are pruned: when they differ (a model in host
+        # memory pruned on an accelerator) each decoder layer is moved there for its turn and back
+        # after it (sequential on-loading), so the device holds one layer, its statistics and one
+        # batch's activations
+        self.home = next(model.parameters()).device
+        self.device = self.home if device is None else torch.device(device)
+        if self.device.type == "cuda" and self.device.index is None:
+            self.device = torch.device("cuda", torch.cuda.current_device())
+        self.onload = self.device != self.home
         self.host = torch.device("cpu")
         # the dense model's Linear outputs are targets of the dense-target refits, of the
         # relative token weights and of recovery; the dense stream itself is needed for those, for
@@ -463,6 +472,21 @@ class _Pruner:
         rep["seconds"] = time.perf_counter() - t0
         return rep
 
+    @contextlib.contextmanager
+    def _loaded(self, *js):
+        """With on-loading, decoder layers ``js`` on the pruning device for the block, then back
+        home (also on an error, so the model is never left split across devices)."""
+        if not self.onload:
+            yield
+            return
+        try:
+            for j in js:
+                self.layers[j].to(self.device)
+            yield
+        finally:
+            for j in js:
+                self.layers[j].to(self.home)
+
     def _block_recon(self, j, layer, identical, changed, new_dense, rep) -> bool:
         """Re-fit layer ``j`` -- with ``recon="cross-block"`` jointly with layer ``j - 1`` when that
         one was pruned just before -- toward the dense stream after ``j`` (``new_dense``), by
@@ -486,7 +510,8 @@ class _Pruner:
                         seed=int(self.seed) * 1_000_003 + int(j), token_weighting=self.token_weighting,
                         progress=self.progress, host=self.host,
                         where=f"decoder layers {first}..{j}" if pair else f"decoder layer {j}", **self.block_options)
-        info = br.run(write=[self.prev, self.pruned] if pair else [self.pruned])
+        with self._loaded(*([first] if pair else [])):     # layer j is on the device already
+            info = br.run(write=[self.prev, self.pruned] if pair else [self.pruned])
         rep["block_recon"] = {"mode": "cross-block" if pair else "block", "layers": list(range(first, j + 1)), **info}
         return True
 
@@ -531,11 +556,14 @@ class _Pruner:
         self.model.eval()
         try:
             for j in track(range(first, last + 1), self.progress, "sequential pruning"):
-                if j in todo:
-                    reports.append(self.prune_layer(j))
-                elif j < last and self.needs_data:
-                    self.prev = None        # cross-block pairs are two consecutive pruned layers
-                    self._propagate(self.layers[j], j, self.dense is self.pruned, False, None, {})
+                if j not in todo and not (j < last and self.needs_data):
+                    continue
+                with self._loaded(j):
+                    if j in todo:
+                        reports.append(self.prune_layer(j))
+                    else:
+                        self.prev = None        # cross-block pairs are two consecutive pruned layers
+                        self._propagate(self.layers[j], j, self.dense is self.pruned, False, None, {})
         finally:
             self.model.train(was_training)
         return reports, {"capture": t_cap, "layers": time.perf_counter() - t0 - t_cap}
@@ -565,7 +593,7 @@ def prune_sequential(model: nn.Module, batches, sparsity: float = 0.2, criterion
                      criterion_options: dict | None = None, stat_dtype: torch.dtype = torch.float64,
                      token_weighting: str = "none", refit_target: str = "local", recon: str = "layer",
                      recon_epochs: int = EPOCHS, recon_lr: float = LR, recon_prox: float = PROX,
-                     recon_patience: int = PATIENCE, stream_error: bool = False) -> dict:
+                     recon_patience: int = PATIENCE, stream_error: bool = False, device=None) -> dict:
     """Prune ``model`` in place one decoder layer at a time (see the module doc); returns a report.
 
     Arguments as for :func:`~sketchprune.prune.prune_model`; ``recovery``: re-fit each layer's
@@ -601,6 +629,12 @@ def prune_sequential(model: nn.Module, batches, sparsity: float = 0.2, criterion
     default local-target refits and no recovery or block reconstruction the dense stream is not
     needed, and leaving it out saves one layer forward per layer (about a third of the passes);
     otherwise the error is reported anyway.
+
+    ``device``: where the layers are pruned (default: where the model is).  Another device than
+    the model's -- a model in host memory pruned on a GPU -- means sequential on-loading: each
+    decoder layer is moved to ``device`` for its turn and back afterwards, so the device holds one
+    layer, its statistics and one batch's activations (what ``budget`` is checked against), and the
+    model (embeddings, other layers) stays where it is.
     """
     t0 = time.perf_counter()
     crit = get_criterion(criterion)
@@ -632,7 +666,7 @@ def prune_sequential(model: nn.Module, batches, sparsity: float = 0.2, criterion
         raise IndexError("sketchprune.prune: no layers to prune")
     pr = _Pruner(model, batches, crit, sparsity, attn_sparsity, head_mode, seed, idx, budget, progress, flap_bias,
                  reconstruct, recovery, heldout_fraction, alphas, criterion_options or {}, None, stat_dtype,
-                 token_weighting, refit_target, recon, block_options, stream_error)
+                 token_weighting, refit_target, recon, block_options, stream_error, device)
     pr.check_budget(min(idx), max(idx))
     if getattr(crit, "needs_gradients", False):     # on the dense model, before anything changes
         from .gradient_scores import gradient_statistics
