@@ -98,6 +98,8 @@ from sketchprune.select import (ModelOutputs, correctness_record, intrinsic_dime
                                 model_gradient_sketch, select, skmm_select)
 from sketchprune.select.model_based import deepfool_distances
 
+#: where the selection experiments write by default (their OUT_DIR argument)
+RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "results", "selection")
 N_SWEEP = [500, 1000, 2000, 4000]
 SEEDS = 5
 POOL = 10000

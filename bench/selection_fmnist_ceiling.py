@@ -40,8 +40,7 @@ SETTINGS = ("probe", "finetune")
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("out", nargs="?", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "..",
-                                                           "results", "selection"))
+    ap.add_argument("out", nargs="?", default=E.RESULTS_DIR)
     ap.add_argument("--seeds", type=int, default=E.SEEDS)
     ap.add_argument("--n", default="500,1000,2000,4000,6000,8000,10000")
     ap.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))

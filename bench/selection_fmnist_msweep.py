@@ -39,8 +39,7 @@ from sketchprune.select.skmm import variance_proxy  # noqa: E402
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("out", nargs="?", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "..",
-                                                           "results", "selection"))
+    ap.add_argument("out", nargs="?", default=E.RESULTS_DIR)
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--m", default="64,128,256,512,1024")
     ap.add_argument("--n", default="500,1000,4000")

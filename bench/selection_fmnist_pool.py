@@ -69,8 +69,7 @@ def _job(job):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("out", nargs="?", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "..",
-                                                           "results", "selection"))
+    ap.add_argument("out", nargs="?", default=E.RESULTS_DIR)
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--pools", default="10000,45000")
     ap.add_argument("--n", default="500,1000,2000,4000")
