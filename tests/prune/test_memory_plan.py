@@ -24,8 +24,12 @@ def _model():
     return transformers.LlamaForCausalLM(cfg).to(torch.bfloat16).eval()
 
 
-@pytest.mark.parametrize("criterion", ["greedy", "sigma", "head-similarity"])
-def test_peak_allocation_within_the_checked_plan(criterion, monkeypatch):
+@pytest.mark.parametrize("criterion, extra", [
+    ("greedy", {}), ("sigma", {}), ("head-similarity", {}),
+    ("greedy", {"refit_target": "dense"}), ("sigma", {"recovery": True}),
+    ("sigma", {"recon": "block", "recon_epochs": 1}),
+])
+def test_peak_allocation_within_the_checked_plan(criterion, extra, monkeypatch):
     model = _model()
     g = torch.Generator().manual_seed(1)
     batches = [{"input_ids": torch.randint(0, 500, (1, 256), generator=g)} for _ in range(8)]
@@ -38,7 +42,8 @@ def test_peak_allocation_within_the_checked_plan(criterion, monkeypatch):
 
     monkeypatch.setattr(sequential._Pruner, "check_budget", spy)
     peak, how = _cpu_activation_peak(lambda: prune_model(model, batches, sparsity=0.2, criterion=criterion,
-                                                         reconstruct=True, budget=Budget("1GiB"), progress=False))
+                                                         reconstruct=True, budget=Budget("1GiB"), progress=False,
+                                                         **extra))
     if peak is None:
         pytest.skip(how)
     assert len(plans) == 1
@@ -46,5 +51,6 @@ def test_peak_allocation_within_the_checked_plan(criterion, monkeypatch):
     planned = sum(host.values()) + sum(dev.values())   # what a CPU run is checked against
     assert peak <= planned, (f"{criterion}: peak allocation {peak / 2**20:.1f} MiB above the checked plan "
                              f"{planned / 2**20:.1f} MiB ({ {k: round(v / 2**20, 1) for k, v in {**host, **dev}.items()} })")
-    # and the plan is not wildly pessimistic (it would refuse runs that fit)
-    assert planned <= 2.5 * peak
+    # and the plan is not wildly pessimistic (it would refuse runs that fit); block training's
+    # share (gradients, Adam moments, copies, backward activations) is planned more coarsely
+    assert planned <= (3.0 if "recon" in extra else 2.5) * peak

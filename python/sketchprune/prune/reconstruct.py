@@ -149,13 +149,14 @@ def ridge_toward(anchor: torch.Tensor, S_kk: torch.Tensor, C_k: torch.Tensor, en
 
 
 def fit_linear(anchor: torch.Tensor, keep: torch.Tensor | None, fit, held=None, alphas=ALPHAS,
-               default_alpha: float = 1e-2) -> tuple[torch.Tensor, dict]:
+               default_alpha: float = 1e-2, release: bool = False) -> tuple[torch.Tensor, dict]:
     """Re-fit a Linear's weight over input columns ``keep`` (None: all) from streamed moments.
 
     ``anchor``: the current weight restricted to ``keep`` (d_out x |keep|); ``fit`` / ``held``:
     :class:`~sketchprune.prune.calibration.FullMoments` with targets (``cross_dim = d_out``) of
     the Linear's full input, on the fitting and held-out tokens.  Returns ``(V, info)`` with ``V``
-    in the anchor's dtype and device (see :func:`ridge_toward`).
+    in the anchor's dtype and device (see :func:`ridge_toward`).  ``release``: release ``fit`` and
+    ``held`` once their restricted moments are formed (the caller reads them no more).
     """
     def restrict(m):
         S, C = m.second_moment(), m.cross()
@@ -165,7 +166,12 @@ def fit_linear(anchor: torch.Tensor, keep: torch.Tensor | None, fit, held=None, 
         return S, C, m.target_energy()
 
     S, C, e = restrict(fit)
-    V, info = ridge_toward(anchor, S, C, e, None if held is None else restrict(held), alphas, default_alpha)
+    H = None if held is None else restrict(held)
+    if release:     # the caller reads these statistics no more: their full arrays may go before the solves
+        for m in (fit, held):
+            if m is not None:
+                m.release()
+    V, info = ridge_toward(anchor, S, C, e, H, alphas, default_alpha)
     return V.to(dtype=anchor.dtype, device=anchor.device), info
 
 

@@ -321,10 +321,10 @@ class _Pruner:
                 m.finish()
         return crit_stats
 
-    def _fit(self, linears, keep, moments, name, report, section):
+    def _fit(self, linears, keep, moments, name, report, section, release=False):
         """Re-fit the stacked weight of ``linears`` over input columns ``keep``; install if chosen."""
         W = torch.cat([lin.weight.detach() for lin in linears], 0)
-        V, info = fit_linear(W, keep, moments[0], moments[1], self.alphas)
+        V, info = fit_linear(W, keep, moments[0], moments[1], self.alphas, release=release)
         if info["refit"]:
             _install(linears, V)
         report.setdefault(section, {})[name] = info
@@ -335,7 +335,7 @@ class _Pruner:
         toward this layer's own unpruned output ``full @ x`` on the same pruned-stream inputs.
         ``release``: the statistics are not read again, so their full arrays may go before the solves."""
         if full is None:
-            return self._fit(linears, keep, moments, name, rep, "refit")
+            return self._fit(linears, keep, moments, name, rep, "refit", release=release)
         V, info = refit_columns(full, keep, moments[0], moments[1], self.alphas, release=release)
         if info["refit"]:
             _install(linears, V)
