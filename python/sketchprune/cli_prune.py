@@ -2,7 +2,7 @@
 
 ``sketchprune prune --model smollm2-135m|DIR --sparsity 0.2 --criterion sigma [--reconstruct]
 [--recon layer|block|cross-block] --calib wiki|austen|self|FILE --calib-tokens 16384 --seq-len 512
-[--budget 8GiB] [--device cpu|cuda] --out DIR [--report report.json] [--quiet]`` prunes a model,
+[--budget 8GiB] [--device cpu|cuda [--onload]] --out DIR [--report report.json] [--quiet]`` prunes a model,
 writes the smaller model directory (weights, config, tokenizer, ``pruning_plan.json``,
 ``report.json``) atomically and the report.
 
@@ -223,7 +223,8 @@ def add_subparsers(sub) -> None:
     p.add_argument("--calib", default="wiki", help="wiki, austen, self or a UTF-8 text FILE (default wiki)")
     p.add_argument("--calib-tokens", type=int, default=16384, help="calibration tokens (default 16384)")
     p.add_argument("--batch-size", type=int, default=None, help="sequences per calibration batch (default auto)")
-    p.add_argument("--budget", default=None, help="memory budget for the statistics, e.g. 8GiB")
+    p.add_argument("--budget", default=None, help="memory budget of the pruning device, e.g. 8GiB: one layer, its "
+                   "statistics and workspaces, one batch's activations (checked against a plan before any work)")
     p.add_argument("--attn-sparsity", type=float, default=None, help="fraction of attention parameters to remove")
     p.add_argument("--head-mode", default=None, choices=["query", "group"])
     p.add_argument("--flap-bias", default=None, choices=["create", "existing", "none"],

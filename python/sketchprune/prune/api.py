@@ -292,7 +292,7 @@ def prune(model, calib=None, *, sparsity: float = 0.2, criterion: str = "sigma",
     ``"block"`` or ``"cross-block"`` (after them, every Linear of each pruned block -- or of two
     consecutive blocks jointly -- re-fit by a few epochs of Adam toward the dense model's hidden
     states, stopped on the held-out calibration batches; sequential pruning only, needs
-    ``reconstruct``; per-layer ``block_recon`` in the report).  ``budget``: memory budget for the statistics (e.g. ``"8GiB"``).
+    ``reconstruct``; per-layer ``block_recon`` in the report).  ``budget``: memory budget of the pruning device (e.g. ``"8GiB"``; one layer, its statistics and workspaces, one batch's activations -- planned, and refused before any work when it does not fit).
     ``inplace``: prune ``model`` itself; otherwise a deep copy is pruned and ``model`` is left
     untouched.  ``device``: where to prune (default: where the model is).  ``onload``: keep the
     model where it is (host memory) and move one decoder layer at a time to ``device`` for its
