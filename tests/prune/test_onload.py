@@ -109,3 +109,11 @@ def test_prune_api_onload_options():
     pruned, rep = prune(model, _batches(), sparsity=0.3, device="cpu", onload=True, measure=False, progress=False)
     assert rep["onload"] is True and rep["device"] == "cpu"
     assert all(p.device.type == "cpu" for p in pruned.parameters())
+
+
+def test_same_device_rule():
+    from sketchprune.prune.pipeline import _same_device
+
+    assert _same_device("cpu", torch.device("cpu"))
+    assert not _same_device("meta", "cpu")
+    assert not _same_device("cuda:1", "cuda:0") and _same_device("cuda:0", "cuda:0")

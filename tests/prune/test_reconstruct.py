@@ -188,3 +188,32 @@ def test_full_moments_float64_totals_of_float32_partials():
     torch.testing.assert_close(S, Xm.T @ Xm / len(Xm), rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(C, Xm.T @ Ym / len(Xm), rtol=1e-5, atol=1e-5)
     assert S.dtype == torch.float64 and C.dtype == torch.float64
+
+
+def test_refit_columns_rejects_repeated_or_out_of_range_columns():
+    from sketchprune.prune.reconstruct import refit_columns
+
+    g = torch.Generator().manual_seed(0)
+    W = torch.randn(3, 6, generator=g, dtype=torch.float64)
+    X = torch.randn(50, 6, generator=g, dtype=torch.float64)
+    S = X.T @ X / 50
+    for keep in ([0, 2, 2], [0, 6], [-1, 3]):
+        with pytest.raises(ValueError, match="distinct column indices"):
+            refit_columns(W, torch.tensor(keep), S, S)
+    V, info = refit_columns(W, torch.tensor([4, 0, 2]), S, S)    # any order of distinct columns
+    assert V.shape == (3, 3) and info["fit_error"] <= info["fit_error_none"] + 1e-12
+
+
+def test_ridge_toward_accepts_inference_mode_moments():
+    from sketchprune.prune.reconstruct import ridge_toward
+
+    g = torch.Generator().manual_seed(1)
+    X = torch.randn(40, 5, generator=g, dtype=torch.float64)
+    A = torch.randn(2, 5, generator=g, dtype=torch.float64)
+    Y = X @ torch.randn(5, 2, generator=g, dtype=torch.float64)
+    ref = ridge_toward(A, X.T @ X / 40, X.T @ Y / 40, float(Y.square().sum() / 40))[0]
+    with torch.inference_mode():
+        S, C = X.T @ X / 40, X.T @ Y / 40
+    S0 = S.clone()
+    V = ridge_toward(A, S, C, float(Y.square().sum() / 40))[0]
+    assert torch.equal(V, ref) and torch.equal(S, S0)

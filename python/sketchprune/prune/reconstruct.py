@@ -91,13 +91,19 @@ def ridge_toward(anchor: torch.Tensor, S_kk: torch.Tensor, C_k: torch.Tensor, en
     def solve(a):
         """Z for alpha ``a`` (None if S + lam I is not positive definite); records its fit error."""
         lam = a * scale if scale > 0 else a
-        diag = S.diagonal()
-        saved = diag.clone()
-        try:        # factor S + lam I without a second k x k array; S is restored bit for bit
-            diag.add_(lam)
-            chol, bad = torch.linalg.cholesky_ex(S)
-        finally:
-            diag.copy_(saved)
+        if S.is_inference() or S.requires_grad:     # cannot be touched in place: one more k x k array
+            work = S.detach().clone()
+            work.diagonal().add_(lam)
+            chol, bad = torch.linalg.cholesky_ex(work)
+            del work
+        else:
+            diag = S.diagonal()
+            saved = diag.clone()
+            try:    # factor S + lam I without a second k x k array; S is restored bit for bit
+                diag.add_(lam)
+                chol, bad = torch.linalg.cholesky_ex(S)
+            finally:
+                diag.copy_(saved)
         if int(bad) != 0:
             return None
         Z = torch.cholesky_solve(C + lam * At, chol)
@@ -187,6 +193,9 @@ def refit_columns(W: torch.Tensor, keep: torch.Tensor, sigma_fit, sigma_eval=Non
     """
     d_in = W.shape[1]
     keep_cpu = keep.to(torch.int64).cpu()
+    in_range = keep_cpu.numel() == 0 or (int(keep_cpu.min()) >= 0 and int(keep_cpu.max()) < d_in)
+    if not in_range or keep_cpu.unique().numel() != keep_cpu.numel():
+        raise ValueError(f"sketchprune.prune: refit_columns needs distinct column indices in [0, {d_in})")
     if keep_cpu.numel() == d_in and torch.equal(keep_cpu, torch.arange(d_in)):
         return W.detach().clone(), {"alpha": None, "lambda": None, "refit": False, "reason": "all columns kept"}
     def full(sigma):

@@ -429,6 +429,11 @@ class _Pruner:
             changed = True
             if self.reconstruct:
                 self._refit([ad.attention(layer).o], o_full, cols, fits["o_in"], "o", rep)
+        # the attention stage's full moments are read no more (the FFN criteria use their own
+        # statistics): free them before the FFN stage, which the memory plan counts alone
+        for m in {id(m): m for m in [*stats.values(), *(p for pair in fits.values() for p in pair)]}.values():
+            if isinstance(m, FullMoments) and m.count:
+                m.release()
         attn_stats = {k: v for k, v in stats.items()}
         del fits
 
@@ -634,7 +639,10 @@ def prune_sequential(model: nn.Module, batches, sparsity: float = 0.2, criterion
     the model's -- a model in host memory pruned on a GPU -- means sequential on-loading: each
     decoder layer is moved to ``device`` for its turn and back afterwards, so the device holds one
     layer, its statistics and one batch's activations (what ``budget`` is checked against), and the
-    model (embeddings, other layers) stays where it is.
+    model (embeddings, other layers) stays where it is.  What runs the whole model runs where it
+    is: the capture of the first pruned layer's inputs (the embeddings and any layers before it)
+    and the gradients of the ``taylor`` / ``fisher`` criteria (a forward and backward of the whole
+    model per calibration batch -- slow for a large model in host memory).
     """
     t0 = time.perf_counter()
     crit = get_criterion(criterion)
