@@ -279,3 +279,19 @@ def test_output_directory_has_ordinary_permissions(pruned):
     umask = os.umask(0)
     os.umask(umask)
     assert out.stat().st_mode & 0o777 == 0o777 & ~umask
+
+
+def test_onload_flag_prunes_the_same(assets, pruned, tmp_path):
+    """--onload (here with --device cpu, where the moves are no-ops) goes through the on-loading
+    path and gives the same model and report entries as the plain run."""
+    model_dir, text = assets
+    out, report = tmp_path / "out", tmp_path / "report.json"
+    torch.manual_seed(0)
+    assert main(_prune_args(model_dir, text, out, report, "--reconstruct", "--onload")) == 0
+    rep = json.loads(report.read_text())
+    assert rep["onload"] is True and rep["device"] == "cpu"
+    assert [l["kept_channels"] for l in rep["layers"]] == [l["kept_channels"] for l in pruned[1]["layers"]]
+    from safetensors.torch import load_file
+
+    a, b = load_file(str(out / "model.safetensors")), load_file(str(pruned[0] / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
