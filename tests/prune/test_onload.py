@@ -78,7 +78,9 @@ def test_onloading_to_cuda_matches_pruning_in_place():
     """A model in host memory pruned on the GPU layer by layer: the same units as pruning it on the
     GPU in place, weights equal to rounding, every parameter back in host memory, and the GPU never
     held more than one layer's share."""
-    host = make_model("llama", dtype=torch.float32)
+    # float64, so that the host-side rotary tables of the on-loaded run (computed on the CPU)
+    # cannot flip a near-tie of the greedy against the in-place run's (computed on the GPU)
+    host = make_model("llama", dtype=torch.float64)
     kw = dict(sparsity=0.3, criterion="greedy", reconstruct=True, progress=False)
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
@@ -96,7 +98,7 @@ def test_onloading_to_cuda_matches_pruning_in_place():
     assert all(p.device.type == "cpu" for p in host.parameters())
     assert [r["kept_channels"] for r in rep["layers"]] == [r["kept_channels"] for r in rep_gpu["layers"]]
     for k, a in sorted(host.state_dict().items()):
-        torch.testing.assert_close(a, on_gpu_state[k], rtol=1e-4, atol=1e-5, msg=k)
+        torch.testing.assert_close(a, on_gpu_state[k], rtol=1e-9, atol=1e-11, msg=k)
     assert peak_onload < peak_in_place
 
 
