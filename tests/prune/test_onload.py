@@ -119,3 +119,15 @@ def test_same_device_rule():
     assert _same_device("cpu", torch.device("cpu"))
     assert not _same_device("meta", "cpu")
     assert not _same_device("cuda:1", "cuda:0") and _same_device("cuda:0", "cuda:0")
+
+
+def test_prune_api_onload_refuses_the_one_shot_path_early(monkeypatch):
+    from sketchprune.prune import api
+    from sketchprune.prune.api import PruneInputError, prune
+
+    monkeypatch.setattr(api, "load_model", lambda *a, **k: pytest.fail("loaded a model before refusing"))
+    for kw in ({"criterion": "magnitude-l2", "reconstruct": False}, {"sequential": False},
+               {"allocation": "global"}):
+        with pytest.raises(PruneInputError, match="sequential path"):
+            prune("some-model-dir", _batches(), sparsity=0.3, device="cpu", onload=True, measure=False,
+                  progress=False, **kw)

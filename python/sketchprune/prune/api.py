@@ -315,6 +315,13 @@ def prune(model, calib=None, *, sparsity: float = 0.2, criterion: str = "sigma",
     _check_recon(recon, reconstruct, options)
     if onload and device is None:
         raise PruneInputError("onload=True moves one layer at a time to a device: give device=... (e.g. 'cuda')")
+    if onload:      # before any model is loaded: on-loading is a mode of the sequential path only
+        crit = CRITERIA[criterion]
+        one_shot = (options.get("sequential") is False or options.get("allocation", "uniform") != "uniform"
+                    or (not crit.needs and not getattr(crit, "needs_gradients", False) and not reconstruct))
+        if one_shot:
+            raise PruneInputError("onload=True needs the sequential path: calibration data with a criterion or a "
+                                  "refit that reads activations, allocation='uniform' and sequential not False")
     source = None
     if not isinstance(model, nn.Module):
         source = str(model)
