@@ -10,7 +10,8 @@
   labels of ``--labels`` when given.
 * ``--sketch-dim`` (alias ``--m``): the sketch size m; default twice the intrinsic dimension of a
   pilot sketch of at most ``PILOT_M`` columns (recorded under ``sketch.pilot``; a warning says when
-  the estimate exceeds half the pilot's width, where it is only a lower bound).  ``--probs P.npy`` (N x classes) feeds the methods that read model probabilities.
+  the estimate exceeds half the pilot's width, where it is only a lower bound).  ``--probs P.npy``
+  (N x classes) feeds the methods that read model probabilities.
 
 Output (``--out``, written atomically, or stdout): ``indices``, ``weights`` (SkMM's relaxed
 weights of the selected samples, or null), ``method``, ``n``, ``seed``, ``sketch`` {type, m, k,

@@ -114,7 +114,7 @@ def test_prune_api_onload_options():
 
 
 def test_same_device_rule():
-    from sketchprune.prune.pipeline import _same_device
+    from sketchprune.prune.sequential import same_device as _same_device
 
     assert _same_device("cpu", torch.device("cpu"))
     assert not _same_device("meta", "cpu")

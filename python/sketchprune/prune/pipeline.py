@@ -31,7 +31,7 @@ from .allocation import allocate, removal_plan
 from .calibration import collect_statistics
 from .criteria import get_criterion, score_model
 from .reconstruct import ALPHAS, fold_mean_into_bias, head_columns, refit_columns
-from .sequential import prune_sequential
+from .sequential import prune_sequential, same_device
 from .slicing import resolve_heads, slice_model
 
 FLAP_BIAS = ("create", "existing", "none")
@@ -102,17 +102,6 @@ def _merge_needs(*needs: dict) -> dict:
         for k, v in n.items():
             out[k] = "full" if "full" in (v, out.get(k)) else v
     return out
-
-
-def _same_device(a, b) -> bool:
-    """Whether two device specs name the same device ("cuda" is the current CUDA device)."""
-    a, b = torch.device(a), torch.device(b)
-    if a.type != b.type:
-        return False
-    if a.type == "cuda" and (a.index is None or b.index is None) and torch.cuda.is_available():
-        cur = torch.cuda.current_device()
-        return (cur if a.index is None else a.index) == (cur if b.index is None else b.index)
-    return a.index == b.index or a.index is None or b.index is None
 
 
 def prune_model(model: nn.Module, batches=None, sparsity: float = 0.2, criterion: str = "sigma",
@@ -191,7 +180,7 @@ def prune_model(model: nn.Module, batches=None, sparsity: float = 0.2, criterion
                                 token_weighting=token_weighting, refit_target=refit_target, recon=recon,
                                 recon_epochs=recon_epochs, recon_lr=recon_lr, recon_prox=recon_prox,
                                 recon_patience=recon_patience, stream_error=stream_error, device=device)
-    if device is not None and _same_device(device, next(model.parameters()).device) is False:
+    if device is not None and not same_device(device, next(model.parameters()).device):
         raise ValueError(f"sketchprune.prune: device={str(device)!r} differs from the model's device; moving one "
                          "layer at a time there (on-loading) needs the sequential path (calibration batches, no "
                          "precomputed stats, allocation='uniform', a criterion or refit that reads activations)")

@@ -81,9 +81,10 @@ def ridge_toward(anchor: torch.Tensor, S_kk: torch.Tensor, C_k: torch.Tensor, en
     At = A.T.contiguous()
     C = C.contiguous()
     # Memory: besides the moments, one k x k array (the Cholesky factor of S + lam I, formed with
-    # lam added to S's diagonal and taken off again) and two d_out x k solutions (the best one so far and the current one) at any time; each
-    # candidate's in-sample error is taken when it is solved (S Z = C + lam (A^T - Z) needs no
-    # product with S) and its solution dropped unless it is the best held-out so far.
+    # lam added to S's diagonal and taken off again) and two d_out x k solutions (the best so far
+    # and the current one); each candidate's in-sample error is taken when it is solved
+    # (S Z = C + lam (A^T - Z) needs no product with S) and its solution dropped unless it is the
+    # best held out so far.
     fit, lams, ev = {}, {"none": None}, None
     fit["none"] = rel_error(At.T, S, C, energy)
     kept = {"none": At}                     # candidate -> Z = V^T (the no-refit one, and the best)
@@ -154,6 +155,13 @@ def ridge_toward(anchor: torch.Tensor, S_kk: torch.Tensor, C_k: torch.Tensor, en
     return kept[best].T, info
 
 
+def _release(*stats) -> None:
+    """Release the statistics objects among ``stats`` (tensors and None are left alone)."""
+    for m in stats:
+        if hasattr(m, "release"):
+            m.release()
+
+
 def fit_linear(anchor: torch.Tensor, keep: torch.Tensor | None, fit, held=None, alphas=ALPHAS,
                default_alpha: float = 1e-2, release: bool = False) -> tuple[torch.Tensor, dict]:
     """Re-fit a Linear's weight over input columns ``keep`` (None: all) from streamed moments.
@@ -174,9 +182,7 @@ def fit_linear(anchor: torch.Tensor, keep: torch.Tensor | None, fit, held=None, 
     S, C, e = restrict(fit)
     H = None if held is None else restrict(held)
     if release:     # the caller reads these statistics no more: their full arrays may go before the solves
-        for m in (fit, held):
-            if m is not None:
-                m.release()
+        _release(fit, held)
     V, info = ridge_toward(anchor, S, C, e, H, alphas, default_alpha)
     return V.to(dtype=anchor.dtype, device=anchor.device), info
 
@@ -198,6 +204,7 @@ def refit_columns(W: torch.Tensor, keep: torch.Tensor, sigma_fit, sigma_eval=Non
         raise ValueError(f"sketchprune.prune: refit_columns needs distinct column indices in [0, {d_in})")
     if keep_cpu.numel() == d_in and torch.equal(keep_cpu, torch.arange(d_in)):
         return W.detach().clone(), {"alpha": None, "lambda": None, "refit": False, "reason": "all columns kept"}
+
     def full(sigma):
         return sigma.second_moment() if hasattr(sigma, "second_moment") else sigma
 
@@ -229,9 +236,7 @@ def refit_columns(W: torch.Tensor, keep: torch.Tensor, sigma_fit, sigma_eval=Non
     anchor = Wd[:, keep]
     del Wd
     if release:
-        for sigma in (sigma_fit, sigma_eval):
-            if hasattr(sigma, "release"):
-                sigma.release()
+        _release(sigma_fit, sigma_eval)
     V, info = ridge_toward(anchor, S_kk, C_k, e, held, alphas, default_alpha)
     return V.to(device=W.device, dtype=W.dtype), info
 

@@ -119,6 +119,24 @@ def _install(linears: list[nn.Linear], V: torch.Tensor) -> None:
             r += n
 
 
+def same_device(a, b) -> bool:
+    """Whether two device specs name the same device ("cuda" is the current CUDA device)."""
+    a, b = torch.device(a), torch.device(b)
+    if a.type != b.type:
+        return False
+    if a.type == "cuda" and (a.index is None or b.index is None) and torch.cuda.is_available():
+        cur = torch.cuda.current_device()
+        return (cur if a.index is None else a.index) == (cur if b.index is None else b.index)
+    return a.index == b.index or a.index is None or b.index is None
+
+
+def _full_moments(stats: dict, fits: dict) -> list:
+    """The distinct accumulated FullMoments of a stage: the criterion's ``stats`` and the refits'
+    (fit, held) pairs (a criterion may share a refit's object)."""
+    found = {id(m): m for m in [*stats.values(), *(m for pair in fits.values() for m in pair)]}
+    return [m for m in found.values() if isinstance(m, FullMoments) and m.count]
+
+
 class _Pruner:
     def __init__(self, model, batches, crit, sparsity, attn_sparsity, head_mode, seed, idx, budget, progress,
                  flap_bias, reconstruct, recovery, heldout_fraction, alphas, options, grads, stat_dtype=torch.float64,
@@ -142,9 +160,7 @@ class _Pruner:
         # batch's activations
         self.home = next(model.parameters()).device
         self.device = self.home if device is None else torch.device(device)
-        if self.device.type == "cuda" and self.device.index is None:
-            self.device = torch.device("cuda", torch.cuda.current_device())
-        self.onload = self.device != self.home
+        self.onload = not same_device(self.device, self.home)
         self.host = torch.device("cpu")
         # the dense model's Linear outputs are targets of the dense-target refits, of the
         # relative token weights and of recovery; the dense stream itself is needed for those, for
@@ -316,9 +332,8 @@ class _Pruner:
             self._pass(layer, j, self.pruned, "pruned", pre=pre, stop=sites[names[-1]])
         # the pass is complete: fold the full moments into their float64 totals now, so their
         # float32 kernel workspaces are freed before the criterion and the refits run
-        for m in [*crit_stats.values(), *(p for pair in fits.values() for p in pair)]:
-            if isinstance(m, FullMoments) and m.count:
-                m.finish()
+        for m in _full_moments(crit_stats, fits):
+            m.finish()
         return crit_stats
 
     def _fit(self, linears, keep, moments, name, report, section, release=False):
@@ -431,9 +446,8 @@ class _Pruner:
                 self._refit([ad.attention(layer).o], o_full, cols, fits["o_in"], "o", rep)
         # the attention stage's full moments are read no more (the FFN criteria use their own
         # statistics): free them before the FFN stage, which the memory plan counts alone
-        for m in {id(m): m for m in [*stats.values(), *(p for pair in fits.values() for p in pair)]}.values():
-            if isinstance(m, FullMoments) and m.count:
-                m.release()
+        for m in _full_moments(stats, fits):
+            m.release()
         attn_stats = {k: v for k, v in stats.items()}
         del fits
 
