@@ -101,6 +101,19 @@ def test_cov_bad_mask():
         sp.cov_accumulate_(torch.zeros(3, 3), torch.randn(4, 3), mask=torch.ones(4))
 
 
+@pytest.mark.parametrize("x_view", [lambda b: b[:3, :4], lambda b: b[3:7, 3:7], lambda b: b[:5, 4:8],
+                                    lambda b: b[4:7, 4:8]])
+def test_cov_output_sharing_memory_with_input(x_view):
+    """x aliasing sigma (wholly, one element, interleaved columns, or disjoint in one buffer): the
+    result is the update computed from x's values before the call."""
+    buf = randn(8, 8)
+    sigma, x = buf[:4, :4], x_view(buf)
+    sigma.copy_((sigma + sigma.T) / 2)        # the op keeps a symmetric sigma symmetric
+    ref = sigma.double() + x.double().T @ x.double()
+    sp.cov_accumulate_(sigma, x)
+    torch.testing.assert_close(buf[:4, :4].double(), ref, rtol=1e-5, atol=1e-5)
+
+
 @backend_params()
 def test_cov_opcheck(backend, device):
     sigma = torch.zeros(9, 9, device=device)

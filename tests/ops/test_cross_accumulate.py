@@ -39,6 +39,14 @@ def test_cross_bad_input():
         sp.cross_accumulate_(torch.zeros(2, 3), torch.randn(4, 3), torch.randn(4, 2))
 
 
+def test_cross_output_sharing_memory_with_input():
+    buf, x = randn(10, 10), randn(4, 3)
+    c, y = buf[:3, :2], buf[1:5, :2]
+    ref = c.double() + x.double().T @ y.double()
+    sp.cross_accumulate_(c, x, y)
+    torch.testing.assert_close(buf[:3, :2].double(), ref, rtol=1e-5, atol=1e-5)
+
+
 @backend_params()
 def test_cross_opcheck(backend, device):
     c = torch.zeros(6, 5, device=device)

@@ -88,6 +88,7 @@ def test_gather_errors():
         sp.gather_slices([w, w], torch.tensor([0]), [0, 1, 0])
     with pytest.raises(TypeError, match="list of tensors"):
         sp.gather_slices(w, torch.tensor([0]), 0)
+    assert sp.gather_slices([], torch.tensor([0]), 0) == []
 
 
 @backend_params()

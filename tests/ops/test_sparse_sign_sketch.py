@@ -1,6 +1,7 @@
 import math
 
 import pytest
+import numpy as np
 import torch
 
 import sketchprune as sp
@@ -106,12 +107,22 @@ def test_sketch_empty(backend, device):
     [
         (dict(m=4, k=8), ValueError, "m \\(sketch size\\) must be >= k"),
         (dict(m=8, k=0), ValueError, "k .* must be >= 1"),
-        (dict(m=8, k=2, offset=-1), ValueError, "offset must be >= 0"),
+        (dict(m=8, k=2, offset=-1), ValueError, "offset must be in"),
+        (dict(m=8, k=2, offset=2**63), ValueError, "offset must be in"),
+        (dict(m=8, k=2, seed=2**64), ValueError, "seed must fit in int64"),
+        (dict(m=2**31, k=2), ValueError, "must be < 2\\^31"),
+        (dict(m=16.5, k=2), TypeError, "m must be an integer"),
+        (dict(m=16, k="2"), TypeError, "k must be an integer"),
     ],
 )
 def test_sketch_bad_args(kwargs, err, match):
     with pytest.raises(err, match=match):
         sp.sparse_sign_sketch(torch.randn(2, 5), **kwargs)
+
+
+def test_sketch_integral_float_m_accepted():
+    g = torch.randn(2, 5)
+    assert torch.equal(sp.sparse_sign_sketch(g, 16.0, k=np.int64(2)), sp.sparse_sign_sketch(g, 16, k=2))
 
 
 def test_sketch_bad_tensors():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import operator
 import os
 
 import torch
@@ -42,15 +43,61 @@ def check_mask(op: str, mask, rows: int, device) -> None:
         fail(op, f"mask must have one entry per row of x ({rows}), got {mask.shape[0]}")
 
 
+def int_arg(op: str, name: str, value) -> int:
+    """``value`` as a Python int: ints and NumPy integers as they are, floats only when integral
+    (``512.0``); anything else (``16.5``, ``None``, a string) is a TypeError naming the argument."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    try:
+        return operator.index(value)
+    except TypeError:
+        fail(op, f"{name} must be an integer, got {value!r}", TypeError)
+
+
 def check_sketch_args(op: str, m: int, k: int, seed: int, offset: int) -> None:
     if k < 1:
         fail(op, f"k (nonzeros per row of S) must be >= 1, got {k}")
     if m < k:
         fail(op, f"m (sketch size) must be >= k ({k}), got {m}")
-    if offset < 0:
-        fail(op, f"offset must be >= 0, got {offset}")
+    if m >= 2**31:
+        fail(op, f"m (sketch size) must be < 2^31, got {m}")
+    if not 0 <= offset < 2**63:
+        fail(op, f"offset must be in [0, 2^63), got {offset}")
     if not (-(2**63) <= seed < 2**63):
         fail(op, f"seed must fit in int64, got {seed}")
+
+
+def sketch_ints(op: str, m, k, seed, offset) -> tuple[int, int, int, int]:
+    """The public wrappers' integer arguments, converted and range-checked before the dispatcher
+    sees them (whose own message for an out-of-range int is unhelpful)."""
+    m, k, seed, offset = (int_arg(op, n, v) for n, v in (("m", m), ("k", k), ("seed", seed), ("offset", offset)))
+    check_sketch_args(op, m, k, seed, offset)
+    return m, k, seed, offset
+
+
+def _extent(t: torch.Tensor) -> tuple[int, int]:
+    """[first byte, one past the last byte) that ``t`` can touch (numel > 0)."""
+    steps = [(size - 1) * stride for size, stride in zip(t.shape, t.stride())]
+    size = t.element_size()
+    return (t.data_ptr() + size * sum(min(0, s) for s in steps),
+            t.data_ptr() + size * (1 + sum(max(0, s) for s in steps)))
+
+
+def unshare(out: torch.Tensor, *inputs):
+    """``inputs`` with every one whose memory range meets the in-place output ``out``'s replaced
+    by a copy: the kernels read their inputs while writing ``out``, so an input aliasing it would
+    give a wrong result.  (Ranges, not elements: interleaved views of one buffer are copied too.)"""
+    if out.numel() == 0:
+        return inputs
+    lo, hi = _extent(out)
+    res = []
+    for t in inputs:
+        if t is not None and t.numel() and t.device == out.device:
+            a, b = _extent(t)
+            if a < hi and lo < b:
+                t = t.clone()
+        res.append(t)
+    return tuple(res)
 
 
 def contiguous_rows(t: torch.Tensor) -> torch.Tensor:

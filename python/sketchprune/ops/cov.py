@@ -20,7 +20,8 @@ import torch
 from .. import _backends, _native
 from ..ref import ops as ref
 from . import _triton_reg
-from ._common import ACCUM, FLOAT_IN, check_mask, check_same_device, check_tensor, contiguous_rows, fail
+from ._common import (ACCUM, FLOAT_IN, check_mask, check_same_device, check_tensor, contiguous_rows, fail,
+                      unshare)
 from ._native_call import call
 
 torch.library.define(
@@ -139,6 +140,7 @@ def _cov_kernel(sigma, x, alpha=1.0, mask=None):
     _check_cov(sigma, x, mask)
     if x.shape[0] == 0 or sigma.numel() == 0:
         return
+    x, mask = unshare(sigma, x, mask)
     _COV[_backends.select("cov_accumulate_", sigma.device)](sigma, x, alpha, mask)
 
 
@@ -147,6 +149,7 @@ def _cross_kernel(c, x, y, alpha=1.0, mask=None):
     _check_cross(c, x, y, mask)
     if x.shape[0] == 0 or c.numel() == 0:
         return
+    x, y, mask = unshare(c, x, y, mask)
     _CROSS[_backends.select("cross_accumulate_", c.device)](c, x, y, alpha, mask)
 
 

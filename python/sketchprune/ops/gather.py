@@ -161,6 +161,8 @@ def gather_slices(tensors: Sequence[torch.Tensor], indices, dims, block=1) -> li
         fail("gather_slices", "tensors must be a list of tensors (wrap a single tensor in a list)", TypeError)
     tensors = list(tensors)
     n = len(tensors)
+    if n == 0:      # nothing to slice (the dispatcher cannot route an op without tensors)
+        return []
     idx = _as_list(indices, n, "indices")
     idx = [i if isinstance(i, torch.Tensor) else torch.as_tensor(i, dtype=torch.int64, device=t.device)
            for i, t in zip(idx, tensors)]

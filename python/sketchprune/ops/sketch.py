@@ -25,7 +25,8 @@ from .. import _backends, _native
 from ..budget import active_budget
 from ..ref import ops as ref
 from . import _triton_reg
-from ._common import FLOAT_IN, check_same_device, check_sketch_args, check_tensor, contiguous_rows, fail, new_output
+from ._common import (FLOAT_IN, check_same_device, check_sketch_args, check_tensor, contiguous_rows, fail, new_output,
+                      sketch_ints)
 from ._native_call import call
 
 torch.library.define(
@@ -137,12 +138,12 @@ def _outer_kernel(a, d, m, k=8, seed=0, offset=0):
 
 def sparse_sign_sketch(g: torch.Tensor, m: int, k: int = 8, seed: int = 0, offset: int = 0) -> torch.Tensor:
     """g (N x r) @ S -> (N x m) float32, S the implicit sparse-sign matrix (see module doc)."""
-    return torch.ops.sketchprune.sparse_sign_sketch(g, int(m), int(k), int(seed), int(offset))
+    return torch.ops.sketchprune.sparse_sign_sketch(g, *sketch_ints("sparse_sign_sketch", m, k, seed, offset))
 
 
 def outer_sketch(a: torch.Tensor, d: torch.Tensor, m: int, k: int = 8, seed: int = 0, offset: int = 0) -> torch.Tensor:
     """Sketch of per-sample Linear-weight gradients sum_t d[n,t]^T a[n,t], without forming them."""
-    return torch.ops.sketchprune.outer_sketch(a, d, int(m), int(k), int(seed), int(offset))
+    return torch.ops.sketchprune.outer_sketch(a, d, *sketch_ints("outer_sketch", m, k, seed, offset))
 
 
 _triton_reg.ensure()
