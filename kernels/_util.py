@@ -66,3 +66,17 @@ def split_f64(x):
     c = rest * 536870913.0
     x2 = c - (c - rest)
     return x1, x2, rest - x2
+
+
+def wrap_triton(kernel):
+    """torch.library.wrap_triton, except for a kernel that TRITON_INTERPRET=1 made an
+    InterpretedFunction: that one is launched directly (eagerly), as torch >= 2.13's wrap_triton
+    does itself; torch < 2.13 refuses it ("wrap_triton only works on functions annotated with
+    triton.jit ...")."""
+    try:
+        from triton.runtime.interpreter import InterpretedFunction
+    except ImportError:
+        InterpretedFunction = ()
+    if isinstance(kernel, InterpretedFunction):
+        return kernel
+    return torch.library.wrap_triton(kernel)

@@ -47,7 +47,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._util import cdiv, pow2_at_least, row_splits, split_f64
+from ._util import cdiv, pow2_at_least, row_splits, split_f64, wrap_triton
 
 
 @triton.jit
@@ -214,10 +214,10 @@ def launch_cov_accumulate(sigma, x, alpha: float, mask):
     pairs = nb * (nb + 1) // 2
     splits, rows = t_splits(pairs, T, block_t, x.device)
     has_mask = mask is not None
-    torch.library.wrap_triton(_cov_accumulate_kernel)[(pairs, splits)](
+    wrap_triton(_cov_accumulate_kernel)[(pairs, splits)](
         sigma, x, mask if has_mask else x, d, T, sigma.stride(0), x.stride(0), *split_f64(alpha),
         rows, HAS_MASK=has_mask, ACC_F64=acc_f64, IEEE=x.dtype == torch.float32,
         SPLIT_T=splits > 1, BLOCK=block, BLOCK_T=block_t, num_warps=warps, num_stages=stages)
     if splits > 1:
-        torch.library.wrap_triton(_cov_mirror_kernel)[(pairs,)](
+        wrap_triton(_cov_mirror_kernel)[(pairs,)](
             sigma, d, sigma.stride(0), BLOCK=block, num_warps=4)

@@ -26,7 +26,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._util import cdiv, split_f64
+from ._util import cdiv, split_f64, wrap_triton
 from .cov_accumulate import _join_f64, _t_range, _xty_tile, t_splits, tile_config
 
 
@@ -72,7 +72,7 @@ def launch_cross_accumulate(c, x, y, alpha: float, mask):
     tiles = cdiv(d_in, block_i) * cdiv(d_out, block_j)
     splits, rows = t_splits(tiles, T, block_t, x.device)
     has_mask = mask is not None
-    torch.library.wrap_triton(_cross_accumulate_kernel)[(tiles, splits)](
+    wrap_triton(_cross_accumulate_kernel)[(tiles, splits)](
         c, x, y, mask if has_mask else x, d_in, d_out, T, c.stride(0), x.stride(0), y.stride(0),
         *split_f64(alpha), rows,
         HAS_MASK=has_mask, ACC_F64=acc_f64, IEEE=x.dtype == torch.float32, SPLIT_T=splits > 1,

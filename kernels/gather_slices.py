@@ -26,7 +26,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._util import cdiv, pow2_at_least
+from ._util import cdiv, pow2_at_least, wrap_triton
 
 _INT_OF_SIZE = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
 
@@ -74,6 +74,6 @@ def launch_gather_slices(srcs: list, dsts: list, idxs: list, blocks: list, views
         block_rows = pow2_at_least(n_rows, 1, max(1, 4096 // block_cols))
         n_col_tiles = cdiv(run, block_cols)
         grid = (cdiv(n_rows, block_rows) * n_col_tiles,)
-        torch.library.wrap_triton(_gather_slices_kernel)[grid](
+        wrap_triton(_gather_slices_kernel)[grid](
             s, d, idx, n_rows, n_keep, L, run, n_col_tiles,
             BLOCK_ROWS=block_rows, BLOCK_COLS=block_cols, num_warps=4)

@@ -43,7 +43,7 @@ import triton
 import triton.language as tl
 
 from ._hash import join_u64, mix64, split_i64
-from ._util import cdiv, on_gpu, pow2_at_least, row_splits
+from ._util import cdiv, on_gpu, pow2_at_least, row_splits, wrap_triton
 from .sparse_sign_sketch import _dot_sign, _inv_sqrt, _sign_tile_for, _write_out, dot_mode
 
 
@@ -177,7 +177,7 @@ def launch_outer_sketch(out, a, d, m: int, k: int, seed: int, offset: int, accum
     use_atomic = splits > 1
     if use_atomic and not accumulate:
         out.zero_()
-    torch.library.wrap_triton(_outer_sketch_kernel)[(grid_n, grid_m, splits)](
+    wrap_triton(_outer_sketch_kernel)[(grid_n, grid_m, splits)](
         out, a, d, N, T, d_in, d_out, a.stride(0), a.stride(1), d.stride(0), d.stride(1),
         m, k, *split_i64(seed), *split_i64(offset), n_q_tiles, n_chunks, per,
         ACCUMULATE=bool(accumulate), USE_ATOMIC=use_atomic,

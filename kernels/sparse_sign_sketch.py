@@ -51,7 +51,7 @@ import triton
 import triton.language as tl
 
 from ._hash import block_of_column, join_u64, mix64, sketch_entry, split_i64
-from ._util import cdiv, on_gpu, pow2_at_least, row_splits
+from ._util import cdiv, on_gpu, pow2_at_least, row_splits, wrap_triton
 
 
 @triton.jit
@@ -230,6 +230,6 @@ def launch_sparse_sign_sketch(out, g, m: int, k: int, seed: int, offset: int, ac
     use_atomic = splits > 1
     if use_atomic and not accumulate:
         out.zero_()
-    torch.library.wrap_triton(_sparse_sign_sketch_kernel)[(grid_n, grid_m, splits)](
+    wrap_triton(_sparse_sign_sketch_kernel)[(grid_n, grid_m, splits)](
         out, g, N, r, g.stride(0), m, k, *split_i64(seed), *split_i64(offset), per,
         ACCUMULATE=bool(accumulate), USE_ATOMIC=use_atomic, MODE=mode, **cfg)
