@@ -5,7 +5,8 @@ Ops (``sketchprune.ops``, also ``torch.ops.sketchprune.*``): ``cov_accumulate_``
 
 Entry points: ``sketchprune.prune(model, calib, sparsity=..., ...)`` -> (pruned model, report)
 (:func:`sketchprune.prune.api.prune`) and ``sketchprune.select(n, method, sketch, ...)`` ->
-Selection (:func:`sketchprune.select.api.select`).  ``sketchprune.prune`` and
+Selection (:func:`sketchprune.select.api.select`); ``sketchprune.load_pruned(dir)`` restores a saved
+pruned model.  ``sketchprune.prune`` and
 ``sketchprune.select`` are also the subpackages (``from sketchprune.prune import prune_model``
 keeps working): the two package modules are made callable, forwarding to those functions.
 """
@@ -53,10 +54,12 @@ from . import select as _select_pkg  # noqa: E402
 
 prune = _make_callable(_prune_pkg.__name__, _prune_entry)
 select = _make_callable(_select_pkg.__name__, _select_entry)
+load_pruned = _prune_pkg.load_pruned   # restores a saved pruned model (any per-layer widths)
 
 __all__ = [
     "prune",
     "select",
+    "load_pruned",
     "ops",
     "BACKENDS",
     "BackendUnavailableError",
