@@ -69,6 +69,12 @@ def run_prune(args) -> int:
         raise ValueError("nothing to write: give --out DIR and/or --report FILE")
     if args.calib_tokens < args.seq_len:
         raise ValueError(f"--calib-tokens {args.calib_tokens} is shorter than one sequence (--seq-len {args.seq_len})")
+    if args.batch_size is not None and args.batch_size < 1:
+        raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if args.calib == "self" and not args.self_temperature > 0:
+        raise ValueError(f"--self-temperature must be > 0, got {args.self_temperature}")
+    if args.calib == "self" and args.self_top_k < 0:
+        raise ValueError(f"--self-top-k must be >= 0 (0 = all tokens), got {args.self_top_k}")
     _check_device(args.device)
     if args.out is not None:
         check_output_dir(args.out, overwrite=args.overwrite)
@@ -153,7 +159,7 @@ def _summary_prune(args, r) -> None:
 def run_eval(args) -> int:
     from .datasets.text import describe_split, text_tokens
     from .eval import evaluate
-    from .prune.api import load_model, resolve_model_dir
+    from .prune.api import check_sequence_length, load_model, resolve_model_dir
     from .prune.export import check_output_file, write_json_atomic
 
     t0 = time.perf_counter()
@@ -161,6 +167,8 @@ def run_eval(args) -> int:
         raise ValueError(f"--seq-len must be at least 2, got {args.seq_len}")
     if args.tokens < args.seq_len:
         raise ValueError(f"--tokens {args.tokens} is shorter than one sequence (--seq-len {args.seq_len})")
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
     _check_device(args.device)
     if args.report is not None:
         check_output_file(args.report)
@@ -176,6 +184,7 @@ def run_eval(args) -> int:
         tok = AutoTokenizer.from_pretrained(tok_dir)
     if tok is None:
         raise ValueError(f"{args.model} has no tokenizer; pass --tokenizer NAME|DIR")
+    check_sequence_length(model, args.seq_len, "evaluation sequences (--seq-len)")
     ids = text_tokens(args.text, tok, args.seq_len, args.tokens, split="heldout", seed=args.seed)
     res = evaluate(model, ids, progress=_progress(args), chunk_size=args.batch_size)
     res.update(model=args.model, text=args.text, slice=describe_split(args.text, "heldout"),

@@ -1,5 +1,5 @@
 """``sketchprune.prune(model, calib, ...)``: the input model is untouched unless inplace, the report
-is consistent with the model, the recovered plan reproduces the pruned model, bad arguments are
+is consistent with the model, the plan reproduces the pruned model, bad arguments are
 named before any work, and the measurements mean what they say."""
 
 import copy
@@ -60,7 +60,7 @@ def test_report_layers_and_no_reconstruction_errors(dense, calib):
     assert rep["calibration"]["tokens"] == calib.numel()
 
 
-def test_recovered_plan_reproduces_the_pruned_model(dense, calib):
+def test_plan_reproduces_the_pruned_model(dense, calib):
     pruned, rep = sp.prune(dense, calib, sparsity=0.3, criterion="flap", reconstruct=False, progress=False,
                            measure=False, flap_bias="none")
     rebuilt = copy.deepcopy(dense)
@@ -70,7 +70,28 @@ def test_recovered_plan_reproduces_the_pruned_model(dense, calib):
     x = torch.randint(0, 257, (2, 16), generator=torch.Generator().manual_seed(5))
     with torch.no_grad():
         assert torch.equal(rebuilt(input_ids=x).logits, pruned(input_ids=x).logits)
-    assert rep["plan_error"] is None
+
+
+@pytest.mark.parametrize("options", [dict(recovery=True), dict(recon="block", recon_epochs=1), dict(layers=[0])],
+                         ids=["recovery", "block", "some-layers"])
+def test_plan_when_weights_are_refit(dense, calib, options):
+    """Refits that change the kept units' first-half rows (recovery, block reconstruction) must not
+    lose the plan: the kept indices are the ones the pruner chose (the same as without the refits),
+    and layers left alone keep everything."""
+    kw = dict(sparsity=0.3, criterion="sigma", progress=False, measure=False, seed=3)
+    _, rep = sp.prune(dense, calib, reconstruct=True, **kw, **options)
+    _, plain = sp.prune(dense, calib, reconstruct=True, **kw, **{k: v for k, v in options.items() if k == "layers"})
+    n_layers = len(dense.model.layers)
+    assert [p["layer"] for p in rep["plan"]] == list(range(n_layers))
+    for p, e in zip(rep["plan"], rep["layers"]):
+        assert len(p["ffn_channels"]) == e["kept_channels"] and len(p["q_heads"]) == e["kept_heads"]
+        assert p["ffn_channels"] == sorted(set(p["ffn_channels"]))
+    if "layers" in options:
+        full = dense.model.layers[1].mlp.up_proj.out_features
+        assert rep["plan"][1]["ffn_channels"] == list(range(full)) and rep["layers"][1]["kept_channels"] == full
+        assert len(rep["plan"][0]["ffn_channels"]) < dense.model.layers[0].mlp.up_proj.out_features
+    elif "recovery" not in options:  # block reconstruction runs after layer 0's choice: same units there
+        assert rep["plan"][0] == plain["plan"][0]
 
 
 def test_self_calibration(dense):
@@ -89,6 +110,23 @@ def test_self_calibration(dense):
     ({"calib": torch.randn(4, 8)}, "integer"),
     ({"calib": torch.randint(0, 257, (1, 8))}, "at least 2"),
     ({"calib": "self", "seq_len": 16, "calib_tokens": 8}, "shorter than the sequence length"),
+    ({"criterion": ["sigma"]}, "criterion must be a string"),
+    ({"foo": 1}, "unknown option 'foo'"),
+    ({"seed": "a"}, "seed must be an integer"),
+    ({"batch_size": 0}, "batch_size must be a positive integer"),
+    ({"batch_size": 2.5}, "batch_size must be a positive integer"),
+    ({"device": "cuda:0" if not torch.cuda.is_available() else "nodevice"}, "device"),
+    ({"head_mode": "kv"}, "head_mode must be one of"),
+    ({"allocation": "x"}, "allocation must be one of"),
+    ({"attn_sparsity": 1.5}, r"attn_sparsity must be a number in \[0, 1\)"),
+    ({"heldout_fraction": 0.0}, r"heldout_fraction must be a number in \(0, 1\)"),
+    ({"heldout_fraction": 1.5, "sequential": False}, "heldout_fraction"),
+    ({"layers": 0}, "layers must be a list"),
+    ({"layers": [7]}, r"layers \[7\] out of range"),
+    ({"stat_dtype": torch.float16}, "stat_dtype"),
+    ({"alphas": [-1.0]}, "alphas must be"),
+    ({"recovery": "yes"}, "recovery must be True or False"),
+    ({"calib": torch.randint(257, 300, (8, 24))}, "vocabulary has 257"),
 ])
 def test_bad_arguments(dense, calib, kwargs, match):
     kw = {"calib": calib, "sparsity": 0.2, "criterion": "sigma", "progress": False, "measure": False}
@@ -97,6 +135,27 @@ def test_bad_arguments(dense, calib, kwargs, match):
     with pytest.raises(PruneInputError, match=match):
         sp.prune(dense, kw.pop("calib"), **kw)
     assert all(torch.equal(before[k], v) for k, v in dense.state_dict().items())
+
+
+def test_non_finite_weights_named_before_any_work(dense, calib):
+    bad = copy.deepcopy(dense)
+    with torch.no_grad():
+        bad.model.layers[1].mlp.down_proj.weight[0, 3] = float("nan")
+    with pytest.raises(PruneInputError, match="non-finite .* model.layers.1.mlp.down_proj.weight"):
+        sp.prune(bad, calib, sparsity=0.2, criterion="magnitude-l2", reconstruct=False, progress=False, measure=False)
+
+
+def test_high_sparsity_may_remove_a_whole_ffn(dense, calib):
+    """At 95% the head rounding leaves the FFNs to lose everything (a valid, attention-only block:
+    the plan and the model agree, the model runs) and still falls short: said in a warning."""
+    with pytest.warns(UserWarning, match="achieved sparsity 0.7.* differs from the requested 0.950"):
+        pruned, rep = sp.prune(dense, calib, sparsity=0.95, criterion="sigma", reconstruct=False, progress=False,
+                               measure=False)
+    for p, layer in zip(rep["plan"], pruned.model.layers):
+        assert len(p["ffn_channels"]) == layer.mlp.up_proj.out_features == 0
+    assert 0.7 < rep["sparsity"]["achieved"] < 0.95
+    with torch.no_grad():
+        assert torch.isfinite(pruned(input_ids=calib[:1]).logits).all()
 
 
 def test_unsupported_architecture(calib):

@@ -53,8 +53,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from .adapters import get_adapter, layer_indices
-from .slicing import KVGroups, QueryHeads
+from .adapters import HeadStructure, get_adapter, layer_indices
+from .slicing import KVGroups, QueryHeads, resolve_heads
 
 HEAD_MODES = ("query", "group")
 
@@ -113,11 +113,20 @@ class LayerPlan:
     params_before: int
     params_after: int
 
+    def kept_indices(self, costs: LayerCosts) -> dict[str, list[int]]:
+        """The kept units as indices into the layer before pruning, in the pruned layer's order:
+        ``ffn_channels``, ``q_heads``, ``kv_heads``."""
+        heads = resolve_heads(self.heads, HeadStructure(costs.num_heads, costs.num_kv_heads, 1))
+        return {"ffn_channels": [int(i) for i in self.ffn_keep.tolist()],
+                "q_heads": [int(i) for i in heads.q_heads.tolist()],
+                "kv_heads": [int(i) for i in heads.kv_heads.tolist()]}
+
     def as_dict(self, costs: LayerCosts) -> dict:
         return {"layer": self.index, "ffn_kept": int(self.ffn_keep.numel()), "ffn_total": costs.ffn_units,
                 "q_heads_kept": self.q_heads_kept, "q_heads_total": costs.num_heads,
                 "kv_heads_kept": self.kv_heads_kept, "kv_heads_total": costs.num_kv_heads,
-                "params_before": self.params_before, "params_after": self.params_after}
+                "params_before": self.params_before, "params_after": self.params_after,
+                "kept": self.kept_indices(costs)}
 
 
 @dataclass

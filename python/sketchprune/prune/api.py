@@ -4,8 +4,8 @@ It checks its arguments before any work, builds the calibration batches from wha
 given (token ids, batches, a text source name or file, or ``"self"`` for sequences sampled from
 the model), prunes a copy of the model (or the model itself with ``inplace=True``) with
 :func:`~sketchprune.prune.pipeline.prune_model`, measures the dense and the pruned model's
-forward latency and memory on the same input (:mod:`~sketchprune.prune.measure`), recovers the
-kept indices per layer (:mod:`~sketchprune.prune.plan`) and assembles one JSON-ready report.
+forward latency and memory on the same input (:mod:`~sketchprune.prune.measure`), records the
+kept indices per layer as the pipeline chose them and assembles one JSON-ready report.
 :func:`load_model` resolves a model name (``smollm2-135m``) or directory.
 """
 
@@ -14,7 +14,9 @@ from __future__ import annotations
 import copy
 import json
 import math
+import operator
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -24,7 +26,6 @@ from ..budget import Budget, parse_bytes
 from .adapters import get_adapter, supported_architectures
 from .criteria import CRITERIA
 from .measure import PeakMemory, measure_forward
-from .plan import PlanError, recover_plan, unit_digests
 
 __all__ = ["prune", "load_model", "resolve_model_dir", "calibration_batches", "PruneInputError", "MODEL_NAMES",
            "CALIB_SOURCES"]
@@ -169,6 +170,129 @@ def _check_args(sparsity, criterion, budget) -> None:
             raise PruneInputError(f"budget: {e}") from None
 
 
+def _is_int(v) -> bool:
+    """An integer (Python or NumPy), not a bool."""
+    if isinstance(v, bool):
+        return False
+    try:
+        operator.index(v)
+    except TypeError:
+        return False
+    return not isinstance(v, torch.Tensor)
+
+
+def _is_fraction(v, lo_open: bool) -> bool:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+        return False
+    return (0.0 < v < 1.0) if lo_open else (0.0 <= v < 1.0)
+
+
+#: keywords of :func:`prune_model` that :func:`prune` sets itself (not passed through ``options``)
+_OWN = {"model", "batches", "sparsity", "criterion", "seed", "budget", "progress", "reconstruct", "recon", "device"}
+
+
+def _check_call(criterion, seed, batch_size, seq_len, calib_tokens, device, options) -> None:
+    """Every argument that can be checked without the model, before any work; a
+    :class:`PruneInputError` naming it otherwise."""
+    import inspect
+
+    from .allocation import ALLOCATIONS, HEAD_MODES
+    from .pipeline import FLAP_BIAS, prune_model
+
+    if not isinstance(criterion, str):
+        raise PruneInputError(f"criterion must be a string, one of {', '.join(sorted(CRITERIA))}; got {criterion!r}")
+    valid = [k for k in inspect.signature(prune_model).parameters if k not in _OWN]
+    unknown = sorted(set(options) - set(valid))
+    if unknown:
+        raise PruneInputError(f"unknown option{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}; "
+                              f"the options are: {', '.join(valid)}")
+    if not _is_int(seed):
+        raise PruneInputError(f"seed must be an integer, got {seed!r}")
+    if batch_size is not None and not (_is_int(batch_size) and batch_size > 0):
+        raise PruneInputError(f"batch_size must be a positive integer or None (automatic), got {batch_size!r}")
+    for name, v in (("seq_len", seq_len), ("calib_tokens", calib_tokens)):
+        if not (_is_int(v) and v > 0):
+            raise PruneInputError(f"{name} must be a positive integer, got {v!r}")
+    if device is not None:
+        try:
+            dev = torch.device(device)
+        except (RuntimeError, TypeError) as e:
+            raise PruneInputError(f"device {device!r}: {e}") from None
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise PruneInputError(f"device {device!r}: torch sees no CUDA device here")
+    o = options
+    choices = {"head_mode": HEAD_MODES, "allocation": ALLOCATIONS, "flap_bias": FLAP_BIAS,
+               "refit_target": ("local", "dense"), "token_weighting": ("none", "relative")}
+    for name, allowed in choices.items():
+        if name in o and o[name] not in allowed:
+            raise PruneInputError(f"{name} must be one of {', '.join(map(repr, allowed))}, got {o[name]!r}")
+    if o.get("attn_sparsity") is not None and not _is_fraction(o["attn_sparsity"], lo_open=False):
+        raise PruneInputError(f"attn_sparsity must be a number in [0, 1) or None, got {o['attn_sparsity']!r}")
+    if "heldout_fraction" in o and not _is_fraction(o["heldout_fraction"], lo_open=True):
+        raise PruneInputError(f"heldout_fraction must be a number in (0, 1), got {o['heldout_fraction']!r}")
+    if o.get("layers") is not None:
+        ls = o["layers"]
+        if isinstance(ls, (str, bytes)) or not hasattr(ls, "__iter__") or not all(_is_int(i) for i in ls):
+            raise PruneInputError(f"layers must be a list of decoder-layer indices, got {ls!r}")
+    if "stat_dtype" in o:
+        sd = {"float32": torch.float32, "float64": torch.float64}.get(o["stat_dtype"], o["stat_dtype"])
+        if sd not in (torch.float32, torch.float64):
+            raise PruneInputError(f"stat_dtype must be torch.float32 or torch.float64, got {o['stat_dtype']!r}")
+        o["stat_dtype"] = sd
+    if "alphas" in o:
+        a = o["alphas"]
+        ok = hasattr(a, "__iter__") and not isinstance(a, (str, bytes))
+        vals = list(a) if ok else []
+        if not vals or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                               and v > 0 for v in vals):
+            raise PruneInputError(f"alphas must be a non-empty list of positive regularisation strengths, got {a!r}")
+    for name in ("sequential", "recovery", "stream_error"):
+        if o.get(name) is not None and not isinstance(o[name], bool):
+            raise PruneInputError(f"{name} must be True or False, got {o[name]!r}")
+
+
+def _check_model_inputs(model, batches, options) -> None:
+    """What needs the model: layer indices in range, token ids inside the vocabulary, sequences no
+    longer than a learned position table."""
+    _check_weights(model)
+    n_layers = len(get_adapter(model).layers(model))
+    ls = options.get("layers")
+    if ls is not None:
+        bad = sorted({i for i in ls if not 0 <= i < n_layers})
+        if bad:
+            raise PruneInputError(f"layers {bad} out of range: the model has {n_layers} decoder layers")
+    if not batches:
+        return
+    vocab = getattr(model.config, "vocab_size", None)
+    longest, lo, hi = 0, None, None
+    for b in batches:
+        ids = b["input_ids"] if isinstance(b, dict) else b
+        longest = max(longest, int(ids.shape[-1]))
+        lo = int(ids.min()) if lo is None else min(lo, int(ids.min()))
+        hi = int(ids.max()) if hi is None else max(hi, int(ids.max()))
+    if lo is not None and (lo < 0 or (vocab is not None and hi >= vocab)):
+        raise PruneInputError(f"calibration token ids span [{lo}, {hi}] but the model's vocabulary has {vocab} "
+                              f"entries (ids 0 .. {vocab - 1}): a tokenizer of another model?")
+    check_sequence_length(model, longest, "calibration sequences")
+
+
+def check_sequence_length(model, length: int, what: str = "sequences") -> None:
+    """Refuse sequences longer than a learned position table (OPT, BERT), which would fail inside
+    the embedding; rotary-position models are not limited here."""
+    cfg = model.config
+    max_pos = getattr(cfg, "max_position_embeddings", None)
+    if getattr(cfg, "model_type", None) in ("opt", "bert") and max_pos is not None and length > max_pos:
+        raise PruneInputError(f"{what} of {length} tokens are longer than the model's {max_pos} learned "
+                              f"positions: use a sequence length <= {max_pos}")
+
+
+def _check_weights(model) -> None:
+    """Non-finite weights would surface much later as an unrelated-looking failure."""
+    for name, p in model.named_parameters():
+        if p.is_floating_point() and not bool(torch.isfinite(p).all()):
+            raise PruneInputError(f"the model has non-finite (NaN/Inf) weights in {name}")
+
+
 def _check_recon(recon, reconstruct, options) -> None:
     from .blockrecon import EPOCHS, LR, PATIENCE, PROX, RECON_MODES, check_options
 
@@ -237,6 +361,34 @@ def _recon_errors(entry: dict, info: dict | None) -> dict:
             "no_refit_heldout_rel_error": _per_matrix({k: v.get("eval_error_none") for k, v in info.items()})}
 
 
+def _unit_counts(model) -> list[tuple[int, int, int]]:
+    """Per layer: (FFN channels, query heads, KV heads)."""
+    ad = get_adapter(model)
+    out = []
+    for layer in ad.layers(model):
+        hs = ad.head_structure(layer)
+        out.append((ad.ffn(layer).units, hs.num_heads, hs.num_kv_heads))
+    return out
+
+
+def _plan(rep: dict, units_before: list[tuple[int, int, int]], pruned) -> list[dict]:
+    """``[{"layer", "ffn_channels", "q_heads", "kv_heads"}]``: per layer the indices (into the input
+    model's layer) of the units the pruned model kept, in its order -- as the pipeline chose them
+    (layers it did not prune keep everything).  Checked against the pruned model's shapes."""
+    kept = {int(e["layer"]): e["kept"] for e in rep.get("layers", []) if isinstance(e, dict) and "kept" in e}
+    plan = []
+    for i, ((f, q, kv), now) in enumerate(zip(units_before, _unit_counts(pruned))):
+        k = kept.get(i) or {"ffn_channels": list(range(f)), "q_heads": list(range(q)), "kv_heads": list(range(kv))}
+        entry = {"layer": i, "ffn_channels": list(k["ffn_channels"]), "q_heads": list(k["q_heads"]),
+                 "kv_heads": list(k["kv_heads"])}
+        if (len(entry["ffn_channels"]), len(entry["q_heads"]), len(entry["kv_heads"])) != now:
+            raise RuntimeError(f"sketchprune.prune: internal error: layer {i}'s recorded plan keeps "
+                               f"{len(entry['ffn_channels'])} channels / {len(entry['q_heads'])} heads / "
+                               f"{len(entry['kv_heads'])} KV heads but the pruned layer has {now}")
+        plan.append(entry)
+    return plan
+
+
 def _layer_entries(rep: dict, plan: list[dict] | None, n_layers: int) -> list[dict]:
     by_layer = {int(e["layer"]): e for e in rep.get("layers", []) if isinstance(e, dict) and "layer" in e}
     recon = {int(k): v for k, v in (rep.get("reconstruction") or {}).items()}
@@ -263,13 +415,32 @@ def _layer_entries(rep: dict, plan: list[dict] | None, n_layers: int) -> list[di
     return out
 
 
-def _sparsity(rep: dict, requested: float) -> dict:
-    a = rep.get("sparsity_achieved")
+def _block_params(model) -> list[tuple[int, int]]:
+    """Per layer: (attention, MLP) parameters of the prunable Linears, weights and biases, as they
+    are now (so biases a criterion created are counted)."""
+    ad = get_adapter(model)
+    out = []
+    for layer in ad.layers(model):
+        attn, ffn = ad.attention(layer), ad.ffn(layer)
+        count = lambda mods: sum(p.numel() for m in mods if m is not None for p in m.parameters(recurse=False))  # noqa: E731
+        out.append((count((attn.q, attn.k, attn.v, attn.o)), count((ffn.gate, ffn.up, ffn.down))))
+    return out
+
+
+def _sparsity(rep: dict, requested: float, before: list[tuple[int, int]], after: list[tuple[int, int]]) -> dict:
+    """Achieved sparsity counted on the models themselves (attention, MLP, both) over the pruned
+    layers; ``allocated``: the allocation's own figure (which does not see biases FLAP creates)."""
+    pruned = sorted({int(e["layer"]) for e in rep.get("layers", []) if isinstance(e, dict) and "layer" in e})
     out = {"requested": requested, "of": "attention + MLP parameters of the pruned layers"}
-    if isinstance(a, dict):
-        out.update(achieved=a.get("overall"), attention=a.get("attention"), ffn=a.get("ffn"))
-    else:
-        out["achieved"] = a
+
+    def frac(k):
+        b = sum(before[i][k] for i in pruned) if k is not None else sum(sum(before[i]) for i in pruned)
+        a = sum(after[i][k] for i in pruned) if k is not None else sum(sum(after[i]) for i in pruned)
+        return 1 - a / b if b else 0.0
+
+    out.update(achieved=frac(None), attention=frac(0), ffn=frac(1))
+    a = rep.get("sparsity_achieved")
+    out["allocated"] = a.get("overall") if isinstance(a, dict) else a
     return out
 
 
@@ -311,6 +482,7 @@ def prune(model, calib=None, *, sparsity: float = 0.2, criterion: str = "sigma",
     from .pipeline import count_parameters, prune_model
 
     t_start = time.perf_counter()
+    _check_call(criterion, seed, batch_size, seq_len, calib_tokens, device, options)
     _check_args(sparsity, criterion, budget)
     _check_recon(recon, reconstruct, options)
     if onload and device is None:
@@ -341,6 +513,7 @@ def prune(model, calib=None, *, sparsity: float = 0.2, criterion: str = "sigma",
     batches, calib_desc = calibration_batches(calib, model=model, tokenizer=tokenizer, seq_len=seq_len,
                                               calib_tokens=calib_tokens, batch_size=batch_size, seed=seed,
                                               progress=progress, self_options=self_options)
+    _check_model_inputs(model, batches, options)
     if reconstruct and batches is not None and len(batches) < 2:
         raise PruneInputError(f"reconstruction holds out part of the calibration batches and needs at least 2, got "
                               f"{len(batches)}: give more calibration tokens or a smaller batch size")
@@ -350,8 +523,9 @@ def prune(model, calib=None, *, sparsity: float = 0.2, criterion: str = "sigma",
     dev = torch.device(device) if onload else next(work.parameters()).device
     x_measure = _measure_input(batches, seq_len, int(getattr(work.config, "vocab_size", 2)), seed)
     dense = measure_forward(work, x_measure) if measure else None
-    digests = unit_digests(work)
+    units_before = _unit_counts(work)
     params_before = count_parameters(work)
+    blocks_before = _block_params(work)
     t0 = time.perf_counter()
     with PeakMemory(dev) as pm:
         rep = prune_model(work, batches, sparsity=float(sparsity), criterion=criterion, seed=seed, budget=budget,
@@ -360,12 +534,11 @@ def prune(model, calib=None, *, sparsity: float = 0.2, criterion: str = "sigma",
     t_prune = time.perf_counter() - t0
     params_after = count_parameters(work)
     pruned = measure_forward(work, x_measure) if measure else None
-    plan, plan_error = None, None
-    try:
-        plan = recover_plan(digests, work)
-    except PlanError as e:
-        plan_error = str(e)
-    n_layers = len(get_adapter(work).layers(work))
+    plan = _plan(rep, units_before, work)
+    for e in rep.get("layers", []):     # the kept indices live in the report's plan only
+        if isinstance(e, dict):
+            e.pop("kept", None)
+    n_layers = len(units_before)
     report = {
         "model": source or type(model).__name__,
         "architecture": getattr(work.config, "model_type", None),
@@ -380,14 +553,13 @@ def prune(model, calib=None, *, sparsity: float = 0.2, criterion: str = "sigma",
         "budget": None if budget is None else str(budget),
         "params": {"before": params_before, "after": params_after,
                    "removed_fraction": 1 - params_after / max(params_before, 1)},
-        "sparsity": _sparsity(rep, float(sparsity)),
+        "sparsity": _sparsity(rep, float(sparsity), blocks_before, _block_params(work)),
         "time_s": t_prune,
         "peak_memory_bytes": pm.peak_bytes,
         "peak_memory_method": pm.method,
         "calibration": {**calib_desc, "tokens_used": rep.get("calibration_tokens")},
         "layers": _layer_entries(rep, plan, n_layers),
         "plan": plan,
-        "plan_error": plan_error,
         "inference": None if not measure else {
             "input": "the first calibration sequence" if batches else "random token ids (seeded)",
             "dense": dense, "pruned": pruned,
@@ -397,4 +569,9 @@ def prune(model, calib=None, *, sparsity: float = 0.2, criterion: str = "sigma",
         "pipeline": rep,
         "total_time_s": time.perf_counter() - t_start,
     }
+    got = report["sparsity"]["achieved"]
+    if got is not None and abs(got - float(sparsity)) > 0.02:
+        warnings.warn(f"sketchprune.prune: achieved sparsity {got:.3f} differs from the requested {float(sparsity):.3f}: "
+                      "head counts are rounded to valid values and an FFN cannot lose more than all of its "
+                      "channels (see report['sparsity'])", stacklevel=2)
     return work, _jsonable(report)
