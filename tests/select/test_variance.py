@@ -69,6 +69,39 @@ def test_greedy_batched_equals_plain_on_a_larger_problem():
     assert len(set(a.tolist()) & set(b.tolist())) >= 0.95 * 120
 
 
+def _greedy64(X, lam, n, eps):
+    """Plain float64 greedy (Sherman-Morrison), independent of the library's rounds and refreshes."""
+    from sketchprune.select.variance import _ridge
+
+    e, Xs = _ridge(lam, eps), X / n ** 0.5
+    Minv, out = torch.eye(X.shape[1], dtype=torch.float64) / e, []
+    chosen = torch.zeros(X.shape[0], dtype=torch.bool)
+    for _ in range(n):
+        B = Xs @ Minv
+        g = ((B.square() * lam).sum(1) / (1 + (B * Xs).sum(1))).masked_fill(chosen, -float("inf"))
+        i = int(g.argmax())
+        u = Minv @ Xs[i]
+        Minv = Minv - torch.outer(u, u) / (1 + float(Xs[i] @ u))
+        chosen[i] = True
+        out.append(i)
+    return sorted(out)
+
+
+@pytest.mark.parametrize("eps", [1e-3, 1e-2])
+def test_greedy_exact_with_a_small_ridge(eps):
+    """Small eps: h and q are small differences of terms of order |x|^2 / eps' (float32 refreshes
+    picked a set 40% worse at eps = 1e-3 on this problem); the picks must be the float64 greedy's."""
+    g = torch.Generator().manual_seed(4)
+    sk = (torch.randn(600, 32, generator=g) * torch.logspace(0, -3, 32)) * torch.rand(600, 1, generator=g)
+    X, lam = variance_problem(sk)
+    idx, f = greedy_variance(X, lam, 80, eps)
+    ref = _greedy64(X, lam, 80, eps)
+    s = torch.zeros(X.shape[0], dtype=torch.float64)
+    s[ref] = 1.0 / 80
+    assert f == pytest.approx(variance_objective(X, lam, s, eps), rel=1e-6)
+    assert len(set(idx.tolist()) & set(ref)) >= 78
+
+
 def test_frank_wolfe_certifies_its_gap():
     X, lam = variance_problem(_sketch(N=200, m=8))
     n = 40
