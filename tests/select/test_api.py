@@ -72,3 +72,56 @@ def test_select_names_non_finite_sketch_rows():
     for method in ("skmm", "uniform", "kcenter"):
         with pytest.raises(ValueError, match=r"NaN or Inf values in 2 of 40 rows \(7, 31\)"):
             select(5, method, sk)
+
+
+@pytest.mark.parametrize("call, err, match", [
+    (lambda sk: select(3, "uniform", sk, rank=3), TypeError, "method 'uniform' does not use rank"),
+    (lambda sk: select(3, "skmm", sk, c=0.5), TypeError, "formulation='variance' does not use c"),
+    (lambda sk: select(3, "skmm", sk, formulation="maxmin", weighting="relative"), TypeError, "does not use weighting"),
+    (lambda sk: select(3, "skmm", sk, formulation="nope"), ValueError, "formulation must be one of"),
+    (lambda sk: select(3, "skmm", sk, formulation="hinge", tol=-1.0), ValueError, "tol must be a positive"),
+    (lambda sk: select(3, "skmm", sk, formulation="hinge", max_iter=0), ValueError, "max_iter must be"),
+    (lambda sk: select(3, "leverage", sk, rank=0), ValueError, "rank must be a positive integer"),
+    (lambda sk: select(3, "ridge-leverage", sk, ridge=-1.0), ValueError, "ridge must be positive"),
+    (lambda sk: select(2.5, "uniform", sk), TypeError, "n must be an integer"),
+    (lambda sk: select(3, "skmm", sk[:, 0]), ValueError, "sketch must be a 2-D float tensor"),
+    (lambda sk: select(3, "skmm", sk, labels=torch.rand(sk.shape[0]) * 3), TypeError, "integer class ids"),
+    (lambda sk: select(3, "skmm", sk, labels=torch.zeros(sk.shape[0], 1, dtype=torch.long)), ValueError, "1-D"),
+    (lambda sk: select(3, "skmm", sk, labels=torch.arange(sk.shape[0]) - 1), ValueError, "class ids >= 0"),
+    (lambda sk: select(3, "kcenter", torch.zeros_like(sk)), ValueError, "sketch is all zero"),
+    (lambda sk: select(3, "skmm", torch.zeros_like(sk)), ValueError, "sketch is all zero"),
+    (lambda sk: select(3, "grand", grad_norms=torch.rand(sk.shape[0], 2)), ValueError, "grad_norms must be a 1-D"),
+    (lambda sk: select(3, "grand", grad_norms=torch.full((sk.shape[0],), float("nan"))), ValueError, "NaN"),
+    (lambda sk: select(3, "margin", probs=torch.ones(sk.shape[0], 1)), ValueError, "at least 2 classes"),
+])
+def test_bad_arguments_named(call, err, match):
+    sk, *_ = _data()
+    with pytest.raises(err, match=match):
+        call(sk)
+
+
+def test_numpy_sketch_accepted():
+    sk, *_ = _data()
+    a = select(5, "skmm", sk.numpy(), seed=1)
+    b = select(5, "skmm", sk, seed=1)
+    assert torch.equal(a.indices, b.indices)
+
+
+@pytest.mark.parametrize("formulation", ["hinge", "maxmin"])
+def test_identical_rows_do_not_break_the_relaxed_solvers(formulation):
+    """Every row the same gradient: the moments are constant on the simplex (zero curvature), so any
+    point is optimal; the solver must not divide by ~0 (it returned all-zero weights before)."""
+    sk = torch.zeros(50, 8)
+    sk[:, 0] = 1.0
+    sel = select(5, "skmm", sk, formulation=formulation, seed=0)
+    assert sel.indices.numel() == 5 and torch.unique(sel.indices).numel() == 5
+    assert sel.weights.sum().item() == pytest.approx(1.0) and bool(torch.isfinite(sel.weights).all())
+
+
+def test_glister_head_without_bias_and_labels_short_of_its_classes():
+    g = torch.Generator().manual_seed(3)
+    out = ModelOutputs(features=torch.randn(40, 5, generator=g), labels=torch.arange(40) % 3,
+                       head_weight=torch.randn(4, 5, generator=g))   # 4 classes, labels reach 3
+    for cb in (False, True):
+        sel = select(6, "glister", outputs=out, class_balanced=cb)
+        assert sel.indices.numel() == 6 and torch.unique(sel.indices).numel() == 6

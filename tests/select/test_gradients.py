@@ -290,3 +290,52 @@ def test_budget_slices_and_memmap_output(tmp_path):
         model_gradient_sketch(model, layers, [(x, y)], CE, m=32, k=2, out=torch.zeros(13, 32))
     with pytest.raises(ValueError, match="out must be a float32"):
         model_gradient_sketch(model, layers, [(x, y)], CE, m=32, k=2, out=torch.zeros(12, 16))
+
+
+def _small():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 3))
+    x, y = torch.randn(16, 6), torch.randint(0, 3, (16,))
+    return model, x, y, (lambda o, t: nn.functional.cross_entropy(o, t, reduction="none"))
+
+
+def test_every_submodule_mode_restored():
+    """A submodule the caller set apart (a BatchNorm frozen in eval inside a training model) keeps its
+    mode, after a normal pass and after an error."""
+    model, x, y, loss = _small()
+    model.train()
+    model[1].eval()
+    model_gradient_sketch(model, [model[3]], [(x, y)], loss, m=16, k=4)
+    assert model.training and not model[1].training and model[3].training
+    with pytest.raises(ValueError):
+        model_gradient_sketch(model, [model[3]], [(x, y)], lambda o, t: o.sum(), m=16, k=4)
+    assert model.training and not model[1].training and model[3].training
+
+
+def test_under_no_grad_and_inference_mode():
+    model, x, y, loss = _small()
+    ref, _ = model_gradient_sketch(model, [model[3]], [(x, y)], loss, m=16, k=4)
+    with torch.no_grad():
+        sk, _ = model_gradient_sketch(model, [model[3]], [(x, y)], loss, m=16, k=4)
+    assert torch.equal(sk, ref)
+    with torch.inference_mode(), pytest.raises(RuntimeError, match="outside torch.inference_mode"):
+        model_gradient_sketch(model, [model[3]], [(x, y)], loss, m=16, k=4)
+
+
+def test_empty_batch_adds_no_rows():
+    model, x, y, loss = _small()
+    ref, _ = model_gradient_sketch(model, [model[3]], [(x, y)], loss, m=16, k=4)
+    sk, rec = model_gradient_sketch(model, [model[3]], [(x[:0], y[:0]), (x, y)], loss, m=16, k=4)
+    assert torch.equal(sk, ref) and rec["batches"] == 2
+
+
+@pytest.mark.parametrize("labels, err, match", [
+    (torch.rand(20) * 3, TypeError, "integer class ids"),
+    (torch.zeros(19, dtype=torch.long), ValueError, "one class id per sample"),
+    (torch.full((20,), 3), ValueError, r"in \[0, num_classes=3\)"),
+])
+def test_linear_probe_label_checks(labels, err, match):
+    with pytest.raises(err, match=match):
+        linear_probe_sketch(torch.randn(20, 5), labels, 3, m=16)
+    with pytest.raises(ValueError, match="2-D"):
+        linear_probe_sketch(torch.randn(20), "random", 3, m=16)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import math
+import operator
 from dataclasses import fields, replace
 
+import numpy as np
 import torch
 
 from . import baselines as B
@@ -41,10 +44,24 @@ def select(n: int, method: str = "skmm", sketch: torch.Tensor | None = None, *, 
     run skmm on the pooled data although labels are given.  The info record always holds the
     method, n, seed and, when a sketch is given, the variance proxy.
     """
-    if method not in METHODS:
+    if not isinstance(method, str) or method not in METHODS:
         raise ValueError(f"unknown selection method {method!r}; choose one of {', '.join(METHODS)}")
+    try:
+        n = operator.index(n)
+    except TypeError:
+        raise TypeError(f"n must be an integer, got {n!r}") from None
+    _check_options(method, options)
     if sketch is not None:
+        if isinstance(sketch, np.ndarray):
+            sketch = torch.from_numpy(np.array(sketch, copy=True))
+        if not isinstance(sketch, torch.Tensor) or sketch.dim() != 2 or not sketch.is_floating_point():
+            raise ValueError(f"sketch must be a 2-D float tensor (N x m), got "
+                             f"{tuple(sketch.shape) if hasattr(sketch, 'shape') else type(sketch).__name__}"
+                             f"{'' if not hasattr(sketch, 'dtype') else f' of {sketch.dtype}'}")
         _check_finite(sketch)
+        if method != "uniform" and sketch.numel() and not bool(sketch.any()):
+            raise ValueError("the sketch is all zero: every sample's gradient vanishes in it, so there is nothing "
+                             "to select on; check the gradient source (e.g. a model at a stationary point)")
     outputs = _merge(outputs, probs, labels, grad_norms)
     if class_balanced is None:  # SkMM's default: class-balanced whenever labels are known
         class_balanced = method == "skmm" and outputs.labels is not None
@@ -63,6 +80,43 @@ def select(n: int, method: str = "skmm", sketch: torch.Tensor | None = None, *, 
     if sketch is not None and "variance_proxy" not in sel.info:
         sel.info["variance_proxy"] = variance_proxy(sketch, sel.indices)
     return sel
+
+
+# the options each method takes (``select(..., **options)``); SkMM's depend on its formulation
+_SKMM_COMMON = {"formulation", "rounding", "progress"}
+_SKMM_OPTIONS = {"variance": {"eps", "tol", "max_iter", "time_limit"},
+                 "hinge": {"c", "weighting", "tol", "max_iter", "time_limit"},
+                 "maxmin": {"tol", "max_iter", "time_limit"},
+                 "paper": {"c", "weighting", "iters", "lr"}}
+_OPTIONS = {"leverage": {"rank", "deterministic"}, "ridge-leverage": {"ridge", "deterministic"},
+            "glister": {"val_features", "val_labels", "num_classes", "eta", "batch"}}
+
+
+def _check_options(method: str, options: dict) -> None:
+    """Options the method does not read are an error (they would be recorded but have no effect)."""
+    if method == "skmm":
+        form = options.get("formulation", "variance")
+        if form not in _SKMM_OPTIONS:
+            raise ValueError(f"formulation must be one of {', '.join(map(repr, _SKMM_OPTIONS))}, got {form!r}")
+        allowed = _SKMM_COMMON | _SKMM_OPTIONS[form]
+        where = f"skmm with formulation={form!r}"
+    else:
+        allowed, where = _OPTIONS.get(method, set()), f"method {method!r}"
+    extra = sorted(set(options) - allowed)
+    if extra:
+        takes = f"takes {', '.join(sorted(allowed))}" if allowed else "takes no options"
+        raise TypeError(f"{where} does not use {', '.join(extra)}; it {takes}")
+    if "rank" in options and options["rank"] is not None and not (
+            isinstance(options["rank"], int) and not isinstance(options["rank"], bool) and options["rank"] >= 1):
+        raise ValueError(f"rank must be a positive integer, got {options['rank']!r}")
+    if "ridge" in options and options["ridge"] is not None and not (float(options["ridge"]) > 0):
+        raise ValueError(f"ridge must be positive, got {options['ridge']!r}")
+    for name in ("tol", "time_limit"):
+        v = options.get(name)
+        if v is not None and not (isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < math.inf):
+            raise ValueError(f"{name} must be a positive number or None, got {v!r}")
+    if "max_iter" in options and not (isinstance(options["max_iter"], int) and options["max_iter"] >= 1):
+        raise ValueError(f"max_iter must be a positive integer, got {options['max_iter']!r}")
 
 
 def _plain(options):

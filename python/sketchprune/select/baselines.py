@@ -170,8 +170,12 @@ def grand(grad_norms: torch.Tensor, n: int) -> torch.Tensor:
 def el2n(probs: torch.Tensor, labels: torch.Tensor, n: int) -> torch.Tensor:
     """EL2N: keep the n samples with the largest ||p - onehot(y)||_2."""
     p = _check_probs(probs)
+    y = torch.as_tensor(labels).long()
+    if y.shape != (p.shape[0],) or (y.numel() and (int(y.min()) < 0 or int(y.max()) >= p.shape[1])):
+        raise ValueError(f"el2n: labels must be {p.shape[0]} class ids in [0, {p.shape[1]}), got shape "
+                         f"{tuple(y.shape)}" + (f", range [{int(y.min())}, {int(y.max())}]" if y.numel() else ""))
     err = p.clone()
-    err[torch.arange(p.shape[0]), labels.long()] -= 1.0
+    err[torch.arange(p.shape[0]), y] -= 1.0
     return _top(err.norm(dim=1), n)
 
 
@@ -184,6 +188,8 @@ def entropy(probs: torch.Tensor, n: int) -> torch.Tensor:
 def margin(probs: torch.Tensor, n: int) -> torch.Tensor:
     """Keep the n samples with the smallest margin between the two most likely classes."""
     p = _check_probs(probs)
+    if p.shape[1] < 2:
+        raise ValueError(f"margin needs at least 2 classes, got probs of shape {tuple(p.shape)}")
     top2 = torch.topk(p, 2, dim=1).values
     return _top(-(top2[:, 0] - top2[:, 1]), n)
 

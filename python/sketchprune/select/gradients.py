@@ -61,7 +61,14 @@ def _labels(labels, n, num_classes, gen):
         if labels != "random":
             raise ValueError(f"labels must be a tensor or 'random', got {labels!r}")
         return torch.randint(0, num_classes, (n,), generator=gen)
-    return torch.as_tensor(labels).long()
+    y = torch.as_tensor(labels)
+    if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
+        raise TypeError(f"labels must be integer class ids, got dtype {y.dtype}")
+    if y.shape != (n,):
+        raise ValueError(f"labels must have one class id per sample ({n}), got shape {tuple(y.shape)}")
+    if n and (int(y.min()) < 0 or int(y.max()) >= num_classes):
+        raise ValueError(f"labels must be in [0, num_classes={num_classes}), got [{int(y.min())}, {int(y.max())}]")
+    return y.long()
 
 
 def linear_probe_sketch(features: torch.Tensor, labels, num_classes: int, m: int, k: int = 8, seed: int = 0,
@@ -71,6 +78,9 @@ def linear_probe_sketch(features: torch.Tensor, labels, num_classes: int, m: int
     ``labels``: a tensor of class indices, or ``"random"`` (as in the original SkMM experiments).
     ``init``: ``"zeros"`` (p uniform) or ``"random"`` (W ~ N(0, 1/d), drawn from ``seed``).
     """
+    if not isinstance(features, torch.Tensor) or features.dim() != 2:
+        raise ValueError(f"features must be a 2-D tensor (N x d), got "
+                         f"{tuple(features.shape) if hasattr(features, 'shape') else type(features).__name__}")
     N, d = features.shape
     gen = torch.Generator().manual_seed(seed)
     y = _labels(labels, N, num_classes, gen)
@@ -370,9 +380,13 @@ def model_gradient_sketch(model: nn.Module, layers, batches, loss_fn, m: int, k:
         offsets.append(off)
         off += mod.weight.numel() + (mod.bias.numel() if mod.bias is not None else 0)
     budget = active_budget() if budget is None else Budget.of(budget)
+    if torch.is_inference_mode_enabled():
+        raise RuntimeError("model_gradient_sketch needs gradients: call it outside torch.inference_mode()")
     params = {id(p): p for p in [*model.parameters(), *(p for mod in layers for p in mod.parameters())]}
     saved = [(p, p.requires_grad) for p in params.values()]
-    training = [(mod, mod.training) for mod in [model, *layers]]
+    # every module's own mode (model.train(flag) would reset the submodules a caller set apart)
+    modules = {id(mod): mod for mod in [*model.modules(), *(m_ for mod in layers for m_ in mod.modules())]}
+    training = [(mod, mod.training) for mod in modules.values()]
     sink, n_batches, plan = None, 0, {"rows": None, "workspace_bytes": 0, "index": {}}
     bar = progress_bar(progress, desc="gradient sketch", unit="batch")
     try:
@@ -384,7 +398,10 @@ def model_gradient_sketch(model: nn.Module, layers, batches, loss_fn, m: int, k:
         for inputs, targets in batches:
             with torch.enable_grad(), _Capture(layers, names) as cap:
                 losses = loss_fn(model(inputs), targets)
-            grads = _output_grads(losses, cap)
+                if losses.dim() >= 1 and losses.shape[0] == 0:   # an empty batch adds no rows
+                    n_batches += 1
+                    continue
+                grads = _output_grads(losses, cap)
             if sink is None:
                 sink = _RowSink(m, losses.device, out)
             sink.add(_sketch_batch(layers, names, offsets, cap.calls, grads, m, k, seed, budget, sink, plan))
@@ -395,7 +412,7 @@ def model_gradient_sketch(model: nn.Module, layers, batches, loss_fn, m: int, k:
         sketch = sink.finish() if sink is not None else _RowSink(m, torch.device("cpu"), out).finish()
     finally:
         for mod, flag in training:
-            mod.train(flag)
+            mod.training = flag
         for p, flag in saved:
             p.requires_grad_(flag)
         if bar is not None:

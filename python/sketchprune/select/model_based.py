@@ -86,6 +86,21 @@ class ModelOutputs:
             t = getattr(self, name)
             if t is not None and t.dim() != 2:
                 raise ValueError(f"{name} must be 2-D (N x ...), got shape {tuple(t.shape)}")
+        if self.labels is not None:
+            y = self.labels
+            if y.dim() != 1:
+                raise ValueError(f"labels must be 1-D (one class id per sample), got shape {tuple(y.shape)}")
+            if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
+                raise TypeError(f"labels must be integer class ids, got dtype {y.dtype}")
+            if y.numel() and int(y.min()) < 0:
+                raise ValueError(f"labels must be class ids >= 0, got {int(y.min())}")
+        if self.grad_norms is not None:
+            g = self.grad_norms
+            if g.dim() != 1 or not g.is_floating_point():
+                raise ValueError(f"grad_norms must be a 1-D float tensor (one norm per sample), got "
+                                 f"shape {tuple(g.shape)}, dtype {g.dtype}")
+            if not bool(torch.isfinite(g).all()):
+                raise ValueError("grad_norms has NaN or Inf entries")
         if self.probs is not None:
             s = self.probs.double().sum(1)
             if not torch.allclose(s, torch.ones_like(s), atol=1e-3):
@@ -229,7 +244,14 @@ def glister(features: torch.Tensor, labels: torch.Tensor, n: int, val_features: 
         raise ValueError("give both val_features and val_labels, or neither (then the pool is the validation set)")
     Xv = X if val_features is None else torch.as_tensor(val_features).double()
     yv = y if val_labels is None else torch.as_tensor(val_labels).long()
-    C = int(max(int(y.max()), int(yv.max()))) + 1 if num_classes is None else num_classes
+    if num_classes is not None:
+        C = int(num_classes)
+    elif head_weight is not None:       # the head fixes the class count (labels may not reach its last class)
+        C = int(torch.as_tensor(head_weight).shape[0])
+    else:
+        C = int(max(int(y.max()), int(yv.max()))) + 1
+    if int(max(int(y.max()), int(yv.max()))) >= C:
+        raise ValueError(f"labels go up to {int(max(int(y.max()), int(yv.max())))} but there are {C} classes")
     if head_weight is None:
         W1 = torch.zeros(C, d + 1, dtype=torch.float64)
     else:

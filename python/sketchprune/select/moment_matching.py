@@ -74,12 +74,15 @@ def eigen_rotation(x: torch.Tensor, rank_tol: float = 1e-10, chunk: int = 65536,
     """(proj, lam, V) of a sketch x (N x m): Sigma~ = x^T x / N = V diag(lam) V^T (lam descending,
     directions with lam_j <= rank_tol * lam_max dropped) and proj = x V (N x m', in ``dtype``,
     computed in row chunks), so proj^T proj / N = diag(lam)."""
-    if x.dim() != 2 or x.shape[0] == 0:
+    if x.dim() != 2 or x.shape[0] == 0 or x.shape[1] == 0:
         raise ValueError(f"sketch must be a non-empty 2-D tensor (N x m), got shape {tuple(x.shape)}")
     lam, V = torch.linalg.eigh(second_moment(x, chunk))
     lam, V = lam.flip(0), V.flip(1)
     keep = lam > rank_tol * lam[0].clamp_min(torch.finfo(torch.float64).tiny)
     lam, V = lam[keep], V[:, keep]
+    if lam.numel() == 0:
+        raise ValueError("the sketch is all zero (rank 0): every sample's gradient vanishes in it, so there is "
+                         "nothing to match; check the gradient source (e.g. a model at a stationary point)")
     proj = torch.empty(x.shape[0], V.shape[1], dtype=dtype, device=x.device)
     Vd = V.to(dtype)
     for i in range(0, x.shape[0], chunk):
@@ -148,7 +151,9 @@ def solve_moment_matching(
         res = torch.relu(b - mom)
         return mom, float(res.square().sum()), -2.0 * (A64 @ res)
 
-    L = 2.0 * _spectral_norm_sq_tangent(A64) * 1.05 + 1e-300
+    # a floor relative to the data's scale: with the moments constant along the simplex (identical
+    # rows) the curvature is 0, and the (centred, hence ~0) gradient must not be divided by ~0
+    L = max(2.0 * _spectral_norm_sq_tangent(A64) * 1.05, 1e-12 * float(A64.square().sum()) / N, 1e-300)
     s = torch.full((N,), 1.0 / N, dtype=torch.float64, device=A.device)
     mom_s, f_uni, _ = exact(s)
     f = f_uni
@@ -160,6 +165,7 @@ def solve_moment_matching(
         # accelerated projected-gradient step (FISTA); two float32 matvecs per iteration: the
         # gradient at y, and the moments of the step s_new - s (tracked incrementally in float64)
         g_y = -2.0 * (A32 @ torch.relu(b - mom_y).float()).double()
+        g_y -= g_y.mean()       # the projection ignores constant shifts; centred, the step stays in scale
         s_new, tau = project_capped_simplex_tau(y - g_y / L, n, tau)
         mom_new = mom_s + (A32.T @ (s_new - s).float()).double()
         t_new = 0.5 * (1.0 + math.sqrt(1.0 + 4.0 * t * t))
