@@ -1,7 +1,8 @@
 """``sketchprune select``: choose n samples from per-sample gradients or features.
 
     sketchprune select (--grads G.npy | --features F.npy) [--labels y.npy] --n 1000 [--method skmm]
-                       [--sketch-dim 512] [--k 8] [--seed 0] [--budget 4GiB] [--out selection.json] [--quiet]
+                       [--sketch-dim 512] [--k 8] [--seed 0] [--tol T] [--time-limit S] [--budget 4GiB]
+                       [--out selection.json] [--quiet]
 
 * ``--grads``: an N x r per-sample gradient (or any feature) matrix, .npy (memory-mapped, never
   loaded whole) or .pt; streamed through ``sketch_matrix`` under the budget.
@@ -13,16 +14,23 @@
   the estimate exceeds half the pilot's width, where it is only a lower bound).  ``--probs P.npy``
   (N x classes) feeds the methods that read model probabilities.
 
-Output (``--out``, written atomically, or stdout): ``indices``, ``weights`` (SkMM's relaxed
-weights of the selected samples, or null), ``method``, ``n``, ``seed``, ``sketch`` {type, m, k,
-seed, source, ...}, ``time_s`` and ``info`` (the method's audit record: certified gap, variance
-proxy, ...).  Bad input is reported in one line on stderr with exit status 2, no traceback.
+Output (``--out``, checked before any work and written atomically, or stdout): strict JSON
+(non-finite numbers written as null) with ``indices``, ``weights`` (SkMM's relaxed weights of the
+selected samples, or null), ``method``, ``n``, ``seed``, ``sketch`` {type, m, k, seed, source, ...},
+``time_s`` and ``info`` (the method's audit record: certified gap, variance proxy, ...).  Bad input
+is reported in one line on stderr with exit status 2, no traceback; an SkMM solve that did not
+converge is warned about on stderr (also with ``--quiet``), its selection still written.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import math
+import numbers
+import os
+import stat
 import sys
 import time
 from pathlib import Path
@@ -43,13 +51,25 @@ def _load(path: str, what: str):
 
         try:
             return np.load(p, mmap_mode="r")
-        except ValueError as e:
-            raise CliError(f"{path}: cannot read as .npy ({e})") from None
+        except Exception as e:  # noqa: BLE001 -- any unreadable file is a user error
+            raise CliError(f"{path}: cannot read as .npy ({_first_line(e)})") from None
     if p.suffix in (".pt", ".pth"):
         import torch
 
-        return torch.load(p, map_location="cpu", weights_only=True)
+        try:
+            t = torch.load(p, map_location="cpu", weights_only=True)
+        except Exception as e:  # noqa: BLE001 -- corrupt files raise UnpicklingError, EOFError, RuntimeError, ...
+            raise CliError(f"{path}: cannot read as a .pt tensor ({_first_line(e)})") from None
+        if not isinstance(t, torch.Tensor):
+            raise CliError(f"{path}: expected a tensor, got {type(t).__name__}")
+        return t
     raise CliError(f"{path}: expected a .npy or .pt file")
+
+
+def _first_line(e: Exception) -> str:
+    """The first line of an exception's message (library errors can run over many lines)."""
+    lines = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {lines[0] if lines else ''}"
 
 
 def _check_matrix(M, name: str, chunk: int = 8192):
@@ -85,15 +105,87 @@ def _labels(path: str, N: int):
     import torch
 
     y = _load(path, "labels")
+    bad_dtype = y.dtype.is_complex if isinstance(y, torch.Tensor) else y.dtype.kind not in "biuf"
+    if bad_dtype:
+        raise CliError(f"labels must be integer class indices, got dtype {y.dtype}")
     y = torch.from_numpy(np.array(y)) if not isinstance(y, torch.Tensor) else y  # a copy: memmaps are read-only
     if y.dim() != 1 or int(y.shape[0]) != N:
         raise CliError(f"labels must be a vector of length N = {N}, got shape {tuple(y.shape)}")
-    if y.is_floating_point() and not torch.equal(y, y.round()):
+    if y.is_floating_point() and not (torch.isfinite(y).all() and torch.equal(y, y.round())):
         raise CliError("labels must be integer class indices")
     y = y.long()
     if int(y.min()) < 0:
         raise CliError(f"labels must be >= 0, got {int(y.min())}")
     return y
+
+
+def _write(dest: Path, text: str | None) -> None:
+    """Write ``text`` to ``dest`` atomically: a temporary file ``<dest>.tmp`` renamed over it.  With
+    ``text=None`` only check that it can be (the temporary file is created and removed).  Any
+    failure is a one-line error, and the temporary file never stays behind."""
+    tmp = dest.with_name(dest.name + ".tmp")
+    try:
+        tmp.unlink(missing_ok=True)  # a stale one, or a symlink: never written through
+        with open(tmp, "x") as f:
+            f.write(text or "")
+        if text is not None:
+            os.replace(tmp, dest)
+    except OSError as e:
+        raise CliError(f"cannot write --out {dest}: {e.strerror or e}") from None
+    finally:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+
+
+def _check_out(path: str) -> Path:
+    """``--out`` checked before any work: its directory exists and is writable, and an existing
+    ``--out`` is a regular file (a directory, symlink or device would be replaced by the rename,
+    not written through)."""
+    dest = Path(path)
+    if not dest.parent.is_dir():
+        raise CliError(f"output directory {dest.parent} "
+                       + ("is not a directory" if dest.parent.exists() else "does not exist"))
+    with contextlib.suppress(FileNotFoundError):
+        mode = os.lstat(dest).st_mode
+        if not stat.S_ISREG(mode):
+            kind = "a directory" if stat.S_ISDIR(mode) else "a symlink" if stat.S_ISLNK(mode) else "not a regular file"
+            raise CliError(f"--out {path} is {kind}; give the path of a regular file")
+    _write(dest, None)
+    return dest
+
+
+def _finite(v):
+    """``v`` with every non-finite float (NaN, +-Inf) in it replaced by None: strict JSON."""
+    if isinstance(v, dict):
+        return {k: _finite(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_finite(x) for x in v]
+    if isinstance(v, numbers.Real) and not isinstance(v, numbers.Integral):
+        return float(v) if math.isfinite(v) else None
+    return v
+
+
+def _convergence_warning(info: dict, time_limit: float | None) -> str | None:
+    """One line naming the SkMM solves (per class when class-balanced) whose info says they did
+    not converge, with the duality gap against the tolerance where known; None when all did."""
+    per_class = info.get("per_class")
+    solves = per_class if per_class is not None else {None: info}
+    bad = {c: r for c, r in solves.items() if r.get("converged") is False}
+    if not bad:
+        return None
+    if info.get("formulation") == "paper":
+        return ("warning: the SkMM paper formulation did not converge: it is not certified (Adam for a fixed number "
+                "of iterations, no duality gap); --formulation hinge, maxmin or variance give a certified solve")
+    where = "" if per_class is None else f" in {len(bad)} of {len(solves)} classes ({', '.join(map(str, bad))})"
+    worst = max(bad.values(), key=lambda r: -1.0 if r.get("duality_gap") is None else r["duality_gap"])
+    msg = f"warning: the SkMM {info.get('formulation')} solver did not converge{where}"
+    if worst.get("duality_gap") is not None:
+        msg += f": duality gap {worst['duality_gap']:.3g}{' (the largest)' if len(bad) > 1 else ''}"
+        if info.get("tol") is not None:
+            msg += f" vs tolerance {info['tol']:g} (relative)"
+    timed_out = time_limit is not None and (worst.get("seconds") or 0) >= time_limit
+    msg += f" after {worst.get('iterations')} iterations{' (stopped by --time-limit)' if timed_out else ''}"
+    return msg + "; the selection was written all the same (a larger --tol or --time-limit lets the solver finish)"
 
 
 def run(args) -> int:
@@ -132,6 +224,18 @@ def _run(args) -> int:
     if args.method == "skmm" and args.formulation in ("hinge", "paper") and not 0 < args.c < 1:
         raise CliError(f"--c must be in (0, 1) for the {args.formulation} formulation, got {args.c} "
                        "(with c >= 1 uniform weights already satisfy every moment constraint)")
+    if args.classes is not None and args.classes < 1:
+        raise CliError(f"--classes must be >= 1, got {args.classes}")
+    for opt, v in (("--tol", args.tol), ("--time-limit", args.time_limit)):
+        if v is None:
+            continue
+        if not 0 < v < math.inf:
+            raise CliError(f"{opt} must be a positive number, got {v}")
+        if args.method != "skmm" or args.formulation == "paper" or \
+                (args.formulation == "variance" and args.rounding in (None, "greedy")):
+            raise CliError(f"{opt} applies to the iterative SkMM solvers only: --formulation hinge or maxmin, "
+                           "or variance with --rounding sample or top")
+    dest = _check_out(args.out) if args.out else None
     src = args.grads if args.grads is not None else args.features
     M = _load(src, "gradient" if args.grads is not None else "feature")
     N = _check_matrix(M, "--grads" if args.grads is not None else "--features")
@@ -143,10 +247,12 @@ def _run(args) -> int:
         raise CliError("--class-balanced needs --labels")
     probs = None
     if args.probs:
+        import numpy as np
+
         P = _load(args.probs, "probs")
         if _check_matrix(P, "--probs") != N:
             raise CliError(f"--probs has {P.shape[0]} rows, expected N = {N}")
-        probs = torch.as_tensor(P).double()
+        probs = P.double() if isinstance(P, torch.Tensor) else torch.from_numpy(np.array(P, dtype=np.float64))
     need = NEEDS[args.method]
     if args.method not in ("skmm", "uniform", "herding", "kcenter", "leverage", "ridge-leverage", "adaptive") \
             and not (probs is not None and need.startswith("probs") and (labels is not None or "labels" not in need)):
@@ -159,7 +265,7 @@ def _run(args) -> int:
 
         X = torch.from_numpy(np.array(M)) if not isinstance(M, torch.Tensor) else M
         X = X.float()
-        C = args.classes or (int(labels.max()) + 1 if labels is not None else 10)
+        C = args.classes if args.classes is not None else (int(labels.max()) + 1 if labels is not None else 10)
         if labels is not None and int(labels.max()) >= C:
             raise CliError(f"labels go up to {int(labels.max())} but --classes is {C}")
         probe_labels = labels if labels is not None else "random"
@@ -201,10 +307,11 @@ def _run(args) -> int:
     if args.method == "skmm":
         opts = dict(c=args.c, rounding=args.rounding, weighting=args.weighting, formulation=args.formulation,
                     progress=not args.quiet and sys.stderr.isatty())
-        if args.formulation == "maxmin":
-            opts.pop("c")
+        if args.formulation == "maxmin":  # scale-free: no c, no weighting
+            del opts["c"], opts["weighting"]
         if args.formulation == "variance":
             opts = dict(formulation="variance", rounding=args.rounding, eps=args.eps, progress=opts["progress"])
+        opts.update({k: v for k, v in (("tol", args.tol), ("time_limit", args.time_limit)) if v is not None})
     sel = select(args.n, args.method, sk, probs=probs, labels=labels, seed=args.seed,
                  class_balanced=args.class_balanced, **opts)
     elapsed = time.perf_counter() - t0
@@ -219,14 +326,12 @@ def _run(args) -> int:
            "seed": args.seed, "sketch": sketch_rec, "time_s": elapsed,
            "input": {"grads" if args.grads else "features": str(src), "labels": args.labels, "N": N},
            "info": sel.info}
-    text = json.dumps(out, indent=1, default=str)
-    if args.out:
-        dest = Path(args.out)
-        if dest.parent and not dest.parent.exists():
-            raise CliError(f"output directory {dest.parent} does not exist")
-        tmp = dest.with_name(dest.name + ".tmp")
-        tmp.write_text(text)
-        tmp.replace(dest)  # never a half-written result
+    text = json.dumps(_finite(out), indent=1, default=str, allow_nan=False)
+    warning = _convergence_warning(sel.info, args.time_limit) if args.method == "skmm" else None
+    if warning:
+        print(warning, file=sys.stderr)
+    if dest is not None:
+        _write(dest, text)  # never a half-written result
         if not args.quiet:
             print(f"wrote {len(out['indices'])} indices to {args.out} ({elapsed:.2f} s)", file=sys.stderr)
     else:
@@ -261,6 +366,11 @@ def add_parser(sub):
                         "on its objective), sample (the others' default) or top")
     s.add_argument("--eps", type=float, default=0.1,
                    help="ridge of the variance formulation, relative to the mean eigenvalue (default 0.1)")
+    s.add_argument("--tol", type=float, default=None,
+                   help="SkMM solver tolerance on the certified duality gap, relative to the objective (default: "
+                        "1e-4 hinge, 1e-2 maxmin, 1e-3 relaxed variance)")
+    s.add_argument("--time-limit", type=float, default=None,
+                   help="stop the SkMM solver after this many seconds (per class when class-balanced)")
     s.add_argument("--class-balanced", action=argparse.BooleanOptionalAction, default=None,
                    help="select per class (default: on for skmm when --labels are given)")
     s.add_argument("--seed", type=int, default=0)

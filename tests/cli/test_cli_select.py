@@ -1,6 +1,7 @@
 import json
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -137,3 +138,135 @@ def test_select_cli_default_m_records_pilot_and_warns_when_saturated(tmp_path, _
     # an explicit m: no pilot
     res = _cli("--grads", tmp_path / "iso.npy", "--n", 10, "--method", "kcenter", "--m", 16, "--quiet")
     assert "pilot" not in json.loads(res.stdout)["sketch"]
+
+
+def _no_traceback(res, *messages):
+    """A one-line ``sketchprune select: error: ...`` with exit status 2 that names each message."""
+    lines = res.stderr.strip().splitlines()
+    assert res.returncode == 2 and len(lines) == 1 and lines[0].startswith("sketchprune select: error: "), res.stderr
+    assert all(m in lines[0] for m in messages), res.stderr
+
+
+def test_select_cli_unreadable_files(tmp_path, _cli):
+    import torch
+    np.save(tmp_path / "g.npy", np.ones((20, 5), np.float32))
+    (tmp_path / "junk.pt").write_bytes(b"not a pt")
+    (tmp_path / "junk.npy").write_bytes(b"not an npy")
+    torch.save({"a": torch.ones(20, 5)}, tmp_path / "dict.pt")
+    for opt in ("--grads", "--labels", "--probs"):
+        for bad in ("junk.pt", "junk.npy", "dict.pt"):
+            src = [] if opt == "--grads" else ["--grads", tmp_path / "g.npy"]
+            _no_traceback(_cli(*src, opt, tmp_path / bad, "--n", 5, "--quiet"), str(tmp_path / bad))
+
+
+@pytest.mark.parametrize("labels, message", [
+    (np.array(["a"] * 20), "integer class indices, got dtype <U1"),
+    (np.array([{"a": 1}] * 20, dtype=object), "cannot read as .npy"),
+    (np.full(20, np.inf), "integer class indices"),
+    (np.full(20, 1.5), "integer class indices"),
+])
+def test_select_cli_bad_labels(tmp_path, _cli, labels, message):
+    np.save(tmp_path / "g.npy", np.ones((20, 5), np.float32))
+    np.save(tmp_path / "y.npy", labels, allow_pickle=True)
+    _no_traceback(_cli("--grads", tmp_path / "g.npy", "--labels", tmp_path / "y.npy", "--n", 5, "--quiet"), message)
+
+
+def test_select_cli_classes(tmp_path, _cli):
+    np.save(tmp_path / "f.npy", np.random.default_rng(0).standard_normal((40, 4)).astype(np.float32))
+    np.save(tmp_path / "y.npy", np.arange(40) % 4)
+    f = ["--features", tmp_path / "f.npy", "--n", 5, "--m", 8, "--method", "kcenter", "--quiet"]
+    for c in (-3, 0):
+        _no_traceback(_cli(*f, "--classes", c), f"--classes must be >= 1, got {c}")
+    _no_traceback(_cli(*f, "--classes", 3, "--labels", tmp_path / "y.npy"), "labels go up to 3 but --classes is 3")
+    res = _cli(*f, "--classes", 4, "--labels", tmp_path / "y.npy")
+    assert res.returncode == 0 and len(json.loads(res.stdout)["indices"]) == 5, res.stderr
+
+
+def test_select_cli_out_checked_first_and_never_replaced(tmp_path, _cli, monkeypatch):
+    import os
+    import sketchprune.cli_select as cs
+    g = np.ones((20, 5), np.float32)
+    g[3, 0] = np.nan  # the input is bad too: a bad --out must be found before the input is read
+    np.save(tmp_path / "g.npy", g)
+    (tmp_path / "dir").mkdir()
+    (tmp_path / "file").write_text("x")
+    (tmp_path / "target.json").write_text("keep")
+    (tmp_path / "link.json").symlink_to(tmp_path / "target.json")
+    for out, message in [(tmp_path / "dir", "is a directory"), (tmp_path / "link.json", "is a symlink"),
+                         ("/dev/null", "is not a regular file"), (tmp_path / "no" / "x.json", "does not exist"),
+                         (tmp_path / "file" / "x.json", "is not a directory")] + \
+            ([("/proc/sketchprune.json", "cannot write --out")] if os.path.isdir("/proc") else []):
+        _no_traceback(_cli("--grads", tmp_path / "g.npy", "--n", 5, "--quiet", "--out", out), message)
+    assert (tmp_path / "target.json").read_text() == "keep" and (tmp_path / "link.json").is_symlink()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dir", "file", "g.npy", "link.json", "target.json"]
+    assert not any((tmp_path / "dir").iterdir())
+    # a failed write (disk full, ...) after the work: one line, no temporary file left, nothing written
+    np.save(tmp_path / "g.npy", np.random.default_rng(0).standard_normal((20, 5)).astype(np.float32))
+    def full(src, dst):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(cs.os, "replace", full)
+    out = tmp_path / "sel.json"
+    _no_traceback(_cli("--grads", tmp_path / "g.npy", "--n", 5, "--m", 8, "--quiet", "--out", out),
+                  "cannot write --out", "No space left")
+    assert not out.exists() and not (tmp_path / "sel.json.tmp").exists()
+    monkeypatch.undo()
+    out.write_text("old")  # an existing regular file is replaced
+    res = _cli("--grads", tmp_path / "g.npy", "--n", 5, "--m", 8, "--quiet", "--out", out)
+    assert res.returncode == 0 and len(json.loads(out.read_text())["indices"]) == 5, res.stderr
+
+
+def _strict(text):
+    """json.loads that rejects NaN / Infinity."""
+    return json.loads(text, parse_constant=lambda c: pytest.fail(f"non-finite {c} in the JSON"))
+
+
+def test_select_cli_strict_json_and_convergence_warnings(tmp_path, _cli):
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "g.npy", rng.standard_normal((60, 10)).astype(np.float32))
+    np.save(tmp_path / "y.npy", np.arange(60) % 3)
+    g = ["--grads", tmp_path / "g.npy", "--n", 12, "--m", 8, "--quiet"]
+    # paper: gap NaN -> null, uncertified -> warned (also with --quiet), exit 0
+    res = _cli(*g, "--formulation", "paper", "--out", tmp_path / "p.json")
+    info = _strict((tmp_path / "p.json").read_text())["info"]
+    assert res.returncode == 0 and info["duality_gap"] is None and info["converged"] is False
+    assert "paper formulation did not converge" in res.stderr
+    # relaxed variance stopped by --time-limit before --tol is met: gap vs tolerance, pooled ...
+    res = _cli(*g, "--rounding", "sample", "--tol", 1e-12, "--time-limit", 1e-6)
+    info = _strict(res.stdout)["info"]
+    assert res.returncode == 0 and info["converged"] is False and info["tol"] == 1e-12
+    assert len(res.stderr.strip().splitlines()) == 1
+    assert "variance solver did not converge: duality gap" in res.stderr and "tolerance 1e-12" in res.stderr
+    assert "stopped by --time-limit" in res.stderr
+    # ... and per class (maxmin, class-balanced by the labels)
+    res = _cli(*g, "--formulation", "maxmin", "--labels", tmp_path / "y.npy", "--tol", 1e-12, "--time-limit", 1e-6)
+    assert res.returncode == 0 and not any(r["converged"] for r in _strict(res.stdout)["info"]["per_class"].values())
+    assert "maxmin solver did not converge in 3 of 3 classes (0, 1, 2)" in res.stderr
+    # converged: no warning
+    res = _cli(*g, "--formulation", "maxmin")
+    assert res.returncode == 0 and _strict(res.stdout)["info"]["converged"] and res.stderr == "", res.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--tol", 0, "--formulation", "hinge"], "--tol must be a positive number"),
+    (["--time-limit", -1, "--formulation", "hinge"], "--time-limit must be a positive number"),
+    (["--tol", 1e-3], "--tol applies to the iterative SkMM solvers only"),  # greedy
+    (["--time-limit", 1, "--formulation", "paper"], "--time-limit applies"),
+    (["--tol", 1e-3, "--method", "kcenter"], "--tol applies"),
+])
+def test_select_cli_bad_solver_limits(tmp_path, _cli, args, message):
+    np.save(tmp_path / "g.npy", np.ones((20, 5), np.float32))
+    _no_traceback(_cli("--grads", tmp_path / "g.npy", "--n", 5, "--quiet", *args), message)
+
+
+def test_select_cli_probs_memmap_quiet(tmp_path, _cli):
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "g.npy", rng.standard_normal((30, 6)).astype(np.float32))
+    p = rng.random((30, 3))
+    np.save(tmp_path / "p.npy", p / p.sum(1, keepdims=True))
+    with warnings.catch_warnings(record=True) as caught:  # (torch warns once per process: alone, it is caught)
+        warnings.simplefilter("always")
+        res = _cli("--grads", tmp_path / "g.npy", "--probs", tmp_path / "p.npy", "--method", "entropy", "--n", 5,
+                   "--m", 8, "--quiet")
+    assert res.returncode == 0 and res.stderr == "", res.stderr
+    assert not [w for w in caught if "not writable" in str(w.message)]
+    assert len(json.loads(res.stdout)["indices"]) == 5

@@ -212,7 +212,7 @@ def _subset(out: ModelOutputs, rows: torch.Tensor) -> ModelOutputs:
     return ModelOutputs(**kw)
 
 
-_PER_CLASS = ("n", "duality_gap", "converged", "iterations", "seconds", "support", "top_mass")
+_PER_CLASS = ("n", "duality_gap", "tol", "converged", "iterations", "seconds", "support", "top_mass")
 
 
 def _class_balanced(n, method, sketch, outputs: ModelOutputs, seed, options) -> Selection:
