@@ -92,3 +92,28 @@ def test_errors():
         acc.cross()
     with pytest.raises(TypeError):
         sp.CovarianceAccumulator(4, dtype=torch.float16)
+
+
+def test_accumulator_device_spelling_and_masked_non_finite_rows():
+    acc = sp.CovarianceAccumulator(4, device="cpu:0")      # the same device as tensors' "cpu"
+    x = torch.randn(6, 4)
+    x[2] = float("nan")
+    x[4] = float("inf")
+    mask = torch.ones(6, dtype=torch.bool)
+    mask[[2, 4]] = False
+    acc.update(x, mask=mask)
+    keep = x[mask].double()
+    assert torch.allclose(acc.mean().double(), keep.mean(0), atol=1e-6)   # NaN in skipped rows stays out
+    assert torch.isfinite(acc.covariance(centered=True)).all()
+
+
+def test_float32_centred_covariance_warns_when_the_mean_swamps_the_spread():
+    g = torch.Generator().manual_seed(0)
+    x = 1e4 + torch.randn(20000, 3, generator=g)
+    a32 = sp.CovarianceAccumulator(3)
+    a32.update(x)
+    with pytest.warns(UserWarning, match="use dtype=torch.float64"):
+        a32.covariance(centered=True)
+    a64 = sp.CovarianceAccumulator(3, dtype=torch.float64)
+    a64.update(x)
+    assert torch.allclose(torch.diagonal(a64.covariance(centered=True)), x.double().var(0, correction=0), rtol=1e-4)

@@ -2,12 +2,28 @@
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 
+from ._device import same_device
 from .budget import Budget, BudgetError, format_bytes
 from .ops import cov_accumulate_, cross_accumulate_
 
 _IN_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def _warn_cancellation(var: torch.Tensor, second: torch.Tensor) -> None:
+    """A float32 second moment keeps ~7 digits; centring subtracts mean^2, so features whose mean is
+    large against their spread lose most of them (the variance can even come out negative)."""
+    lost = var < 1e-4 * second
+    if bool(lost.any()):
+        worst = int(torch.argmin(var / second.clamp_min(torch.finfo(torch.float64).tiny)))
+        warnings.warn(f"CovarianceAccumulator.covariance(centered=True): in {int(lost.sum())} of {var.numel()} "
+                      f"features the mean is large against the spread (feature {worst}: variance {float(var[worst]):.3g} "
+                      f"vs mean square {float(second[worst]):.3g}), so the float32 accumulator cannot resolve the "
+                      "covariance there; use dtype=torch.float64 (or subtract a rough mean before update)",
+                      stacklevel=3)
 
 
 class CovarianceAccumulator:
@@ -65,7 +81,8 @@ class CovarianceAccumulator:
             self._sum += torch.sum(x, dim=0, dtype=torch.float64)
             self._count += t
         else:
-            self._sum += torch.sum(x * mask[:, None].to(x.dtype), dim=0, dtype=torch.float64)
+            # where, not a product: NaN/Inf in skipped (padding) rows must not reach the sum
+            self._sum += torch.sum(torch.where(mask[:, None], x, 0), dim=0, dtype=torch.float64)
             self._count += mask.sum()
         if t >= self._stage_target or not self._ensure_stage(x, y):
             self.flush()
@@ -141,7 +158,7 @@ class CovarianceAccumulator:
                             f"{getattr(x, 'dtype', type(x).__name__)}")
         if x.dim() == 0 or x.shape[-1] != self.dim:
             raise ValueError(f"{name}: x must have shape (..., {self.dim}), got {tuple(x.shape)}")
-        if x.device != self.device:
+        if x.device != self.device and not same_device(x.device, self.device):
             raise ValueError(f"{name}: x is on {x.device} but the accumulator lives on {self.device}")
         lead = x.shape[:-1]
         x = x.reshape(-1, self.dim)
@@ -182,7 +199,11 @@ class CovarianceAccumulator:
         s = self.sigma / n
         if centered:
             mu = self._sum / n
-            s = (s.to(torch.float64) - torch.outer(mu, mu)).to(self.dtype)
+            s64 = s.to(torch.float64)
+            c = s64 - torch.outer(mu, mu)
+            if self.dtype == torch.float32:
+                _warn_cancellation(torch.diagonal(c), torch.diagonal(s64))
+            s = c.to(self.dtype)
         return s
 
     def cross(self) -> torch.Tensor:

@@ -22,6 +22,14 @@ def cpu_name() -> str:
     return name
 
 
+def _override():
+    """The SKETCHPRUNE_BACKEND override, or what is wrong with it (this is the tool to diagnose it)."""
+    try:
+        return _backends.requested_backend()
+    except (ValueError, KeyError) as e:
+        return f"invalid: {e}"
+
+
 def report() -> dict:
     cpu, cuda = _native.cpu_module(), _native.cuda_module()
     info = {
@@ -34,7 +42,7 @@ def report() -> dict:
         "cuda_module": cuda.build_info() if cuda else {"error": _native.load_error("_C_cuda")},
         "cuda_devices": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
         if torch.cuda.is_available() else [],
-        "backend_override": _backends.requested_backend(),
+        "backend_override": _override(),
         "backends": {},
     }
     if cuda:

@@ -41,3 +41,29 @@ def test_offline_vs_other(tmp_path, monkeypatch):
     monkeypatch.setattr(cache, "_index_reachable", lambda: False)
     with pytest.raises(OfflineError):
         fetch_wheel("gensim")
+
+
+def test_damaged_json_cache_is_rebuilt_not_trusted(tmp_path, capsys):
+    from sketchprune.datasets.cache import read_json_cache, write_json_cache
+
+    p = tmp_path / "texts.json"
+    write_json_cache(p, {"texts": ["a", "b"]})
+    assert read_json_cache(p, "texts") == ["a", "b"]
+    assert not [q for q in tmp_path.iterdir() if q.name.endswith(".tmp")]     # no temporaries left
+    for bad in ('{"texts": ["a", "b', '{"texts": []}', '{"other": 1}', "[1, 2]"):
+        p.write_text(bad)
+        assert read_json_cache(p, "texts") is None and not p.exists()        # removed: the caller rebuilds
+        assert "damaged" in capsys.readouterr().err
+    assert read_json_cache(tmp_path / "missing.json", "texts") is None
+
+
+def test_private_temporaries_and_cache_location_errors(tmp_path, monkeypatch):
+    from sketchprune.datasets.cache import FetchError, cache_dir, unique_tmp
+
+    p = tmp_path / "x.json"
+    assert unique_tmp(p) != unique_tmp(p) and unique_tmp(p).parent == tmp_path
+    f = tmp_path / "afile"
+    f.write_text("")
+    monkeypatch.setenv("SKETCHPRUNE_CACHE", str(f))
+    with pytest.raises(FetchError, match="not a directory"):
+        cache_dir()

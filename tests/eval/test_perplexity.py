@@ -52,6 +52,15 @@ def test_empty_raises():
         perplexity(_tiny(), [], progress=False)
 
 
+def test_bad_chunk_size_and_a_single_dict_batch():
+    model = _tiny()
+    ids = torch.randint(0, 97, (3, 8), generator=torch.Generator().manual_seed(3))
+    for bad in (0, -1, 1.5):
+        with pytest.raises(ValueError, match="chunk_size must be a positive integer"):
+            perplexity(model, ids, progress=False, chunk_size=bad)
+    assert perplexity(model, {"input_ids": ids}, progress=False) == pytest.approx(perplexity(model, ids, progress=False))
+
+
 def test_evaluate_top1_and_counts_match_direct():
     from sketchprune.eval import evaluate
 

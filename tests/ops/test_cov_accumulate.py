@@ -137,3 +137,13 @@ def test_cov_misaligned_input(backend, device):
         ref = x.double().T @ x.double()
         same = x.float().T @ x.float()
         assert_close_to_oracle(sigma, ref, same, t, what=f"misaligned {dtype}")
+
+
+def test_cov_refuses_a_sigma_autograd_tracks():
+    s = torch.zeros(4, 4, requires_grad=True)
+    with pytest.raises(RuntimeError, match="sigma requires grad"):
+        sp.cov_accumulate_(s, torch.randn(5, 4))
+    assert (s == 0).all()
+    with torch.no_grad():
+        sp.cov_accumulate_(s, torch.ones(5, 4))
+    assert (s == 5).all()

@@ -98,3 +98,16 @@ def test_gather_opcheck(backend, device):
     kw = {"test_utils": ("test_schema", "test_faketensor")} if interpreted(backend, device) else {}
     with use_backend(backend):
         torch.library.opcheck(torch.ops.sketchprune.gather_slices.default, ([w, b, w], [idx, idx, idx], [0, 0, 1], [3, 3, 1]), **kw)
+
+
+def test_gather_is_differentiable():
+    """The gradient of each kept block goes back to its source block (summed over repeats); opcheck
+    with inputs that require grad covers the autograd registration."""
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(6, 12, dtype=torch.float64, generator=g, requires_grad=True)
+    b = torch.randn(6, dtype=torch.float64, generator=g, requires_grad=True)
+    idx = torch.tensor([0, 2, 2, 5])
+    assert torch.autograd.gradcheck(lambda w, b: tuple(sp.gather_slices([w, b, w], [idx, idx, torch.tensor([3, 1])],
+                                                                        dims=[0, 0, 1], block=[1, 1, 3])), (w, b))
+    torch.library.opcheck(torch.ops.sketchprune.gather_slices.default,
+                          ([w, b], [idx, idx], [0, 0], [1, 1]))

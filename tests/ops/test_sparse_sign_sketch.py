@@ -152,3 +152,14 @@ def test_sketch_misaligned_and_row_strided(backend, device):
             out = _run(backend, g, m, k, 9, BIG)
             s64 = sketch_matrix(9, BIG, r, m, k, torch.float64, device)
             assert_close_to_oracle(out, g.double() @ s64, g.float() @ s64.float(), r, what=f"{dtype} view")
+
+
+def test_sketches_say_they_are_not_differentiable():
+    g = torch.randn(3, 20, requires_grad=True)
+    with pytest.raises(RuntimeError, match="sparse_sign_sketch is not differentiable"):
+        sp.sparse_sign_sketch(g, 8).sum().backward()
+    a, d = torch.randn(3, 2, 4, requires_grad=True), torch.randn(3, 2, 5)
+    with pytest.raises(RuntimeError, match="outer_sketch is not differentiable"):
+        sp.outer_sketch(a, d, 8).sum().backward()
+    with torch.no_grad():
+        assert not sp.sparse_sign_sketch(g, 8).requires_grad

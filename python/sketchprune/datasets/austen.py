@@ -14,7 +14,6 @@ first chapter is its own piece): 275 documents, which the fixed document split o
 
 from __future__ import annotations
 
-import json
 import re
 import shutil
 import subprocess
@@ -22,7 +21,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from .cache import FetchError, OfflineError, cache_dir
+from .cache import FetchError, OfflineError, cache_dir, read_json_cache, write_json_cache
 from .rds import read_lazyload_db
 
 __all__ = ["austen_novels", "austen_texts", "novels_from_package_dir", "reflow", "split_chapters", "NOVELS"]
@@ -126,8 +125,9 @@ def _extract(deb: Path) -> dict[str, list[str]]:
 def _chapters() -> dict[str, list[str]]:
     """``{title: [front matter, chapter 1, ...]}``, fetched and cached on first use."""
     path = cache_dir() / _CACHE_NAME
-    if path.exists():
-        return json.loads(path.read_text())["chapters"]
+    chapters = read_json_cache(path, "chapters")
+    if chapters is not None:
+        return chapters
     dest = cache_dir() / "debs"
     dest.mkdir(parents=True, exist_ok=True)
     deb = _download_deb(dest)
@@ -135,9 +135,7 @@ def _chapters() -> dict[str, list[str]]:
     print(f"sketchprune: extracted Jane Austen's novels from {deb.name} into {path}", file=sys.stderr, flush=True)
     data = {"source": f"{deb.name}:janeaustenr/data/Rdata.rdb",
             "chapters": {t: split_chapters(v) for t, v in lines.items()}}
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data))
-    tmp.replace(path)
+    write_json_cache(path, data)
     return data["chapters"]
 
 

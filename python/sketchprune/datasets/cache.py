@@ -7,9 +7,11 @@ Location: ``$SKETCHPRUNE_CACHE`` or ``~/.cache/sketchprune``.  Files are fetched
 from __future__ import annotations
 
 import glob
+import json
 import os
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 __all__ = ["cache_dir", "fetch_wheel", "OfflineError", "FetchError"]
@@ -31,8 +33,56 @@ _OFFLINE_MARKERS = ("Failed to establish a new connection", "Temporary failure i
 
 def cache_dir() -> Path:
     d = Path(os.environ.get("SKETCHPRUNE_CACHE") or Path.home() / ".cache" / "sketchprune")
+    if d.exists() and not d.is_dir():
+        raise FetchError(f"the cache location {d} (SKETCHPRUNE_CACHE or ~/.cache/sketchprune) is not a directory")
     d.mkdir(parents=True, exist_ok=True)
     return d
+
+
+def unique_tmp(path: Path) -> Path:
+    """A temporary name beside ``path``, private to this process (so that several processes filling
+    the cache at once never write or rename each other's temporaries)."""
+    return path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+
+
+def write_json_cache(path: Path, data) -> None:
+    """Write ``data`` as JSON to ``path`` atomically (a private temporary, then a rename)."""
+    tmp = unique_tmp(path)
+    try:
+        tmp.write_text(json.dumps(data))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def read_json_cache(path: Path, key: str):
+    """``json[key]`` of a cached file, or None when it is missing, unreadable or lacks ``key`` (a
+    damaged file is removed with a message, so the caller rebuilds it)."""
+    if not path.exists():
+        return None
+    try:
+        value = json.loads(path.read_text())[key]
+        if not value:
+            raise ValueError(f"empty {key!r}")
+        return value
+    except (ValueError, KeyError, TypeError, OSError) as e:
+        print(f"sketchprune: the cached {path} is damaged ({type(e).__name__}: {str(e)[:80]}); rebuilding it",
+              file=sys.stderr, flush=True)
+        path.unlink(missing_ok=True)
+        return None
+
+
+def install_dir(tmp: Path, out: Path) -> None:
+    """Move a freshly written directory ``tmp`` to ``out``; if another process got there first, keep
+    its copy (and drop ours)."""
+    import shutil
+
+    try:
+        os.replace(tmp, out)
+    except OSError:
+        if not out.is_dir():
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _find_wheel(dest: Path, package: str) -> Path | None:

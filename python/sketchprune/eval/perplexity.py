@@ -44,7 +44,7 @@ class NextTokenScores:
 
 
 def _as_batches(batches):
-    if torch.is_tensor(batches):
+    if torch.is_tensor(batches) or isinstance(batches, dict):
         return [batches]
     return batches
 
@@ -64,6 +64,8 @@ def score_next_tokens(model, batches, progress: bool = False, chunk_size: int = 
     with ``input_ids`` (and optionally ``attention_mask``).  Sequences go through the model
     ``chunk_size`` at a time, without a KV cache.  ``progress``: a bar over input tokens.
     """
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(f"sketchprune.eval: chunk_size must be a positive integer, got {chunk_size!r}")
     batches = _as_batches(batches)
     if not isinstance(batches, (list, tuple)):
         batches = list(batches)

@@ -135,9 +135,18 @@ _CROSS = {
 }
 
 
+def _check_no_grad(op, name, t):
+    """The in-place statistics are not differentiable: updating a tensor autograd tracks would
+    silently break its graph (torch refuses in-place updates of such leaves too)."""
+    if t.requires_grad and torch.is_grad_enabled():
+        fail(op, f"{name} requires grad; the accumulation is not differentiable: pass {name}.detach() or call "
+                 "it under torch.no_grad()", RuntimeError)
+
+
 @torch.library.register_kernel("sketchprune::cov_accumulate_", ("cpu", "cuda"))
 def _cov_kernel(sigma, x, alpha=1.0, mask=None):
     _check_cov(sigma, x, mask)
+    _check_no_grad("cov_accumulate_", "sigma", sigma)
     if x.shape[0] == 0 or sigma.numel() == 0:
         return
     x, mask = unshare(sigma, x, mask)
@@ -147,6 +156,7 @@ def _cov_kernel(sigma, x, alpha=1.0, mask=None):
 @torch.library.register_kernel("sketchprune::cross_accumulate_", ("cpu", "cuda"))
 def _cross_kernel(c, x, y, alpha=1.0, mask=None):
     _check_cross(c, x, y, mask)
+    _check_no_grad("cross_accumulate_", "c", c)
     if x.shape[0] == 0 or c.numel() == 0:
         return
     x, y, mask = unshare(c, x, y, mask)

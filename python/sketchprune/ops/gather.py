@@ -145,6 +145,37 @@ def _gather_kernel(tensors, indices, dims, blocks):
     return _GATHER[_backends.select("gather_slices", tensors[0].device)](tensors, indices, dims, blocks)
 
 
+# ------------------------------------------------------------------ autograd
+def _gather_setup(ctx, inputs, output):
+    tensors, indices, dims, blocks = inputs
+    ctx.shapes = [t.shape for t in tensors]
+    ctx.dims, ctx.blocks = [d % len(t.shape) for d, t in zip(dims, tensors)], list(blocks)
+    ctx.save_for_backward(*indices)
+
+
+def _gather_backward(ctx, grads):
+    """Each kept block's gradient goes back to where it came from (summed over repeats); blocks
+    not kept get zero."""
+    out = []
+    for shape, idx, d, b, g in zip(ctx.shapes, ctx.saved_tensors, ctx.dims, ctx.blocks, grads):
+        if g is None:
+            out.append(None)
+            continue
+        outer = 1
+        for sz in shape[:d]:
+            outer *= sz
+        inner = 1
+        for sz in shape[d + 1:]:
+            inner *= sz
+        gin = g.new_zeros(outer, shape[d] // b, b * inner)
+        gin.index_add_(1, idx, g.reshape(outer, idx.shape[0], b * inner))
+        out.append(gin.reshape(shape))
+    return out, [None] * len(out), None, None
+
+
+torch.library.register_autograd("sketchprune::gather_slices", _gather_backward, setup_context=_gather_setup)
+
+
 def _as_list(value, n: int, name: str):
     if isinstance(value, (torch.Tensor, int)):
         return [value] * n

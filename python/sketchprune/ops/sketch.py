@@ -136,6 +136,19 @@ def _outer_kernel(a, d, m, k=8, seed=0, offset=0):
     return _OUTER[_backends.select("outer_sketch", a.device)](a, d, m, k, seed, offset)
 
 
+# ------------------------------------------------------------------ autograd
+def _no_backward(op):
+    def backward(ctx, *grads):
+        raise RuntimeError(f"sketchprune::{op} is not differentiable (it records a statistic of its inputs); "
+                           "detach the inputs, or call it under torch.no_grad()")
+    return backward
+
+
+for _op in ("sparse_sign_sketch", "outer_sketch"):
+    torch.library.register_autograd(f"sketchprune::{_op}", _no_backward(_op),
+                                    setup_context=lambda ctx, inputs, output: None)
+
+
 def sparse_sign_sketch(g: torch.Tensor, m: int, k: int = 8, seed: int = 0, offset: int = 0) -> torch.Tensor:
     """g (N x r) @ S -> (N x m) float32, S the implicit sparse-sign matrix (see module doc)."""
     return torch.ops.sketchprune.sparse_sign_sketch(g, *sketch_ints("sparse_sign_sketch", m, k, seed, offset))

@@ -72,6 +72,7 @@ import time
 import torch
 from torch import nn
 
+from .._device import same_device
 from .._progress import track
 from ..budget import Budget, format_bytes
 from .adapters import get_adapter, layer_indices
@@ -117,17 +118,6 @@ def _install(linears: list[nn.Linear], V: torch.Tensor) -> None:
             n = lin.out_features
             lin.weight.copy_(V[r:r + n])
             r += n
-
-
-def same_device(a, b) -> bool:
-    """Whether two device specs name the same device ("cuda" is the current CUDA device)."""
-    a, b = torch.device(a), torch.device(b)
-    if a.type != b.type:
-        return False
-    if a.type == "cuda" and (a.index is None or b.index is None) and torch.cuda.is_available():
-        cur = torch.cuda.current_device()
-        return (cur if a.index is None else a.index) == (cur if b.index is None else b.index)
-    return a.index == b.index or a.index is None or b.index is None
 
 
 def _full_moments(stats: dict, fits: dict) -> list:
