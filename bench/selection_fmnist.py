@@ -277,7 +277,7 @@ def selections(D, sks, outs, hv, seeds, n_sweep):
                     elif method in ("skmm", "skmm-nolabels"):
                         # the library defaults; with labels given SkMM is class-balanced by default
                         labels = D["y_pool"] if method == "skmm" else None
-                        r = select(n, "skmm", sk, labels=labels, seed=seed, time_limit=SKMM_TIME_LIMIT)
+                        r = select(n, "skmm", sk, labels=labels, seed=seed)  # the greedy default has no time limit
                         info = _solver_info(r.info)
                     else:
                         r = select(n, method, sk, seed=seed)

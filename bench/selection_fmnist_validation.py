@@ -48,7 +48,7 @@ def _variants(kind, setting):
     if kind == "hinge":
         for c in ((0.6, 0.8, 0.9, 0.95) if setting == "probe" else (0.6, 0.9)):
             for r in ("top", "sample"):
-                out.append((f"skmm c={c} {r}", dict(c=c, rounding=r, time_limit=30)))
+                out.append((f"skmm c={c} {r}", dict(formulation="hinge", c=c, rounding=r, time_limit=30)))
     else:
         for e in (1e-3, 1e-2, 1e-1, 1.0):
             out.append((f"skmm variance eps={e} greedy", dict(formulation="variance", eps=e, rounding="greedy")))

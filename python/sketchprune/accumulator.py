@@ -6,7 +6,6 @@ import warnings
 
 import torch
 
-from ._device import same_device
 from .budget import Budget, BudgetError, format_bytes
 from .ops import cov_accumulate_, cross_accumulate_
 
@@ -64,6 +63,7 @@ class CovarianceAccumulator:
         self._stat_bytes = stat_bytes
         self._stage_target = int(stage_rows)
         self.sigma = torch.zeros(dim, dim, dtype=dtype, device=self.device)
+        self.device = self.sigma.device     # concrete ("cuda" -> the device it landed on, "cpu:0" -> cpu)
         self._cross = None if cross_dim is None else torch.zeros(dim, cross_dim, dtype=dtype, device=self.device)
         self._sum = torch.zeros(dim, dtype=torch.float64, device=self.device)
         self._count = torch.zeros((), dtype=torch.int64, device=self.device)
@@ -158,7 +158,7 @@ class CovarianceAccumulator:
                             f"{getattr(x, 'dtype', type(x).__name__)}")
         if x.dim() == 0 or x.shape[-1] != self.dim:
             raise ValueError(f"{name}: x must have shape (..., {self.dim}), got {tuple(x.shape)}")
-        if x.device != self.device and not same_device(x.device, self.device):
+        if x.device != self.device:
             raise ValueError(f"{name}: x is on {x.device} but the accumulator lives on {self.device}")
         lead = x.shape[:-1]
         x = x.reshape(-1, self.dim)

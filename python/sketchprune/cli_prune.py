@@ -57,7 +57,7 @@ def _fmt_bytes(n) -> str:
 def run_prune(args) -> int:
     import torch
 
-    from .prune.api import _check_args, calibration_batches, load_model, prune, resolve_model_dir
+    from .prune.api import _check_args, _check_model, calibration_batches, load_model, prune, resolve_model_dir
     from .prune.export import check_output_dir, check_output_file, save_pruned_dir, write_json_atomic
 
     t0 = time.perf_counter()
@@ -87,6 +87,7 @@ def run_prune(args) -> int:
     _say(args, f"loading {args.model} ...")
     model, tok = load_model(args.model, device="cpu" if args.onload else args.device, dtype=_dtype(args.dtype))
     progress = _progress(args)
+    _check_model(model, {}, args.calib, args.seq_len)    # before self-generated calibration runs the model
     self_opts = {"temperature": args.self_temperature, "top_k": args.self_top_k}
     batches, desc = calibration_batches(args.calib, model=model, tokenizer=tok, seq_len=args.seq_len,
                                         calib_tokens=args.calib_tokens, batch_size=args.batch_size,

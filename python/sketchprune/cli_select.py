@@ -120,12 +120,13 @@ def _labels(path: str, N: int):
 
 
 def _write(dest: Path, text: str | None) -> None:
-    """Write ``text`` to ``dest`` atomically: a temporary file ``<dest>.tmp`` renamed over it.  With
+    """Write ``text`` to ``dest`` atomically: a private temporary file beside it, renamed over it.  With
     ``text=None`` only check that it can be (the temporary file is created and removed).  Any
     failure is a one-line error, and the temporary file never stays behind."""
-    tmp = dest.with_name(dest.name + ".tmp")
+    from .datasets.cache import unique_tmp
+
+    tmp = unique_tmp(dest)            # private: concurrent runs and a user's own <out>.tmp are left alone
     try:
-        tmp.unlink(missing_ok=True)  # a stale one, or a symlink: never written through
         with open(tmp, "x") as f:
             f.write(text or "")
         if text is not None:

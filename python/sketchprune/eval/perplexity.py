@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
@@ -44,14 +45,14 @@ class NextTokenScores:
 
 
 def _as_batches(batches):
-    if torch.is_tensor(batches) or isinstance(batches, dict):
+    if torch.is_tensor(batches) or isinstance(batches, Mapping):
         return [batches]
     return batches
 
 
 def _count_tokens(batches) -> int | None:
     try:
-        return sum(int((b["input_ids"] if isinstance(b, dict) else b).numel()) for b in batches)
+        return sum(int((b["input_ids"] if isinstance(b, Mapping) else b).numel()) for b in batches)
     except TypeError:
         return None
 
@@ -77,8 +78,8 @@ def score_next_tokens(model, batches, progress: bool = False, chunk_size: int = 
     t0 = time.perf_counter()
     try:
         for b in batches:
-            ids = b["input_ids"] if isinstance(b, dict) else b
-            mask = b.get("attention_mask") if isinstance(b, dict) else None
+            ids = b["input_ids"] if isinstance(b, Mapping) else b
+            mask = b.get("attention_mask") if isinstance(b, Mapping) else None
             if ids.dim() == 1:
                 ids = ids[None]
                 mask = None if mask is None else mask[None]
@@ -127,7 +128,7 @@ def evaluate(model, batches, progress: bool = False, chunk_size: int = 1) -> dic
     batches = _as_batches(batches)
     if not isinstance(batches, (list, tuple)):
         batches = list(batches)
-    seq_len = max((int((b["input_ids"] if isinstance(b, dict) else b).shape[-1]) for b in batches), default=0)
+    seq_len = max((int((b["input_ids"] if isinstance(b, Mapping) else b).shape[-1]) for b in batches), default=0)
     s = score_next_tokens(model, batches, progress=progress, chunk_size=chunk_size)
     return {"ppl": s.perplexity, "top1": s.top1, "nll": s.mean_nll, "tokens": s.input_tokens,
             "predicted_tokens": s.predictions, "sequences": s.sequences, "seq_len": seq_len,

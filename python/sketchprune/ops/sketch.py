@@ -144,9 +144,14 @@ def _no_backward(op):
     return backward
 
 
+def _non_differentiable(ctx, inputs, output):
+    # the output does not require grad (so a forward-only torch.compile of a graph whose inputs
+    # require grad traces fine); the backward below is a guard that is never expected to run
+    ctx.mark_non_differentiable(output)
+
+
 for _op in ("sparse_sign_sketch", "outer_sketch"):
-    torch.library.register_autograd(f"sketchprune::{_op}", _no_backward(_op),
-                                    setup_context=lambda ctx, inputs, output: None)
+    torch.library.register_autograd(f"sketchprune::{_op}", _no_backward(_op), setup_context=_non_differentiable)
 
 
 def sparse_sign_sketch(g: torch.Tensor, m: int, k: int = 8, seed: int = 0, offset: int = 0) -> torch.Tensor:

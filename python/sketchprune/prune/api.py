@@ -171,20 +171,32 @@ def _check_args(sparsity, criterion, budget) -> None:
 
 
 def _is_int(v) -> bool:
-    """An integer (Python or NumPy), not a bool."""
-    if isinstance(v, bool):
+    """An integer (Python, NumPy or an integer 0-d tensor), not a bool."""
+    if isinstance(v, bool) or (isinstance(v, torch.Tensor) and v.dtype == torch.bool):
         return False
     try:
         operator.index(v)
     except TypeError:
         return False
-    return not isinstance(v, torch.Tensor)
+    return True
+
+
+def _real(v) -> float | None:
+    """``v`` as a finite float (Python, NumPy or 0-d tensor numbers), else None; bools are not numbers."""
+    if isinstance(v, bool) or (isinstance(v, torch.Tensor) and (v.numel() != 1 or v.dtype == torch.bool)):
+        return None
+    try:
+        x = float(v)
+    except (TypeError, ValueError):
+        return None
+    return x if math.isfinite(x) else None
 
 
 def _is_fraction(v, lo_open: bool) -> bool:
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+    x = _real(v)
+    if x is None:
         return False
-    return (0.0 < v < 1.0) if lo_open else (0.0 <= v < 1.0)
+    return (0.0 < x < 1.0) if lo_open else (0.0 <= x < 1.0)
 
 
 #: keywords of :func:`prune_model` that :func:`prune` sets itself (not passed through ``options``)
@@ -232,8 +244,12 @@ def _check_call(criterion, seed, batch_size, seq_len, calib_tokens, device, opti
         raise PruneInputError(f"heldout_fraction must be a number in (0, 1), got {o['heldout_fraction']!r}")
     if o.get("layers") is not None:
         ls = o["layers"]
-        if isinstance(ls, (str, bytes)) or not hasattr(ls, "__iter__") or not all(_is_int(i) for i in ls):
+        if isinstance(ls, (str, bytes)) or not hasattr(ls, "__iter__"):
             raise PruneInputError(f"layers must be a list of decoder-layer indices, got {ls!r}")
+        o["layers"] = ls = list(ls)        # a generator would be used up by the check
+        if not all(_is_int(i) for i in ls):
+            raise PruneInputError(f"layers must be a list of decoder-layer indices, got {ls!r}")
+        o["layers"] = [operator.index(i) for i in ls]
     if "stat_dtype" in o:
         sd = {"float32": torch.float32, "float64": torch.float64}.get(o["stat_dtype"], o["stat_dtype"])
         if sd not in (torch.float32, torch.float64):
@@ -243,17 +259,17 @@ def _check_call(criterion, seed, batch_size, seq_len, calib_tokens, device, opti
         a = o["alphas"]
         ok = hasattr(a, "__iter__") and not isinstance(a, (str, bytes))
         vals = list(a) if ok else []
-        if not vals or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-                               and v > 0 for v in vals):
+        if not vals or not all(_real(v) is not None and _real(v) > 0 for v in vals):
             raise PruneInputError(f"alphas must be a non-empty list of positive regularisation strengths, got {a!r}")
     for name in ("sequential", "recovery", "stream_error"):
         if o.get(name) is not None and not isinstance(o[name], bool):
             raise PruneInputError(f"{name} must be True or False, got {o[name]!r}")
 
 
-def _check_model_inputs(model, batches, options) -> None:
-    """What needs the model: layer indices in range, token ids inside the vocabulary, sequences no
-    longer than a learned position table."""
+def _check_model(model, options, calib, seq_len) -> None:
+    """What needs the model but not the calibration data (checked before building it, which for
+    ``calib="self"`` runs the model): finite weights, layer indices in range, and a text / self
+    calibration ``seq_len`` within a learned position table."""
     _check_weights(model)
     n_layers = len(get_adapter(model).layers(model))
     ls = options.get("layers")
@@ -261,6 +277,13 @@ def _check_model_inputs(model, batches, options) -> None:
         bad = sorted({i for i in ls if not 0 <= i < n_layers})
         if bad:
             raise PruneInputError(f"layers {bad} out of range: the model has {n_layers} decoder layers")
+    if isinstance(calib, (str, Path)):
+        check_sequence_length(model, int(seq_len), "calibration sequences")
+
+
+def _check_batches(model, batches) -> None:
+    """The calibration batches against the model: token ids inside the vocabulary, sequences no
+    longer than a learned position table."""
     if not batches:
         return
     vocab = getattr(model.config, "vocab_size", None)
@@ -271,8 +294,9 @@ def _check_model_inputs(model, batches, options) -> None:
         lo = int(ids.min()) if lo is None else min(lo, int(ids.min()))
         hi = int(ids.max()) if hi is None else max(hi, int(ids.max()))
     if lo is not None and (lo < 0 or (vocab is not None and hi >= vocab)):
-        raise PruneInputError(f"calibration token ids span [{lo}, {hi}] but the model's vocabulary has {vocab} "
-                              f"entries (ids 0 .. {vocab - 1}): a tokenizer of another model?")
+        raise PruneInputError(f"calibration token ids span [{lo}, {hi}]" + (
+            f" but the model's vocabulary has {vocab} entries (ids 0 .. {vocab - 1}): a tokenizer of another model?"
+            if vocab is not None else ": token ids cannot be negative"))
     check_sequence_length(model, longest, "calibration sequences")
 
 
@@ -510,10 +534,11 @@ def prune(model, calib=None, *, sparsity: float = 0.2, criterion: str = "sigma",
                               f"calibration data (calib=...)")
     if "flap_bias" not in options and criterion == "flap" and reconstruct:
         options["flap_bias"] = "none"  # the refit replaces FLAP's bias compensation
+    _check_model(model, options, calib, seq_len)
     batches, calib_desc = calibration_batches(calib, model=model, tokenizer=tokenizer, seq_len=seq_len,
                                               calib_tokens=calib_tokens, batch_size=batch_size, seed=seed,
                                               progress=progress, self_options=self_options)
-    _check_model_inputs(model, batches, options)
+    _check_batches(model, batches)
     if reconstruct and batches is not None and len(batches) < 2:
         raise PruneInputError(f"reconstruction holds out part of the calibration batches and needs at least 2, got "
                               f"{len(batches)}: give more calibration tokens or a smaller batch size")
@@ -573,5 +598,5 @@ def prune(model, calib=None, *, sparsity: float = 0.2, criterion: str = "sigma",
     if got is not None and abs(got - float(sparsity)) > 0.02:
         warnings.warn(f"sketchprune.prune: achieved sparsity {got:.3f} differs from the requested {float(sparsity):.3f}: "
                       "head counts are rounded to valid values and an FFN cannot lose more than all of its "
-                      "channels (see report['sparsity'])", stacklevel=2)
+                      "channels (see report['sparsity'])", stacklevel=3)
     return work, _jsonable(report)

@@ -106,17 +106,41 @@ def _check_options(method: str, options: dict) -> None:
     if extra:
         takes = f"takes {', '.join(sorted(allowed))}" if allowed else "takes no options"
         raise TypeError(f"{where} does not use {', '.join(extra)}; it {takes}")
-    if "rank" in options and options["rank"] is not None and not (
-            isinstance(options["rank"], int) and not isinstance(options["rank"], bool) and options["rank"] >= 1):
-        raise ValueError(f"rank must be a positive integer, got {options['rank']!r}")
-    if "ridge" in options and options["ridge"] is not None and not (float(options["ridge"]) > 0):
-        raise ValueError(f"ridge must be positive, got {options['ridge']!r}")
-    for name in ("tol", "time_limit"):
+    for name in ("rank", "max_iter"):
         v = options.get(name)
-        if v is not None and not (isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < math.inf):
+        if v is not None and not (_int(v) is not None and _int(v) >= 1):
+            raise ValueError(f"{name} must be a positive integer, got {v!r}")
+    for name in ("ridge", "tol", "time_limit"):
+        v = options.get(name)
+        if v is not None and not (_real(v) is not None and _real(v) > 0):
             raise ValueError(f"{name} must be a positive number or None, got {v!r}")
-    if "max_iter" in options and not (isinstance(options["max_iter"], int) and options["max_iter"] >= 1):
-        raise ValueError(f"max_iter must be a positive integer, got {options['max_iter']!r}")
+    if method == "skmm" and options.get("formulation", "variance") == "variance" \
+            and options.get("rounding", "greedy") == "greedy":
+        unused = sorted(k for k in ("tol", "max_iter", "time_limit") if k in options)
+        if unused:
+            raise TypeError(f"the greedy design (formulation='variance', rounding='greedy') does not use "
+                            f"{', '.join(unused)}: they apply to its relaxed solve (rounding='sample' or 'top')")
+
+
+def _int(v):
+    """``v`` as an int (Python / NumPy integers), else None; bools are not counts."""
+    if isinstance(v, bool):
+        return None
+    try:
+        return operator.index(v)
+    except TypeError:
+        return None
+
+
+def _real(v):
+    """``v`` as a finite float (Python / NumPy numbers, 0-d tensors), else None."""
+    if isinstance(v, bool):
+        return None
+    try:
+        x = float(v)
+    except (TypeError, ValueError):
+        return None
+    return x if math.isfinite(x) else None
 
 
 def _plain(options):
