@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .._numbers import as_int, as_real
 from ..budget import Budget, parse_bytes
 from .adapters import get_adapter, supported_architectures
 from .criteria import CRITERIA
@@ -171,29 +172,12 @@ def _check_args(sparsity, criterion, budget) -> None:
 
 
 def _is_int(v) -> bool:
-    """An integer (Python, NumPy or an integer 0-d tensor), not a bool."""
-    if isinstance(v, bool) or (isinstance(v, torch.Tensor) and v.dtype == torch.bool):
-        return False
-    try:
-        operator.index(v)
-    except TypeError:
-        return False
-    return True
-
-
-def _real(v) -> float | None:
-    """``v`` as a finite float (Python, NumPy or 0-d tensor numbers), else None; bools are not numbers."""
-    if isinstance(v, bool) or (isinstance(v, torch.Tensor) and (v.numel() != 1 or v.dtype == torch.bool)):
-        return None
-    try:
-        x = float(v)
-    except (TypeError, ValueError):
-        return None
-    return x if math.isfinite(x) else None
+    """An integer (Python or NumPy, an integer 0-d tensor), not a bool."""
+    return as_int(v) is not None
 
 
 def _is_fraction(v, lo_open: bool) -> bool:
-    x = _real(v)
+    x = as_real(v)
     if x is None:
         return False
     return (0.0 < x < 1.0) if lo_open else (0.0 <= x < 1.0)
@@ -259,7 +243,7 @@ def _check_call(criterion, seed, batch_size, seq_len, calib_tokens, device, opti
         a = o["alphas"]
         ok = hasattr(a, "__iter__") and not isinstance(a, (str, bytes))
         vals = list(a) if ok else []
-        if not vals or not all(_real(v) is not None and _real(v) > 0 for v in vals):
+        if not vals or not all(as_real(v) is not None and as_real(v) > 0 for v in vals):
             raise PruneInputError(f"alphas must be a non-empty list of positive regularisation strengths, got {a!r}")
     for name in ("sequential", "recovery", "stream_error"):
         if o.get(name) is not None and not isinstance(o[name], bool):

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import math
 import operator
 from dataclasses import fields, replace
 
 import numpy as np
 import torch
 
+from .._numbers import as_int, as_real
 from . import baselines as B
 from . import model_based as MB
 from .model_based import ModelOutputs
@@ -108,11 +108,11 @@ def _check_options(method: str, options: dict) -> None:
         raise TypeError(f"{where} does not use {', '.join(extra)}; it {takes}")
     for name in ("rank", "max_iter"):
         v = options.get(name)
-        if v is not None and not (_int(v) is not None and _int(v) >= 1):
+        if v is not None and not (as_int(v) is not None and as_int(v) >= 1):
             raise ValueError(f"{name} must be a positive integer, got {v!r}")
     for name in ("ridge", "tol", "time_limit"):
         v = options.get(name)
-        if v is not None and not (_real(v) is not None and _real(v) > 0):
+        if v is not None and not (as_real(v) is not None and as_real(v) > 0):
             raise ValueError(f"{name} must be a positive number or None, got {v!r}")
     if method == "skmm" and options.get("formulation", "variance") == "variance" \
             and options.get("rounding", "greedy") == "greedy":
@@ -120,27 +120,6 @@ def _check_options(method: str, options: dict) -> None:
         if unused:
             raise TypeError(f"the greedy design (formulation='variance', rounding='greedy') does not use "
                             f"{', '.join(unused)}: they apply to its relaxed solve (rounding='sample' or 'top')")
-
-
-def _int(v):
-    """``v`` as an int (Python / NumPy integers), else None; bools are not counts."""
-    if isinstance(v, bool):
-        return None
-    try:
-        return operator.index(v)
-    except TypeError:
-        return None
-
-
-def _real(v):
-    """``v`` as a finite float (Python / NumPy numbers, 0-d tensors), else None."""
-    if isinstance(v, bool):
-        return None
-    try:
-        x = float(v)
-    except (TypeError, ValueError):
-        return None
-    return x if math.isfinite(x) else None
 
 
 def _plain(options):
