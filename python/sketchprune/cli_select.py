@@ -10,7 +10,7 @@
   init (``linear_probe_sketch``) with random labels (as in the original SkMM experiments), or the
   labels of ``--labels`` when given.
 * ``--sketch-dim`` (alias ``--m``): the sketch size m; default twice the intrinsic dimension of a
-  pilot sketch of at most ``PILOT_M`` columns (recorded under ``sketch.pilot``; a warning says when
+  pilot sketch of at most ``PILOT_M`` columns, capped at the gradient width r (recorded under ``sketch.pilot``; a warning says when
   the estimate exceeds half the pilot's width, where it is only a lower bound).  ``--probs P.npy``
   (N x classes) feeds the methods that read model probabilities.
 
@@ -292,7 +292,8 @@ def _run(args) -> int:
         lower_bound = pilot_m < r and 2 * idim > pilot_m
         pilot_rec = {"m": pilot_m, "intrinsic_dimension": idim, "lower_bound": lower_bound}
         if not args.quiet:
-            print(f"m = {m} (twice the intrinsic dimension of a pilot sketch)", file=sys.stderr)
+            why = "the gradient width r" if m == r and 2 * idim > r else "twice the intrinsic dimension of a pilot sketch"
+            print(f"m = {m} ({why})", file=sys.stderr)
         if lower_bound:
             print(f"warning: the pilot sketch (m = {pilot_m}) estimated an intrinsic dimension of {idim}, more "
                   f"than half its own size, so the estimate is only a lower bound and m = {m} may be too small; "
@@ -355,7 +356,7 @@ def add_parser(sub):
     s.add_argument("--n", type=int, required=True, help="number of samples to select")
     s.add_argument("--method", default="skmm")
     s.add_argument("--sketch-dim", "--m", dest="m", type=int, default=None,
-                   help="sketch size m (default: twice the intrinsic dimension of a pilot sketch)")
+                   help="sketch size m (default: twice the intrinsic dimension of a pilot sketch, at most r)")
     s.add_argument("--k", type=int, default=8, help="nonzeros per row of the sparse-sign sketch")
     s.add_argument("--sketch", default="sparse-sign", choices=["sparse-sign", "gaussian"])
     s.add_argument("--c", type=float, default=0.9, help="SkMM moment ratio c in (0, 1) (default 0.9)")

@@ -9,7 +9,7 @@ last layers of a model)."""
 
 from . import baselines, model_based
 from .api import METHODS, select
-from .model_based import ModelOutputs, correctness_record
+from .model_based import ModelOutputs, correctness_record, deepfool_distances, deepfool_distances_model
 from .moment_matching import MomentProblem, MomentSolution, moment_problem, solve_moment_matching
 from .rounding import round_weights
 from .simplex import lmo_capped_simplex, project_capped_simplex
@@ -24,6 +24,8 @@ __all__ = [
     "model_based",
     "ModelOutputs",
     "correctness_record",
+    "deepfool_distances",
+    "deepfool_distances_model",
     "MomentProblem",
     "MomentSolution",
     "moment_problem",
