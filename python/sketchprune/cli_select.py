@@ -292,8 +292,8 @@ def _run(args) -> int:
         lower_bound = pilot_m < r and 2 * idim > pilot_m
         pilot_rec = {"m": pilot_m, "intrinsic_dimension": idim, "lower_bound": lower_bound}
         if not args.quiet:
-            why = "the gradient width r" if m == r and 2 * idim > r else "twice the intrinsic dimension of a pilot sketch"
-            print(f"m = {m} ({why})", file=sys.stderr)
+            cap = f", capped at the gradient width r = {r}" if 2 * idim > r else ""
+            print(f"m = {m} (twice the intrinsic dimension {idim} of a pilot sketch{cap})", file=sys.stderr)
         if lower_bound:
             print(f"warning: the pilot sketch (m = {pilot_m}) estimated an intrinsic dimension of {idim}, more "
                   f"than half its own size, so the estimate is only a lower bound and m = {m} may be too small; "
