@@ -46,6 +46,8 @@ def check_mask(op: str, mask, rows: int, device) -> None:
 def int_arg(op: str, name: str, value) -> int:
     """``value`` as a Python int: ints and NumPy integers as they are, floats only when integral
     (``512.0``); anything else (``16.5``, ``None``, a string) is a TypeError naming the argument."""
+    if type(value) is int:            # the common case, fast
+        return value
     if isinstance(value, float) and value.is_integer():
         return int(value)
     try:
@@ -89,6 +91,9 @@ def unshare(out: torch.Tensor, *inputs):
     give a wrong result.  (Ranges, not elements: interleaved views of one buffer are copied too.)"""
     if out.numel() == 0:
         return inputs
+    storage = out.untyped_storage().data_ptr()
+    if all(t is None or t.untyped_storage().data_ptr() != storage for t in inputs):
+        return inputs                 # separate allocations (the usual case): nothing to compare
     lo, hi = _extent(out)
     res = []
     for t in inputs:
