@@ -59,7 +59,8 @@ def free_bytes(device: torch.device | str) -> int:
     device = torch.device(device)
     if device.type == "cuda":
         free, _total = torch.cuda.mem_get_info(device)
-        return int(free)
+        # plus what torch's caching allocator holds but does not use: it can hand that out again
+        return int(free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device))
     try:
         with open("/proc/meminfo") as f:
             for line in f:

@@ -177,7 +177,7 @@ class PeakMemory:
         if self.device.type == "cuda":
             _sync(self.device)
             self.peak_bytes = int(torch.cuda.max_memory_allocated(self.device))
-            self.method = "torch.cuda.max_memory_allocated during pruning (includes the model)"
+            self.method = "torch.cuda.max_memory_allocated during pruning (includes what of the model is on the device)"
         elif self._reset:
             self.peak_bytes = _status_kib("VmHWM") * 1024
             self.method = "peak RSS of the process during pruning (VmHWM after /proc/self/clear_refs; includes the model)"

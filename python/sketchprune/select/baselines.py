@@ -37,7 +37,7 @@ def herding(X: torch.Tensor, n: int) -> torch.Tensor:
     check_size(N, n)
     X = X.double()
     mu = X.mean(0)
-    chosen = torch.zeros(N, dtype=torch.bool)
+    chosen = torch.zeros(N, dtype=torch.bool, device=X.device)
     total = torch.zeros_like(mu)
     out = []
     sq = (X * X).sum(1)
@@ -68,7 +68,7 @@ def kcenter(X: torch.Tensor, n: int, seed: int = 0) -> torch.Tensor:
     def dist_to(i):
         return torch.addmv(sq, X, X[i], alpha=-2.0).add_(sq[i]).clamp_min_(0.0)
 
-    chosen = torch.zeros(N, dtype=torch.bool)
+    chosen = torch.zeros(N, dtype=torch.bool, device=X.device)
     chosen[first] = True
     dist = dist_to(first).masked_fill_(chosen, -1.0)
     out = [first]
@@ -94,7 +94,8 @@ def _sample_without_replacement(p: torch.Tensor, n: int, seed: int) -> torch.Ten
     p = p.clamp_min(0)
     if int((p > 0).sum()) < n:  # not enough support: top up uniformly among the rest
         p = p + p[p > 0].min() * 1e-6 if (p > 0).any() else torch.ones_like(p)
-    return torch.multinomial(p.float(), n, replacement=False, generator=_gen(seed)).sort().values
+    # drawn on the host (the seeded generator is a CPU one), whatever the device of the scores
+    return torch.multinomial(p.float().cpu(), n, replacement=False, generator=_gen(seed)).sort().values
 
 
 def leverage(X: torch.Tensor, n: int, rank: int | None = None, seed: int = 0, deterministic: bool = False) -> torch.Tensor:
@@ -130,7 +131,7 @@ def adaptive(X: torch.Tensor, n: int, seed: int = 0) -> torch.Tensor:
     w = R.square().sum(1)
     floor = 1e-12 * max(float(w.sum()), 1e-300)  # residual mass below this: span exhausted
     gen = _gen(seed)
-    chosen = torch.zeros(N, dtype=torch.bool)
+    chosen = torch.zeros(N, dtype=torch.bool, device=X.device)
     out = []
     while len(out) < n:
         p = w.clamp_min(0.0).masked_fill_(chosen, 0.0)
@@ -141,7 +142,7 @@ def adaptive(X: torch.Tensor, n: int, seed: int = 0) -> torch.Tensor:
             tot = float(p.sum())
             if tot <= floor:
                 break
-        i = int(torch.multinomial(p / tot, 1, generator=gen))
+        i = int(torch.multinomial((p / tot).cpu(), 1, generator=gen))
         chosen[i] = True
         out.append(i)
         v = R[i].clone()
@@ -151,7 +152,7 @@ def adaptive(X: torch.Tensor, n: int, seed: int = 0) -> torch.Tensor:
             R.addr_(c, v, alpha=-1.0 / nv)
             w.sub_(c.square_().div_(nv))
     if len(out) < n:  # span exhausted: the rest uniformly among the unchosen rows
-        rest = torch.nonzero(~chosen).squeeze(1)
+        rest = torch.nonzero(~chosen.cpu()).squeeze(1)
         out += rest[torch.randperm(rest.numel(), generator=gen)[:n - len(out)]].tolist()
     return torch.tensor(sorted(out), dtype=torch.int64)
 
