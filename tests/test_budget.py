@@ -59,7 +59,9 @@ def test_torch_backend_sketch_within_budget_same_result():
                 out["v"] = sp.sparse_sign_sketch(g, 64, 8, 3)
 
         peak = _peak_cpu_alloc(run)
-    assert torch.allclose(out["v"], free, rtol=1e-5, atol=1e-5)
+    # the same sums in another order (chunks of S's rows): float32 rounding relative to the largest entry
+    # (an absolute 1e-5 failed on some draws: entries up to ~30 differ by ~1.5e-5)
+    torch.testing.assert_close(out["v"], free, rtol=1e-5, atol=1e-5 * float(free.abs().max()))
     assert 0 < peak <= budget + 64 * 64 * 4, f"peak {peak} over budget {budget}"
 
 
