@@ -136,3 +136,12 @@ def test_glister_head_without_bias_and_labels_short_of_its_classes():
     for cb in (False, True):
         sel = select(6, "glister", outputs=out, class_balanced=cb)
         assert sel.indices.numel() == 6 and torch.unique(sel.indices).numel() == 6
+
+
+def test_class_balanced_error_names_the_class():
+    sk, *_ = _data()
+    sk = sk.clone()
+    labels = torch.arange(sk.shape[0]) % 3
+    sk[labels == 1] = 0.0
+    with pytest.raises(ValueError, match="class 1 .*sketch is all zero"):
+        select(6, "skmm", sk, labels=labels)

@@ -236,8 +236,11 @@ def _class_balanced(n, method, sketch, outputs: ModelOutputs, seed, options) -> 
         if k == 0:
             continue
         rows = torch.nonzero(labels == cls).squeeze(1)
-        sub = select(k, method, None if sketch is None else sketch[rows.to(sketch.device)],
-                     outputs=_subset(outputs, rows), seed=seed, class_balanced=False, **options)
+        try:
+            sub = select(k, method, None if sketch is None else sketch[rows.to(sketch.device)],
+                         outputs=_subset(outputs, rows), seed=seed, class_balanced=False, **options)
+        except ValueError as e:       # name the class (e.g. one whose gradients all vanish)
+            raise ValueError(f"class {int(cls)} ({rows.numel()} samples, {k} to select): {e}") from None
         picked.append(rows[sub.indices.cpu()])
         infos[int(cls)] = {k_: v for k_, v in sub.info.items() if k_ in _PER_CLASS}
     idx = torch.cat(picked).sort().values
