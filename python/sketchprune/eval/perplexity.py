@@ -97,7 +97,7 @@ def score_next_tokens(model, batches, progress: bool = False, chunk_size: int = 
                 out.correct += int((logits.argmax(dim=-1) == tgt).sum())
                 out.predictions += int(tgt.numel())
                 out.sequences += int(x.shape[0])
-                out.input_tokens += int(x.numel() if m is None else m.sum())
+                out.input_tokens += int(x.numel() if m is None else (m != 0).sum())
                 if bar is not None:
                     bar.update(int(x.numel()))
                     bar.set_postfix(ppl=f"{math.exp(out.nll_sum / max(out.predictions, 1)):.3f}")
