@@ -14,7 +14,6 @@ from __future__ import annotations
 import copy
 import json
 import math
-import operator
 import time
 import warnings
 from pathlib import Path
@@ -230,10 +229,10 @@ def _check_call(criterion, seed, batch_size, seq_len, calib_tokens, device, opti
         ls = o["layers"]
         if isinstance(ls, (str, bytes)) or not hasattr(ls, "__iter__"):
             raise PruneInputError(f"layers must be a list of decoder-layer indices, got {ls!r}")
-        o["layers"] = ls = list(ls)        # a generator would be used up by the check
-        if not all(_is_int(i) for i in ls):
-            raise PruneInputError(f"layers must be a list of decoder-layer indices, got {ls!r}")
-        o["layers"] = [operator.index(i) for i in ls]
+        ls = [as_int(i) for i in ls]      # a list: a generator would be used up by the check
+        if None in ls:
+            raise PruneInputError(f"layers must be a list of decoder-layer indices, got {o['layers']!r}")
+        o["layers"] = ls
     if "stat_dtype" in o:
         sd = {"float32": torch.float32, "float64": torch.float64}.get(o["stat_dtype"], o["stat_dtype"])
         if sd not in (torch.float32, torch.float64):
@@ -369,23 +368,27 @@ def _recon_errors(entry: dict, info: dict | None) -> dict:
             "no_refit_heldout_rel_error": _per_matrix({k: v.get("eval_error_none") for k, v in info.items()})}
 
 
-def _unit_counts(model) -> list[tuple[int, int, int]]:
-    """Per layer: (FFN channels, query heads, KV heads)."""
+def _layer_costs(model) -> list:
+    """Per layer its :class:`~sketchprune.prune.allocation.LayerCosts` as the model is now: unit
+    counts, and attention / MLP parameters (biases a criterion created included)."""
+    from .allocation import layer_costs
+
     ad = get_adapter(model)
-    out = []
-    for layer in ad.layers(model):
-        hs = ad.head_structure(layer)
-        out.append((ad.ffn(layer).units, hs.num_heads, hs.num_kv_heads))
-    return out
+    return [layer_costs(ad, layer) for layer in ad.layers(model)]
 
 
-def _plan(rep: dict, units_before: list[tuple[int, int, int]], pruned) -> list[dict]:
+def _units(c) -> tuple[int, int, int]:
+    return c.ffn_units, c.num_heads, c.num_kv_heads
+
+
+def _plan(rep: dict, before: list, after: list) -> list[dict]:
     """``[{"layer", "ffn_channels", "q_heads", "kv_heads"}]``: per layer the indices (into the input
     model's layer) of the units the pruned model kept, in its order -- as the pipeline chose them
     (layers it did not prune keep everything).  Checked against the pruned model's shapes."""
     kept = {int(e["layer"]): e["kept"] for e in rep.get("layers", []) if isinstance(e, dict) and "kept" in e}
     plan = []
-    for i, ((f, q, kv), now) in enumerate(zip(units_before, _unit_counts(pruned))):
+    for i, (cb, ca) in enumerate(zip(before, after)):
+        (f, q, kv), now = _units(cb), _units(ca)
         k = kept.get(i) or {"ffn_channels": list(range(f)), "q_heads": list(range(q)), "kv_heads": list(range(kv))}
         entry = {"layer": i, "ffn_channels": list(k["ffn_channels"]), "q_heads": list(k["q_heads"]),
                  "kv_heads": list(k["kv_heads"])}
@@ -423,30 +426,18 @@ def _layer_entries(rep: dict, plan: list[dict] | None, n_layers: int) -> list[di
     return out
 
 
-def _block_params(model) -> list[tuple[int, int]]:
-    """Per layer: (attention, MLP) parameters of the prunable Linears, weights and biases, as they
-    are now (so biases a criterion created are counted)."""
-    ad = get_adapter(model)
-    out = []
-    for layer in ad.layers(model):
-        attn, ffn = ad.attention(layer), ad.ffn(layer)
-        count = lambda mods: sum(p.numel() for m in mods if m is not None for p in m.parameters(recurse=False))  # noqa: E731
-        out.append((count((attn.q, attn.k, attn.v, attn.o)), count((ffn.gate, ffn.up, ffn.down))))
-    return out
-
-
-def _sparsity(rep: dict, requested: float, before: list[tuple[int, int]], after: list[tuple[int, int]]) -> dict:
+def _sparsity(rep: dict, requested: float, before: list, after: list) -> dict:
     """Achieved sparsity counted on the models themselves (attention, MLP, both) over the pruned
     layers; ``allocated``: the allocation's own figure (which does not see biases FLAP creates)."""
     pruned = sorted({int(e["layer"]) for e in rep.get("layers", []) if isinstance(e, dict) and "layer" in e})
     out = {"requested": requested, "of": "attention + MLP parameters of the pruned layers"}
 
-    def frac(k):
-        b = sum(before[i][k] for i in pruned) if k is not None else sum(sum(before[i]) for i in pruned)
-        a = sum(after[i][k] for i in pruned) if k is not None else sum(sum(after[i]) for i in pruned)
+    def frac(count):
+        b, a = sum(count(before[i]) for i in pruned), sum(count(after[i]) for i in pruned)
         return 1 - a / b if b else 0.0
 
-    out.update(achieved=frac(None), attention=frac(0), ffn=frac(1))
+    out.update(achieved=frac(lambda c: c.attn_total + c.ffn_total), attention=frac(lambda c: c.attn_total),
+               ffn=frac(lambda c: c.ffn_total))
     a = rep.get("sparsity_achieved")
     out["allocated"] = a.get("overall") if isinstance(a, dict) else a
     return out
@@ -532,9 +523,8 @@ def prune(model, calib=None, *, sparsity: float = 0.2, criterion: str = "sigma",
     dev = torch.device(device) if onload else next(work.parameters()).device
     x_measure = _measure_input(batches, seq_len, int(getattr(work.config, "vocab_size", 2)), seed)
     dense = measure_forward(work, x_measure) if measure else None
-    units_before = _unit_counts(work)
+    costs_before = _layer_costs(work)
     params_before = count_parameters(work)
-    blocks_before = _block_params(work)
     t0 = time.perf_counter()
     with PeakMemory(dev) as pm:
         rep = prune_model(work, batches, sparsity=float(sparsity), criterion=criterion, seed=seed, budget=budget,
@@ -543,11 +533,12 @@ def prune(model, calib=None, *, sparsity: float = 0.2, criterion: str = "sigma",
     t_prune = time.perf_counter() - t0
     params_after = count_parameters(work)
     pruned = measure_forward(work, x_measure) if measure else None
-    plan = _plan(rep, units_before, work)
+    costs_after = _layer_costs(work)
+    plan = _plan(rep, costs_before, costs_after)
     for e in rep.get("layers", []):     # the kept indices live in the report's plan only
         if isinstance(e, dict):
             e.pop("kept", None)
-    n_layers = len(units_before)
+    n_layers = len(costs_before)
     report = {
         "model": source or type(model).__name__,
         "architecture": getattr(work.config, "model_type", None),
@@ -562,7 +553,7 @@ def prune(model, calib=None, *, sparsity: float = 0.2, criterion: str = "sigma",
         "budget": None if budget is None else str(budget),
         "params": {"before": params_before, "after": params_after,
                    "removed_fraction": 1 - params_after / max(params_before, 1)},
-        "sparsity": _sparsity(rep, float(sparsity), blocks_before, _block_params(work)),
+        "sparsity": _sparsity(rep, float(sparsity), costs_before, costs_after),
         "time_s": t_prune,
         "peak_memory_bytes": pm.peak_bytes,
         "peak_memory_method": pm.method,
