@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .._numbers import as_int
 from .._progress import progress_bar
 
 __all__ = ["perplexity", "evaluate", "NextTokenScores"]
@@ -65,8 +66,9 @@ def score_next_tokens(model, batches, progress: bool = False, chunk_size: int = 
     with ``input_ids`` (and optionally ``attention_mask``).  Sequences go through the model
     ``chunk_size`` at a time, without a KV cache.  ``progress``: a bar over input tokens.
     """
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+    if as_int(chunk_size) is None or chunk_size < 1:
         raise ValueError(f"sketchprune.eval: chunk_size must be a positive integer, got {chunk_size!r}")
+    chunk_size = as_int(chunk_size)
     batches = _as_batches(batches)
     if not isinstance(batches, (list, tuple)):
         batches = list(batches)

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import operator
 import os
 
 import torch
+
+from .._numbers import as_int
 
 FLOAT_IN = (torch.float32, torch.float16, torch.bfloat16)
 ACCUM = (torch.float32, torch.float64)
@@ -50,10 +51,10 @@ def int_arg(op: str, name: str, value) -> int:
         return value
     if isinstance(value, float) and value.is_integer():
         return int(value)
-    try:
-        return operator.index(value)
-    except TypeError:
+    v = as_int(value)
+    if v is None:
         fail(op, f"{name} must be an integer, got {value!r}", TypeError)
+    return v
 
 
 def check_sketch_args(op: str, m: int, k: int, seed: int, offset: int) -> None:

@@ -18,6 +18,7 @@ synchronisation; out-of-range indices trip an asynchronous device assertion
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -93,14 +94,9 @@ def _validate_indices(tensors, indices, dims, blocks):
                                 f"sketchprune::gather_slices: indices[{i}] out of range [0, {n_blocks})")
 
 
-def _views(t, dim, b):
-    outer = 1
-    for s in t.shape[:dim]:
-        outer *= s
-    inner = 1
-    for s in t.shape[dim + 1:]:
-        inner *= s
-    return outer, t.shape[dim] // b, inner
+def _views(shape, dim, b):
+    """(outer, blocks, inner) of a tensor of ``shape`` seen as blocks of ``b`` along ``dim``."""
+    return math.prod(shape[:dim]), shape[dim] // b, math.prod(shape[dim + 1:])
 
 
 def _gather_native(tensors, indices, dims, blocks):
@@ -111,7 +107,7 @@ def _gather_native(tensors, indices, dims, blocks):
         outs.append(dst)
         if dst.numel() == 0:
             continue
-        outer, n_blocks, inner = _views(src, d, b)
+        outer, n_blocks, inner = _views(src.shape, d, b)
         keep += [src, idx]  # alive until the launch is queued
         descs.append((_native.ptr(src), _native.ptr(dst), src.element_size(), outer, n_blocks, inner,
                       _native.ptr(idx), idx.shape[0], b))
@@ -161,13 +157,8 @@ def _gather_backward(ctx, grads):
         if g is None:
             out.append(None)
             continue
-        outer = 1
-        for sz in shape[:d]:
-            outer *= sz
-        inner = 1
-        for sz in shape[d + 1:]:
-            inner *= sz
-        gin = g.new_zeros(outer, shape[d] // b, b * inner)
+        outer, n_blocks, inner = _views(shape, d, b)
+        gin = g.new_zeros(outer, n_blocks, b * inner)
         gin.index_add_(1, idx, g.reshape(outer, idx.shape[0], b * inner))
         out.append(gin.reshape(shape))
     return out, [None] * len(out), None, None
