@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import torch
 
+from ._checks import check_labels
 from .simplex import check_size
 
 
@@ -171,10 +172,7 @@ def grand(grad_norms: torch.Tensor, n: int) -> torch.Tensor:
 def el2n(probs: torch.Tensor, labels: torch.Tensor, n: int) -> torch.Tensor:
     """EL2N: keep the n samples with the largest ||p - onehot(y)||_2."""
     p = _check_probs(probs)
-    y = torch.as_tensor(labels).long()
-    if y.shape != (p.shape[0],) or (y.numel() and (int(y.min()) < 0 or int(y.max()) >= p.shape[1])):
-        raise ValueError(f"el2n: labels must be {p.shape[0]} class ids in [0, {p.shape[1]}), got shape "
-                         f"{tuple(y.shape)}" + (f", range [{int(y.min())}, {int(y.max())}]" if y.numel() else ""))
+    y = check_labels(labels, p.shape[0], p.shape[1], who="el2n: labels")
     err = p.clone()
     err[torch.arange(p.shape[0]), y] -= 1.0
     return _top(err.norm(dim=1), n)

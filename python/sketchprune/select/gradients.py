@@ -54,6 +54,7 @@ from torch.autograd.graph import get_gradient_edge
 from ..budget import Budget, active_budget, limit_memory
 from ..ops import outer_sketch, sparse_sign_sketch
 from .._progress import progress_bar
+from ._checks import check_labels
 
 
 def _labels(labels, n, num_classes, gen):
@@ -61,14 +62,7 @@ def _labels(labels, n, num_classes, gen):
         if labels != "random":
             raise ValueError(f"labels must be a tensor or 'random', got {labels!r}")
         return torch.randint(0, num_classes, (n,), generator=gen)
-    y = torch.as_tensor(labels)
-    if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
-        raise TypeError(f"labels must be integer class ids, got dtype {y.dtype}")
-    if y.shape != (n,):
-        raise ValueError(f"labels must have one class id per sample ({n}), got shape {tuple(y.shape)}")
-    if n and (int(y.min()) < 0 or int(y.max()) >= num_classes):
-        raise ValueError(f"labels must be in [0, num_classes={num_classes}), got [{int(y.min())}, {int(y.max())}]")
-    return y.long()
+    return check_labels(labels, n, num_classes)
 
 
 def linear_probe_sketch(features: torch.Tensor, labels, num_classes: int, m: int, k: int = 8, seed: int = 0,

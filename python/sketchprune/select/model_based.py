@@ -48,6 +48,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ._checks import check_labels
 from .simplex import check_size
 
 __all__ = ["ModelOutputs", "forgetting", "forgetting_counts", "correctness_record", "contextual_diversity",
@@ -87,13 +88,7 @@ class ModelOutputs:
             if t is not None and t.dim() != 2:
                 raise ValueError(f"{name} must be 2-D (N x ...), got shape {tuple(t.shape)}")
         if self.labels is not None:
-            y = self.labels
-            if y.dim() != 1:
-                raise ValueError(f"labels must be 1-D (one class id per sample), got shape {tuple(y.shape)}")
-            if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
-                raise TypeError(f"labels must be integer class ids, got dtype {y.dtype}")
-            if y.numel() and int(y.min()) < 0:
-                raise ValueError(f"labels must be class ids >= 0, got {int(y.min())}")
+            check_labels(self.labels)
         if self.grad_norms is not None:
             g = self.grad_norms
             if g.dim() != 1 or not g.is_floating_point():
