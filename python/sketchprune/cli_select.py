@@ -209,6 +209,7 @@ def _run(args) -> int:
     from .budget import Budget
     from .select import METHODS, intrinsic_dimension, linear_probe_sketch, select, sketch_matrix
     from .select.api import NEEDS
+    from .select.model_based import ModelOutputs
 
     if args.method not in METHODS:
         raise CliError(f"unknown method {args.method!r}; choose one of {', '.join(METHODS)}")
@@ -227,6 +228,9 @@ def _run(args) -> int:
                        "(with c >= 1 uniform weights already satisfy every moment constraint)")
     if args.classes is not None and args.classes < 1:
         raise CliError(f"--classes must be >= 1, got {args.classes}")
+    if args.classes is not None and args.features is None:
+        raise CliError("--classes sets the class count of the linear probe built from --features; "
+                       "it has no effect with --grads")
     for opt, v in (("--tol", args.tol), ("--time-limit", args.time_limit)):
         if v is None:
             continue
@@ -254,6 +258,10 @@ def _run(args) -> int:
         if _check_matrix(P, "--probs") != N:
             raise CliError(f"--probs has {P.shape[0]} rows, expected N = {N}")
         probs = P.double() if isinstance(P, torch.Tensor) else torch.from_numpy(np.array(P, dtype=np.float64))
+        try:  # the checks select() would make, before the sketch is built
+            ModelOutputs(probs=probs, labels=labels)
+        except ValueError as e:
+            raise CliError(f"--probs / --labels: {e}") from None
     need = NEEDS[args.method]
     if args.method not in ("skmm", "uniform", "herding", "kcenter", "leverage", "ridge-leverage", "adaptive") \
             and not (probs is not None and need.startswith("probs") and (labels is not None or "labels" not in need)):

@@ -180,6 +180,10 @@ def test_select_cli_classes(tmp_path, _cli):
     _no_traceback(_cli(*f, "--classes", 3, "--labels", tmp_path / "y.npy"), "labels go up to 3 but --classes is 3")
     res = _cli(*f, "--classes", 4, "--labels", tmp_path / "y.npy")
     assert res.returncode == 0 and len(json.loads(res.stdout)["indices"]) == 5, res.stderr
+    # with --grads there is no probe: --classes would be ignored, so it is refused
+    np.save(tmp_path / "g.npy", np.random.default_rng(1).standard_normal((40, 6)).astype(np.float32))
+    _no_traceback(_cli("--grads", tmp_path / "g.npy", "--n", 5, "--m", 8, "--quiet", "--classes", 4),
+                  "--classes sets the class count of the linear probe built from --features")
 
 
 def test_select_cli_out_checked_first_and_never_replaced(tmp_path, _cli, monkeypatch):
@@ -268,3 +272,29 @@ def test_select_cli_probs_memmap_quiet(tmp_path, _cli):
                 "--m", 8, "--quiet")
     assert res.returncode == 0 and "not writable" not in res.stderr and res.stderr == "", res.stderr
     assert len(json.loads(res.stdout)["indices"]) == 5
+
+
+@pytest.mark.parametrize("bad, message", [
+    ("unnormalised", "probs rows must sum to 1"),
+    ("negative", "probs must lie in [0, 1]"),
+    ("nan", "--probs has NaN or Inf values in rows 2"),
+])
+def test_select_cli_bad_probs_before_the_sketch(tmp_path, _cli, monkeypatch, bad, message):
+    import sketchprune.cli_select as cs
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "g.npy", rng.standard_normal((30, 6)).astype(np.float32))
+    p = rng.random((30, 3))
+    p /= p.sum(1, keepdims=True)
+    if bad == "unnormalised":
+        p *= 0.5
+    elif bad == "negative":
+        p[4] = [1.5, -0.25, -0.25]       # rows still sum to 1
+    else:
+        p[2, 1] = np.nan
+    np.save(tmp_path / "p.npy", p)
+
+    def no_sketch(*a, **k):
+        raise AssertionError("the sketch was built before --probs was checked")
+    monkeypatch.setattr("sketchprune.select.sketch_matrix", no_sketch)
+    _no_traceback(_cli("--grads", tmp_path / "g.npy", "--probs", tmp_path / "p.npy", "--method", "entropy",
+                       "--n", 5, "--m", 8, "--quiet"), message)

@@ -171,4 +171,8 @@ def test_select_interface_for_model_methods():
     with pytest.raises(ValueError, match="disagree on the number of samples"):
         ModelOutputs(features=feats, labels=labels[:10])
     with pytest.raises(ValueError, match="sum to 1"):
+        ModelOutputs(probs=(feats[:, :C].abs() + 0.5) / (2 * (feats[:, :C].abs() + 0.5).sum(1, keepdim=True)))
+    with pytest.raises(ValueError, match=r"lie in \[0, 1\]"):
         ModelOutputs(probs=feats[:, :C])
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        ModelOutputs(probs=torch.full((4, 2), float("nan")))

@@ -97,7 +97,12 @@ class ModelOutputs:
             if not bool(torch.isfinite(g).all()):
                 raise ValueError("grad_norms has NaN or Inf entries")
         if self.probs is not None:
-            s = self.probs.double().sum(1)
+            p = self.probs.double()
+            if not bool(torch.isfinite(p).all()):
+                raise ValueError("probs has NaN or Inf entries")
+            if bool((p < 0).any()) or bool((p > 1).any()):
+                raise ValueError("probs must lie in [0, 1] (pass pre-softmax outputs as logits)")
+            s = p.sum(1)
             if not torch.allclose(s, torch.ones_like(s), atol=1e-3):
                 raise ValueError("probs rows must sum to 1 (pass pre-softmax outputs as logits)")
 
