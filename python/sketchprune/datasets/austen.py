@@ -118,7 +118,8 @@ def _extract(deb: Path) -> dict[str, list[str]]:
     with tempfile.TemporaryDirectory(prefix="janeaustenr-") as tmp:
         r = subprocess.run(["dpkg-deb", "-x", str(deb), tmp], capture_output=True, text=True)
         if r.returncode != 0:
-            raise FetchError(f"sketchprune: `dpkg-deb -x {deb}` failed: {r.stderr.strip()}")
+            raise FetchError(f"sketchprune: `dpkg-deb -x {deb}` failed (a damaged download? delete it and run "
+                             f"again to fetch it afresh): {r.stderr.strip()}")
         return novels_from_package_dir(tmp)
 
 

@@ -73,6 +73,30 @@ def read_json_cache(path: Path, key: str):
         return None
 
 
+def _is_damage(e: BaseException) -> bool:
+    import lzma
+    import zipfile
+    import zlib
+
+    if isinstance(e, (zipfile.BadZipFile, zlib.error, lzma.LZMAError, EOFError, OSError)):
+        return not isinstance(e, (FileNotFoundError, PermissionError, IsADirectoryError))
+    # safetensors' own error type (a truncated or overwritten .safetensors file)
+    return type(e).__module__.startswith("safetensors") or type(e).__name__ == "SafetensorError"
+
+
+@contextlib.contextmanager
+def reading_cached(path: Path, what: str):
+    """Turn the error of reading a damaged cached file (truncated or corrupted archive, compressed
+    stream or safetensors file) into one :class:`FetchError` that names it and says how to recover."""
+    try:
+        yield
+    except Exception as e:
+        if not _is_damage(e):
+            raise
+        raise FetchError(f"sketchprune: the cached {what} {path} is damaged ({type(e).__name__}: {e}); "
+                         f"delete it and run again to fetch or rebuild it") from e
+
+
 def install_dir(tmp: Path, out: Path, complete) -> None:
     """Move a freshly written directory ``tmp`` to ``out``.  If ``out`` is already there and
     ``complete(out)`` (another process finished first), keep it and drop ours; an incomplete

