@@ -99,3 +99,27 @@ def test_old_triton_interpreter_with_new_numpy_is_reported(monkeypatch):
     finally:
         monkeypatch.undo()
         _backends.triton_interpreter_problem.cache_clear()
+
+
+def test_cuda_backend_refuses_gpus_older_than_sm80(monkeypatch):
+    """The CUDA module has sm_80+ kernels only: on an older GPU (a T4, 7.5) the backend is reported
+    unavailable with the reason (so the auto choice moves on) instead of failing at launch."""
+    monkeypatch.setattr(_native, "cuda_module", lambda: object())
+    caps = {0: (7, 5), 1: (8, 6)}
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda i: caps[i])
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda i: f"gpu{i}")
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)
+    _backends.cuda_capability_problem.cache_clear()
+    try:
+        why = _backends.unavailable_reason("cuda", "cuda", torch.device("cuda", 0))
+        assert why == "the CUDA module's kernels need compute capability >= 8.0 and cuda:0 (gpu0) has 7.5"
+        assert _backends.unavailable_reason("cuda", "cuda", torch.device("cuda", 1)) is None
+        assert _backends.unavailable_reason("cuda", "cuda", torch.device("cuda")) is None   # current: 1
+        assert _backends.unavailable_reason("cuda", "cuda") is None                        # no device given
+        with use_backend("cuda"):
+            with pytest.raises(BackendUnavailableError, match="has 7.5"):
+                _backends.select("gather_slices", torch.device("cuda", 0))
+            assert _backends.select("gather_slices", torch.device("cuda", 1)) == "cuda"
+        assert _backends.select("gather_slices", torch.device("cuda", 0), warn=False) != "cuda"
+    finally:
+        _backends.cuda_capability_problem.cache_clear()

@@ -413,12 +413,20 @@ void launch_fast(SketchArgs a, int bn, size_t smem, bool accumulate, int device,
   check_launch(op);
 }
 
+// Shared memory of the tensor-core kernel: its operand pipeline plus the hash buffers and the k
+// nonzero descriptors (~108-112 KB: more than GPUs with a 99 KB per-block limit, such as sm_86 /
+// sm_89, can give; those take the shared-accumulator path).
+inline size_t mma_smem_bytes(int64_t k) {
+  using namespace skmma;
+  return PIPE_BYTES + size_t(2) * BK * size_t(k) * sizeof(uint32_t) + size_t(k) * sizeof(NzSpec);
+}
+
 template <typename T>
 void launch_mma(SketchArgs a, bool accumulate, int device, cudaStream_t stream, const char* op) {
   using namespace skmma;
   auto kernel = sketch_mma_kernel<T>;
   const DeviceAttrs attrs = device_attrs(device, op);
-  const size_t smem = PIPE_BYTES + size_t(2) * BK * a.k * sizeof(uint32_t) + size_t(a.k) * sizeof(NzSpec);
+  const size_t smem = mma_smem_bytes(a.k);
   allow_max_smem(kernel, device, op);
   int per_sm = 0;
   check_cuda(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, THREADS, smem), op);
@@ -518,8 +526,10 @@ void sparse_sign_sketch_launch(const SketchParams& p, cudaStream_t stream) {
     a.offset = static_cast<uint64_t>(p.offset);
     a.scale = scale;
     if constexpr (!std::is_same<T, float>::value) {
-      // Tensor-core path: fp16 / bf16 g, 16-byte aligned rows, m <= 1024, k <= 32.
-      if (vec && p.m <= 8 * skmma::BN && p.k <= skmma::MAX_K && !force_smem_path()) {
+      // Tensor-core path: fp16 / bf16 g, 16-byte aligned rows, m <= 1024, k <= 32, and a device
+      // that can give the kernel its shared memory.
+      if (vec && p.m <= 8 * skmma::BN && p.k <= skmma::MAX_K && !force_smem_path() &&
+          mma_smem_bytes(p.k) <= size_t(attrs.smem_optin)) {
         launch_mma<T>(a, p.accumulate, p.device, stream, op);
         return;
       }

@@ -114,8 +114,25 @@ def triton_interpreter_problem() -> str | None:
     return None
 
 
-def unavailable_reason(backend: str, device_type: str) -> str | None:
-    """None when ``backend`` can run on ``device_type``, else the reason it cannot."""
+# The CUDA module is built for sm_80 (with PTX) and sm_90a; its kernels use sm_80 instructions
+# (cp.async, bf16 mma), so older GPUs have no kernel image for them.
+CUDA_MIN_CAPABILITY = (8, 0)
+
+
+@functools.lru_cache(maxsize=None)
+def cuda_capability_problem(index: int) -> str | None:
+    """Why the CUDA module's kernels cannot run on CUDA device ``index``, or None."""
+    cap = tuple(torch.cuda.get_device_capability(index))
+    if cap < CUDA_MIN_CAPABILITY:
+        name = torch.cuda.get_device_name(index)
+        return (f"the CUDA module's kernels need compute capability >= {CUDA_MIN_CAPABILITY[0]}."
+                f"{CUDA_MIN_CAPABILITY[1]} and cuda:{index} ({name}) has {cap[0]}.{cap[1]}")
+    return None
+
+
+def unavailable_reason(backend: str, device_type: str, device: torch.device | None = None) -> str | None:
+    """None when ``backend`` can run on ``device_type`` (and, when given, on that ``device``: the
+    CUDA module checks its compute capability), else the reason it cannot."""
     if backend == "torch":
         return None
     if backend == "cpu":
@@ -129,6 +146,9 @@ def unavailable_reason(backend: str, device_type: str) -> str | None:
             return f"the 'cuda' backend runs on CUDA tensors only (got {device_type} tensors)"
         if _native.cuda_module() is None:
             return f"the CUDA module was not built ({_native.load_error('_C_cuda')})"
+        if device is not None:
+            index = device.index if device.index is not None else torch.cuda.current_device()
+            return cuda_capability_problem(index)
         return None
     if backend == "triton":
         if not triton_importable():
@@ -155,26 +175,26 @@ def select(op: str, device: torch.device, warn: bool = True) -> str:
     """The backend that runs ``op`` on ``device`` for this call."""
     want = requested_backend()
     if want is not None:
-        why = unavailable_reason(want, device.type)
+        why = unavailable_reason(want, device.type, device)
         if why is not None:
             raise BackendUnavailableError(f"sketchprune::{op}: backend {want!r} was requested but {why}")
         return want
     order = PREFERENCE[op].get(device.type, ("torch",))
     for b in order:
-        if unavailable_reason(b, device.type) is None:
+        if unavailable_reason(b, device.type, device) is None:
             if warn and b == "torch" and len(order) > 1:
-                _warn_fallback(op, device.type, order[0])
+                _warn_fallback(op, device.type, order[0], unavailable_reason(order[0], device.type, device))
             return b
     return "torch"
 
 
 @functools.lru_cache(maxsize=None)
-def _warn_fallback(op: str, device_type: str, best: str) -> None:
+def _warn_fallback(op: str, device_type: str, best: str, why: str | None) -> None:
     import warnings
 
     warnings.warn(
         f"sketchprune::{op} on {device_type}: no compiled backend is available "
-        f"({unavailable_reason(best, device_type)}); running the slow pure-torch reference. "
+        f"({why}); running the slow pure-torch reference. "
         "See `python -m sketchprune.info`.",
         RuntimeWarning,
         stacklevel=3,

@@ -52,7 +52,9 @@ def report() -> dict:
 
         info["triton"] = triton.__version__ + (" (interpreter)" if _backends.triton_interpreted() else "")
     for dev in ("cpu", "cuda"):
-        info["backends"][dev] = {b: (_backends.unavailable_reason(b, dev) or "available") for b in _backends.BACKENDS}
+        where = torch.device(dev) if dev == "cpu" or torch.cuda.is_available() else None
+        info["backends"][dev] = {b: (_backends.unavailable_reason(b, dev, where) or "available")
+                                 for b in _backends.BACKENDS}
         if dev == "cuda" and not torch.cuda.is_available():
             info["backends"][dev]["note"] = "no CUDA device visible to torch"
     return info

@@ -40,7 +40,8 @@ def test_cov_row_strided_and_noncontiguous(backend, device):
     base = randn(40, 24, device=device)
     x = base[::2, :12]  # row stride 48, last dim unit-stride
     xt = randn(12, 20, device=device).T  # last dim not unit-stride: copied
-    for xin in (x, xt):
+    xb = randn(1, 12, device=device).expand(9, 12)  # broadcast rows (stride 0): materialised
+    for xin in (x, xt, xb):
         sigma = torch.zeros(12, 12, device=device)
         with use_backend(backend):
             sp.cov_accumulate_(sigma, xin)

@@ -79,6 +79,8 @@ def test_outer_strided_inputs(t):
     assert torch.equal(out, ref)
     o64, o32 = _oracle(a, d, 32, 4, 1, 0)
     assert_close_to_oracle(out, o64, o32, t * (4 * 47 * 25 // 32 + 1), what=f"strided T={t}")
+    a_b = a[:, :1].expand(-1, t, -1)   # one input row broadcast over T (stride 0): materialised
+    assert torch.equal(_cpu(a_b, d, 32, 4, 1, 0), _cpu(a_b.contiguous(), d, 32, 4, 1, 0))
 
 
 @pytest.mark.parametrize("t", [1, 5, 70])

@@ -148,7 +148,8 @@ def test_sketch_misaligned_and_row_strided(backend, device):
         buf = randn(n * r + 1, dtype=dtype, device=device)
         g1 = buf[1:].view(n, r)
         g2 = randn(n, r + 7, dtype=dtype, device=device)[:, 3 : 3 + r]
-        for g in (g1, g2):
+        g3 = randn(1, r, dtype=dtype, device=device).expand(n, r)    # broadcast rows (stride 0)
+        for g in (g1, g2, g3):
             out = _run(backend, g, m, k, 9, BIG)
             s64 = sketch_matrix(9, BIG, r, m, k, torch.float64, device)
             assert_close_to_oracle(out, g.double() @ s64, g.float() @ s64.float(), r, what=f"{dtype} view")
@@ -166,3 +167,18 @@ def test_sketches_are_not_differentiable():
         sp.sparse_sign_sketch(g, 8).sum().backward()
     f = torch.compile(lambda g: sp.sparse_sign_sketch(g, 8, 2).sum(), backend="aot_eager")
     assert torch.allclose(f(g), sp.sparse_sign_sketch(g.detach(), 8, 2).sum())
+
+
+def test_inputs_reach_the_kernels_with_rows_apart():
+    """Every native kernel takes a row stride of at least the row length (the CUDA bindings refuse
+    less): broadcast (stride-0) or overlapping rows are materialised first, other strides pass."""
+    from sketchprune.ops._common import contiguous_rows
+
+    row = torch.randn(1, 10)
+    for t, copied in ((row.expand(4, 10), True), (torch.randn(40).as_strided((4, 10), (3, 1)), True),
+                      (torch.randn(4, 16)[:, :10], False), (torch.randn(10, 4).T, True), (row, False),
+                      (torch.randn(3, 1, 10).expand(3, 5, 10), True), (torch.randn(3, 5, 10)[::2], False),
+                      (torch.randn(7), False)):
+        out = contiguous_rows(t)
+        assert torch.equal(out, t) and (out.data_ptr() != t.data_ptr()) == copied, (t.shape, t.stride())
+        assert out.dim() < 2 or out.shape[-2] <= 1 or out.stride(-2) >= out.shape[-1]

@@ -107,10 +107,14 @@ def unshare(out: torch.Tensor, *inputs):
 
 
 def contiguous_rows(t: torch.Tensor) -> torch.Tensor:
-    """t with unit stride in its last dim (copied if needed); other strides are passed through."""
-    if t.dim() == 0 or t.stride(-1) == 1 or t.shape[-1] <= 1:
+    """t with unit stride in its last dim and rows that do not overlap (copied if needed: broadcast
+    rows, stride 0 from ``expand``, are materialised, since the CUDA kernels take a row stride of at
+    least the row length); other strides are passed through."""
+    if t.dim() == 0:
         return t
-    return t.contiguous()
+    unit = t.stride(-1) == 1 or t.shape[-1] <= 1
+    rows_apart = t.dim() == 1 or t.shape[-2] <= 1 or t.stride(-2) >= t.shape[-1]
+    return t if unit and rows_apart else t.contiguous()
 
 
 def poison_enabled() -> bool:
