@@ -148,3 +148,29 @@ def test_cov_refuses_a_sigma_autograd_tracks():
     with torch.no_grad():
         sp.cov_accumulate_(s, torch.ones(5, 4))
     assert (s == 5).all()
+
+
+@backend_params()
+def test_in_place_updates_are_seen_by_autograd(backend, device):
+    """Every backend bumps the updated matrix's version counter, as torch's in-place ops do, so a
+    backward that saved it before the update is refused instead of reading the new values (the
+    native kernels write through raw pointers and did not), and an inference tensor is updated only
+    inside inference mode."""
+    for upd in (lambda s: sp.cov_accumulate_(s, randn(5, 4, device=device)),
+                lambda s: sp.cross_accumulate_(s, randn(5, 4, device=device), randn(5, 4, device=device))):
+        s = torch.zeros(4, 4, device=device)
+        w = torch.ones(4, 4, device=device, requires_grad=True)
+        y = (w * s).sum()               # saves s for backward
+        v = s._version
+        with use_backend(backend):
+            upd(s)
+        assert s._version > v
+        with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+            y.backward()
+        with torch.inference_mode():
+            s_inf = torch.zeros(4, 4, device=device)
+            with use_backend(backend):
+                upd(s_inf)                  # inside inference mode: fine
+        assert bool(s_inf.abs().sum() > 0)
+        with use_backend(backend), pytest.raises(RuntimeError, match="inference tensor"):
+            upd(s_inf)

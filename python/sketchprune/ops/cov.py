@@ -16,6 +16,7 @@ NaN/Inf in x propagate into sigma as they would in ``x.T @ x``.
 from __future__ import annotations
 
 import torch
+from torch.autograd.graph import increment_version
 
 from .. import _backends, _native
 from ..ref import ops as ref
@@ -96,6 +97,7 @@ def _cov_native(sigma, x, alpha, mask):
              _native.ptr(s), _native.dtype_code(s), s.shape[0], s.stride(0),
              _native.ptr(x), _native.dtype_code(x), x.shape[0], x.stride(0),
              float(alpha), _native.ptr(mask))
+    _wrote(sigma)
 
 
 def _cross_native(c, x, y, alpha, mask):
@@ -105,6 +107,7 @@ def _cross_native(c, x, y, alpha, mask):
              _native.ptr(cw), _native.dtype_code(cw), cw.shape[0], cw.shape[1], cw.stride(0),
              _native.ptr(x), _native.ptr(y), _native.dtype_code(x), x.shape[0], x.stride(0), y.stride(0),
              float(alpha), _native.ptr(mask))
+    _wrote(c)
 
 
 def _cov_triton(sigma, x, alpha, mask):
@@ -135,18 +138,29 @@ _CROSS = {
 }
 
 
-def _check_no_grad(op, name, t):
+def _check_writable(op, name, t):
     """The in-place statistics are not differentiable: updating a tensor autograd tracks would
-    silently break its graph (torch refuses in-place updates of such leaves too)."""
+    silently break its graph (torch refuses in-place updates of such leaves too); and, as for
+    torch's own in-place ops, an inference tensor is updated only inside inference mode."""
     if t.requires_grad and torch.is_grad_enabled():
         fail(op, f"{name} requires grad; the accumulation is not differentiable: pass {name}.detach() or call "
                  "it under torch.no_grad()", RuntimeError)
+    if t.is_inference() and not torch.is_inference_mode_enabled():
+        fail(op, f"{name} is an inference tensor (created under torch.inference_mode) and cannot be updated in "
+                 "place outside inference mode: clone it first, or update it inside inference mode", RuntimeError)
+
+
+def _wrote(t):
+    """Bump t's version counter after a native kernel wrote it through a raw pointer, as torch's
+    in-place ops do: autograd then refuses a backward that saved t before the update instead of
+    silently reading the new values."""
+    increment_version(t)
 
 
 @torch.library.register_kernel("sketchprune::cov_accumulate_", ("cpu", "cuda"))
 def _cov_kernel(sigma, x, alpha=1.0, mask=None):
     _check_cov(sigma, x, mask)
-    _check_no_grad("cov_accumulate_", "sigma", sigma)
+    _check_writable("cov_accumulate_", "sigma", sigma)
     if x.shape[0] == 0 or sigma.numel() == 0:
         return
     x, mask = unshare(sigma, x, mask)
@@ -156,7 +170,7 @@ def _cov_kernel(sigma, x, alpha=1.0, mask=None):
 @torch.library.register_kernel("sketchprune::cross_accumulate_", ("cpu", "cuda"))
 def _cross_kernel(c, x, y, alpha=1.0, mask=None):
     _check_cross(c, x, y, mask)
-    _check_no_grad("cross_accumulate_", "c", c)
+    _check_writable("cross_accumulate_", "c", c)
     if x.shape[0] == 0 or c.numel() == 0:
         return
     x, y, mask = unshare(c, x, y, mask)
