@@ -117,3 +117,148 @@ def test_float32_centred_covariance_warns_when_the_mean_swamps_the_spread():
     a64 = sp.CovarianceAccumulator(3, dtype=torch.float64)
     a64.update(x)
     assert torch.allclose(torch.diagonal(a64.covariance(centered=True)), x.double().var(0, correction=0), rtol=1e-4)
+
+
+def _filled(seed=0, cross=True, rows=(7, 50, 3)):
+    gen = torch.Generator().manual_seed(seed)
+    acc = sp.CovarianceAccumulator(6, cross_dim=3 if cross else None, stage_rows=64)
+    for t in rows:                       # small chunks: some rows stay staged
+        acc.update(torch.randn(t, 6, generator=gen), torch.randn(t, 3, generator=gen) if cross else None)
+    return acc
+
+
+def _same_stats(a, b):
+    assert a.count == b.count
+    assert torch.equal(a.covariance(), b.covariance()) and torch.equal(a.mean(), b.mean())
+    if a.cross_dim is not None:
+        assert torch.equal(a.cross(), b.cross())
+
+
+def test_checkpoint_state_dict_pickle_deepcopy(tmp_path):
+    """A long stream checkpointed and resumed gives exactly the uninterrupted result: through
+    state_dict (loadable with weights_only=True), pickling and deepcopy (staged rows included)."""
+    import copy
+    import pickle
+
+    ref, part = _filled(rows=(7, 50, 3)), _filled(rows=(7, 50, 3))
+    assert part._staged > 0
+    torch.save(part.state_dict(), tmp_path / "acc.pt")
+    state = torch.load(tmp_path / "acc.pt", weights_only=True)
+    resumed = sp.CovarianceAccumulator(6, cross_dim=3, stage_rows=64).load_state_dict(state)
+    clone, unpickled = copy.deepcopy(part), pickle.loads(pickle.dumps(part))
+    assert unpickled._stage_x is None                           # the staging buffer is not carried
+    tail = [(torch.randn(t, 6), torch.randn(t, 3)) for t in (9, 11)]
+    for acc in (ref, resumed, clone, unpickled):
+        for x, y in tail:
+            acc.update(x, y)
+    for acc in (resumed, clone, unpickled):
+        _same_stats(ref, acc)
+    with pytest.raises(ValueError, match=r"\(dim, cross_dim\) = \(6, 3\), this accumulator \(6, None\)"):
+        sp.CovarianceAccumulator(6).load_state_dict(state)
+    with pytest.raises(ValueError, match="sigma must be a tensor of shape"):
+        sp.CovarianceAccumulator(6, cross_dim=3).load_state_dict({**state, "sigma": torch.zeros(5, 5)})
+    with pytest.raises(ValueError, match="expected a dict"):
+        sp.CovarianceAccumulator(6).load_state_dict({"sigma": 1})
+
+
+def test_update_detaches_and_mask_spellings():
+    """An update never keeps the caller's autograd graph alive (it did: the running sum and the
+    staging copy pulled it in, so activations leaked and mean() required grad); a flattened mask is
+    accepted; a non-bool mask is a TypeError, a wrong shape a ValueError."""
+    import weakref
+
+    acc = sp.CovarianceAccumulator(4, cross_dim=2)
+    w = torch.randn(4, 4, requires_grad=True)
+    h = torch.randn(2, 3, 4)
+    x = h @ w                            # the graph saves h for w's gradient
+    ref = weakref.ref(h)
+    acc.update(x, x[..., :2], mask=torch.ones(6, dtype=torch.bool))    # flattened mask
+    del x, h
+    assert ref() is None, "the accumulator keeps the activation's graph alive"
+    assert not acc.mean().requires_grad and not acc.covariance().requires_grad and acc.count == 6
+    with pytest.raises(TypeError, match="mask must be a bool tensor"):
+        acc.update(torch.randn(3, 4), torch.randn(3, 2), mask=torch.ones(3))
+    with pytest.raises(ValueError, match=r"mask must have shape \(2, 3\) \(or \(6,\), flattened\)"):
+        acc.update(torch.randn(2, 3, 4), torch.randn(2, 3, 2), mask=torch.ones(5, dtype=torch.bool))
+    with pytest.raises(TypeError, match="expected a CovarianceAccumulator"):
+        acc.merge_(torch.zeros(3))
+    with pytest.raises(ValueError, match="into itself"):
+        acc.merge_(acc)
+
+
+def test_inference_mode_then_normal_mode():
+    """An accumulator built and first fed in inference mode keeps working outside it (its staging
+    buffer became an inference tensor, and the next update outside failed)."""
+    gen = torch.Generator().manual_seed(1)
+    xs = [torch.randn(5, 4, generator=gen) for _ in range(4)]
+    with torch.inference_mode():
+        acc = sp.CovarianceAccumulator(4)
+        acc.update(xs[0])
+        acc.update(xs[1])
+    acc.update(xs[2])
+    with torch.inference_mode():
+        acc.update(xs[3])
+    x = torch.cat(xs).double()
+    assert torch.allclose(acc.covariance().double(), x.T @ x / 20, atol=1e-6)
+
+
+def test_concurrent_updates_from_threads():
+    """Two threads feeding one accumulator small (staged) chunks: the statistics equal a serial
+    run (the staging bookkeeping raced, giving wrong covariances with a correct count)."""
+    import threading
+
+    chunks = [torch.randn(3, 16, generator=torch.Generator().manual_seed(i)) for i in range(400)]
+    for _ in range(3):
+        acc = sp.CovarianceAccumulator(16, stage_rows=256)
+        threads = [threading.Thread(target=lambda part: [acc.update(c) for c in part], args=(chunks[i::2],))
+                   for i in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        x = torch.cat(chunks).double()
+        assert acc.count == x.shape[0]
+        assert torch.allclose(acc.covariance().double(), x.T @ x / x.shape[0], rtol=1e-5, atol=1e-5)
+
+
+_ALL_REDUCE_SCRIPT = r"""
+import os, sys, torch, torch.distributed as dist
+import sketchprune as sp
+rank, world, port = int(sys.argv[1]), 2, sys.argv[2]
+dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+gen = torch.Generator().manual_seed(0)
+xs = [torch.randn(5 + i, 4, generator=gen) for i in range(6)]
+acc = sp.CovarianceAccumulator(4, cross_dim=2, stage_rows=64)
+for x in xs[rank::world]:
+    acc.update(x, x[:, :2])           # staged: all_reduce_ must flush first
+acc.all_reduce_()
+x = torch.cat(xs).double()
+assert acc.count == x.shape[0], acc.count
+assert torch.allclose(acc.covariance().double(), x.T @ x / x.shape[0], atol=1e-5)
+assert torch.allclose(acc.cross().double(), x.T @ x[:, :2] / x.shape[0], atol=1e-5)
+assert torch.allclose(acc.mean().double(), x.mean(0), atol=1e-6)
+dist.destroy_process_group()
+print("ok", rank)
+"""
+
+
+def test_all_reduce_over_two_gloo_ranks(tmp_path):
+    import socket
+    import subprocess
+    import sys
+
+    dist = pytest.importorskip("torch.distributed")
+    if not dist.is_available():
+        pytest.skip("torch.distributed is not available in this build")
+    with pytest.raises(RuntimeError, match="not initialised"):
+        sp.CovarianceAccumulator(4).all_reduce_()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    script = tmp_path / "ar.py"
+    script.write_text(_ALL_REDUCE_SCRIPT)
+    procs = [subprocess.Popen([sys.executable, str(script), str(r), str(port)], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for r in range(2)]
+    outs = [p.communicate(timeout=120) for p in procs]
+    for r, (p, (out, err)) in enumerate(zip(procs, outs)):
+        assert p.returncode == 0 and f"ok {r}" in out, err[-2000:]

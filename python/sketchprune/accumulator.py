@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import warnings
 
 import torch
@@ -41,9 +42,18 @@ class CovarianceAccumulator:
         writing Sigma costs as much as the arithmetic.
 
     ``update(x, y=None, mask=None)`` takes x of shape (..., d) (any leading dims are flattened
-    into rows), y of shape (..., cross_dim) and a boolean mask of the leading shape (rows where it
-    is False are skipped).  Results: ``covariance(centered=False)`` (X^T X / count, or the
+    into rows), y of shape (..., cross_dim) and a boolean mask of the leading shape, or flattened
+    to one dim (rows where it is False are skipped).  Inputs are detached: an update never keeps
+    an autograd graph alive.  Results: ``covariance(centered=False)`` (X^T X / count, or the
     covariance about the mean), ``cross()`` (X^T Y / count), ``diag()``, ``mean()``, ``count``.
+
+    Several streams: ``merge_(other)`` adds another accumulator; ``all_reduce_(group)`` sums the
+    statistics over the ranks of a ``torch.distributed`` process group.  Checkpoints:
+    ``state_dict()`` / ``load_state_dict()`` (plain tensors, loadable with ``weights_only=True``);
+    pickling and ``copy.deepcopy`` work too (without the staging buffer).  One accumulator may be
+    updated from several threads (its methods hold a lock); the statistics are also maintained
+    outside ``torch.inference_mode`` tensors, so an accumulator fed in inference mode keeps working
+    outside it.
     """
 
     def __init__(self, dim: int, device="cpu", dtype=torch.float32, cross_dim: int | None = None,
@@ -62,11 +72,16 @@ class CovarianceAccumulator:
         self.budget.check(self.device, stat_bytes, what=f"CovarianceAccumulator(dim={dim}, cross_dim={cross_dim})")
         self._stat_bytes = stat_bytes
         self._stage_target = int(stage_rows)
-        self.sigma = torch.zeros(dim, dim, dtype=dtype, device=self.device)
-        self.device = self.sigma.device     # concrete ("cuda" -> the device it landed on, "cpu:0" -> cpu)
-        self._cross = None if cross_dim is None else torch.zeros(dim, cross_dim, dtype=dtype, device=self.device)
-        self._sum = torch.zeros(dim, dtype=torch.float64, device=self.device)
-        self._count = torch.zeros((), dtype=torch.int64, device=self.device)
+        with torch.inference_mode(False):   # normal tensors, even when built in inference mode
+            self.sigma = torch.zeros(dim, dim, dtype=dtype, device=self.device)
+            self.device = self.sigma.device  # concrete ("cuda" -> the device it landed on, "cpu:0" -> cpu)
+            self._cross = None if cross_dim is None else torch.zeros(dim, cross_dim, dtype=dtype, device=self.device)
+            self._sum = torch.zeros(dim, dtype=torch.float64, device=self.device)
+            self._count = torch.zeros((), dtype=torch.int64, device=self.device)
+        self._lock = threading.RLock()
+        self._reset_stage()
+
+    def _reset_stage(self) -> None:
         self._stage_x = self._stage_y = self._stage_m = None
         self._staged = 0
         self._stage_rows = 0
@@ -74,6 +89,10 @@ class CovarianceAccumulator:
     # ------------------------------------------------------------------ streaming
     def update(self, x: torch.Tensor, y: torch.Tensor | None = None, mask: torch.Tensor | None = None) -> None:
         x, y, mask = self._rows(x, y, mask)
+        with self._lock:
+            self._update(x, y, mask)
+
+    def _update(self, x, y, mask) -> None:
         t = x.shape[0]
         if t == 0:
             return
@@ -85,11 +104,11 @@ class CovarianceAccumulator:
             self._sum += torch.sum(torch.where(mask[:, None], x, 0), dim=0, dtype=torch.float64)
             self._count += mask.sum()
         if t >= self._stage_target or not self._ensure_stage(x, y):
-            self.flush()
+            self._flush()
             self._accumulate(x, y, mask)
             return
         if self._staged + t > self._stage_rows:
-            self.flush()
+            self._flush()
         s = slice(self._staged, self._staged + t)
         self._stage_x[s].copy_(x)
         if y is not None:
@@ -102,6 +121,10 @@ class CovarianceAccumulator:
 
     def flush(self) -> None:
         """Push staged rows into the statistics (called automatically before reading them)."""
+        with self._lock:
+            self._flush()
+
+    def _flush(self) -> None:
         if self._staged:
             n = self._staged
             self._staged = 0
@@ -118,12 +141,13 @@ class CovarianceAccumulator:
             raise ValueError(f"drain_into: sigma must have shape {tuple(self.sigma.shape)}, got {tuple(sigma.shape)}")
         if self._cross is not None and (cross is None or cross.shape != self._cross.shape):
             raise ValueError(f"drain_into: cross must be a tensor of shape {tuple(self._cross.shape)}")
-        self.flush()
-        sigma += self.sigma
-        self.sigma.zero_()
-        if self._cross is not None:
-            cross += self._cross
-            self._cross.zero_()
+        with self._lock:
+            self._flush()
+            sigma += self.sigma
+            self.sigma.zero_()
+            if self._cross is not None:
+                cross += self._cross
+                self._cross.zero_()
 
     def _accumulate(self, x, y, mask):
         cov_accumulate_(self.sigma, x, 1.0, mask)
@@ -134,7 +158,7 @@ class CovarianceAccumulator:
         """Allocate the staging buffer once (as large as the budget allows); False if none fits."""
         if self._stage_x is not None:
             if self._stage_x.dtype != x.dtype:
-                self.flush()
+                self._flush()
                 self._stage_x = self._stage_y = self._stage_m = None
             else:
                 return True
@@ -145,10 +169,11 @@ class CovarianceAccumulator:
         except BudgetError:
             return False  # no room to stage: update directly (same result, more launches)
         self._stage_rows = rows
-        self._stage_x = torch.empty(rows, self.dim, dtype=x.dtype, device=self.device)
-        if self.cross_dim is not None:
-            self._stage_y = torch.empty(rows, self.cross_dim, dtype=y.dtype, device=self.device)
-        self._stage_m = torch.empty(rows, dtype=torch.bool, device=self.device)
+        with torch.inference_mode(False):   # a buffer first filled in inference mode is reused outside it
+            self._stage_x = torch.empty(rows, self.dim, dtype=x.dtype, device=self.device)
+            if self.cross_dim is not None:
+                self._stage_y = torch.empty(rows, self.cross_dim, dtype=y.dtype, device=self.device)
+            self._stage_m = torch.empty(rows, dtype=torch.bool, device=self.device)
         return True
 
     def _rows(self, x, y, mask):
@@ -161,7 +186,7 @@ class CovarianceAccumulator:
         if x.device != self.device:
             raise ValueError(f"{name}: x is on {x.device} but the accumulator lives on {self.device}")
         lead = x.shape[:-1]
-        x = x.reshape(-1, self.dim)
+        x = x.detach().reshape(-1, self.dim)
         if (y is None) != (self.cross_dim is None):
             raise ValueError(f"{name}: y must be given exactly when cross_dim was set (cross_dim={self.cross_dim})")
         if y is not None:
@@ -169,12 +194,14 @@ class CovarianceAccumulator:
                 raise ValueError(f"{name}: y must have shape {tuple(lead) + (self.cross_dim,)}, got {tuple(y.shape)}")
             if y.dtype != x.dtype:
                 raise TypeError(f"{name}: y must have the dtype of x ({x.dtype}), got {y.dtype}")
-            y = y.reshape(-1, self.cross_dim)
+            y = y.detach().reshape(-1, self.cross_dim)
         if mask is not None:
-            if mask.dtype != torch.bool or mask.shape != lead:
-                raise ValueError(f"{name}: mask must be a bool tensor of shape {tuple(lead)}, got "
-                                 f"{mask.dtype} {tuple(mask.shape)}")
-            mask = mask.reshape(-1).to(self.device)
+            if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
+                raise TypeError(f"{name}: mask must be a bool tensor, got {getattr(mask, 'dtype', type(mask).__name__)}")
+            if mask.shape != lead and tuple(mask.shape) != (x.shape[0],):
+                raise ValueError(f"{name}: mask must have shape {tuple(lead)} (or ({x.shape[0]},), flattened), got "
+                                 f"{tuple(mask.shape)}")
+            mask = mask.detach().reshape(-1).to(self.device)
         return x, y, mask
 
     # ------------------------------------------------------------------ results
@@ -190,11 +217,16 @@ class CovarianceAccumulator:
         return n
 
     def mean(self) -> torch.Tensor:
-        return (self._sum / self._n()).to(self.dtype)
+        with self._lock:
+            return (self._sum / self._n()).to(self.dtype)
 
     def covariance(self, centered: bool = False) -> torch.Tensor:
         """X^T X / count (the second moment), or with centered=True the covariance about the mean."""
-        self.flush()
+        with self._lock:
+            self._flush()
+            return self._covariance(centered)
+
+    def _covariance(self, centered: bool) -> torch.Tensor:
         n = self._n()
         s = self.sigma / n
         if centered:
@@ -210,26 +242,103 @@ class CovarianceAccumulator:
         """X^T Y / count."""
         if self._cross is None:
             raise RuntimeError("CovarianceAccumulator: no cross term (construct with cross_dim=...)")
-        self.flush()
-        return self._cross / self._n()
+        with self._lock:
+            self._flush()
+            return self._cross / self._n()
 
     def diag(self) -> torch.Tensor:
         """diag(X^T X) / count: the per-feature mean square."""
-        self.flush()
-        return torch.diagonal(self.sigma).clone() / self._n()
+        with self._lock:
+            self._flush()
+            return torch.diagonal(self.sigma).clone() / self._n()
 
     def merge_(self, other: "CovarianceAccumulator") -> "CovarianceAccumulator":
         """Add another accumulator's statistics (e.g. from another data shard) into this one."""
+        if not isinstance(other, CovarianceAccumulator):
+            raise TypeError(f"CovarianceAccumulator.merge_: expected a CovarianceAccumulator, got {type(other).__name__}")
         if (other.dim, other.cross_dim) != (self.dim, self.cross_dim):
-            raise ValueError("CovarianceAccumulator.merge_: dimensions differ")
-        self.flush()
+            raise ValueError(f"CovarianceAccumulator.merge_: dimensions differ (dim, cross_dim) = "
+                             f"{(self.dim, self.cross_dim)} vs {(other.dim, other.cross_dim)}")
+        if other is self:
+            raise ValueError("CovarianceAccumulator.merge_: cannot merge an accumulator into itself")
         other.flush()
-        self.sigma += other.sigma.to(self.sigma)
-        if self._cross is not None:
-            self._cross += other._cross.to(self._cross)
-        self._sum += other._sum.to(self._sum)
-        self._count += other._count.to(self._count)
+        with self._lock, other._lock:
+            self._flush()
+            self.sigma += other.sigma.to(self.sigma)
+            if self._cross is not None:
+                self._cross += other._cross.to(self._cross)
+            self._sum += other._sum.to(self._sum)
+            self._count += other._count.to(self._count)
         return self
+
+    def all_reduce_(self, group=None) -> "CovarianceAccumulator":
+        """Sum the statistics over the ranks of a ``torch.distributed`` process group (every rank
+        calls it; each ends with the totals of all ranks' rows).  Staged rows are flushed first.
+        The accumulator's device must suit the group's backend (CPU for gloo, CUDA for NCCL)."""
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized()):
+            raise RuntimeError("CovarianceAccumulator.all_reduce_: torch.distributed is not initialised "
+                               "(call torch.distributed.init_process_group first)")
+        with self._lock:
+            self._flush()
+            for t in self._stats():
+                dist.all_reduce(t, op=dist.ReduceOp.SUM, group=group)
+        return self
+
+    def _stats(self) -> list[torch.Tensor]:
+        return [t for t in (self.sigma, self._cross, self._sum, self._count) if t is not None]
+
+    # ------------------------------------------------------------------ checkpoints
+    def state_dict(self) -> dict:
+        """The statistics as plain tensors (staged rows flushed first; copies, on the accumulator's
+        device): save with ``torch.save`` and restore with :meth:`load_state_dict` (also with
+        ``torch.load(..., weights_only=True)``)."""
+        with self._lock:
+            self._flush()
+            return {"dim": self.dim, "cross_dim": self.cross_dim, "dtype": str(self.dtype).removeprefix("torch."),
+                    "sigma": self.sigma.clone(), "cross": None if self._cross is None else self._cross.clone(),
+                    "sum": self._sum.clone(), "count": self._count.clone()}
+
+    def load_state_dict(self, state: dict) -> "CovarianceAccumulator":
+        """Replace the statistics with those of :meth:`state_dict` (from any device; the dims must
+        match; a float64 state may be loaded into a float32 accumulator and vice versa)."""
+        need = {"dim", "cross_dim", "sigma", "cross", "sum", "count"}
+        if not isinstance(state, dict) or not need <= set(state):
+            raise ValueError(f"CovarianceAccumulator.load_state_dict: expected a dict with keys {sorted(need)}")
+        if (state["dim"], state["cross_dim"]) != (self.dim, self.cross_dim):
+            raise ValueError(f"CovarianceAccumulator.load_state_dict: the state has (dim, cross_dim) = "
+                             f"{(state['dim'], state['cross_dim'])}, this accumulator {(self.dim, self.cross_dim)}")
+        new = [state["sigma"], state["cross"], state["sum"], state["count"]]
+        for have, t, name in zip((self.sigma, self._cross, self._sum, self._count), new, ("sigma", "cross", "sum", "count")):
+            if have is not None and (not isinstance(t, torch.Tensor) or t.shape != have.shape):
+                raise ValueError(f"CovarianceAccumulator.load_state_dict: {name} must be a tensor of shape "
+                                 f"{tuple(have.shape)}, got {getattr(t, 'shape', type(t).__name__)}")
+        with self._lock:
+            self._reset_stage()
+            for have, t in zip((self.sigma, self._cross, self._sum, self._count), new):
+                if have is not None:
+                    have.copy_(t)
+        return self
+
+    def __getstate__(self) -> dict:
+        self.flush()
+        state = dict(self.__dict__)
+        del state["_lock"]
+        state.update(_stage_x=None, _stage_y=None, _stage_m=None, _staged=0, _stage_rows=0)
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.RLock()
+
+    def __deepcopy__(self, memo):
+        import copy
+
+        new = self.__class__.__new__(self.__class__)
+        memo[id(self)] = new
+        new.__setstate__(copy.deepcopy(self.__getstate__(), memo))
+        return new
 
     def __repr__(self) -> str:
         return (f"CovarianceAccumulator(dim={self.dim}, cross_dim={self.cross_dim}, device={self.device}, "
