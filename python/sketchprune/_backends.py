@@ -15,7 +15,6 @@ An explicit choice that cannot run on the tensors' device is an error
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import importlib.util
 import itertools
@@ -52,19 +51,28 @@ class BackendUnavailableError(RuntimeError):
 _local = threading.local()
 
 
-@contextlib.contextmanager
-def use_backend(name: str | None):
-    """Force ``name`` for ops called inside the block (None restores automatic choice)."""
-    if name is not None and name not in BACKENDS:
-        raise ValueError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
-    stack = getattr(_local, "stack", None)
-    if stack is None:
-        stack = _local.stack = []
-    stack.append(name)
-    try:
-        yield
-    finally:
-        stack.pop()
+class use_backend:
+    """``with use_backend(name):`` forces ``name`` for ops called inside the block (None restores
+    automatic choice).  The choice is read when an op runs, from a thread-local setting, which
+    ``torch.compile`` cannot trace: inside a compiled function the block is a graph break (the
+    block runs eagerly, so the choice holds; with ``fullgraph=True`` compiling fails).  Wrap the
+    compiled call instead to keep one graph."""
+
+    def __init__(self, name: str | None):
+        if name is not None and name not in BACKENDS:
+            raise ValueError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
+        self.name = name
+
+    @torch.compiler.disable
+    def __enter__(self) -> None:
+        stack = getattr(_local, "stack", None)
+        if stack is None:
+            stack = _local.stack = []
+        stack.append(self.name)
+
+    @torch.compiler.disable
+    def __exit__(self, *exc) -> None:
+        _local.stack.pop()
 
 
 def requested_backend() -> str | None:

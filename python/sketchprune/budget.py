@@ -145,11 +145,15 @@ def active_budget() -> Budget:
 
 
 class limit_memory:
-    """``with limit_memory("2GiB"):`` -- ops inside plan their workspaces within this budget."""
+    """``with limit_memory("2GiB"):`` -- ops inside plan their workspaces within this budget.  Like
+    :func:`~sketchprune.use_backend`, a thread-local setting read when an op runs: inside a
+    ``torch.compile``d function the block is a graph break (runs eagerly; ``fullgraph=True`` fails),
+    so wrap the compiled call instead."""
 
     def __init__(self, budget: "Budget | int | float | str | None"):
         self.budget = Budget.of(budget)
 
+    @torch.compiler.disable
     def __enter__(self) -> Budget:
         stack = getattr(_active, "stack", None)
         if stack is None:
@@ -157,5 +161,6 @@ class limit_memory:
         stack.append(self.budget)
         return self.budget
 
+    @torch.compiler.disable
     def __exit__(self, *exc) -> None:
         _active.stack.pop()
