@@ -123,3 +123,23 @@ def test_cuda_backend_refuses_gpus_older_than_sm80(monkeypatch):
         assert _backends.select("gather_slices", torch.device("cuda", 0), warn=False) != "cuda"
     finally:
         _backends.cuda_capability_problem.cache_clear()
+
+
+def test_triton_interpreter_refuses_bf16_products(monkeypatch):
+    """Under TRITON_INTERPRET=1 the interpreter's bf16 products are off by ~1e9: cov, cross and the
+    sketch refuse bf16 on that path (outer_sketch and gather_slices are exact there and run)."""
+    pytest.importorskip("triton")
+    if not _backends.triton_interpreted() or _backends.unavailable_reason("triton", "cpu") is not None:
+        pytest.skip("needs the Triton interpreter (TRITON_INTERPRET=1)")
+    x = torch.randn(9, 4).bfloat16()
+    with use_backend("triton"):
+        with pytest.raises(TypeError, match="interpreter .* bfloat16"):
+            sp.cov_accumulate_(torch.zeros(4, 4), x)
+        with pytest.raises(TypeError, match="interpreter .* bfloat16"):
+            sp.cross_accumulate_(torch.zeros(4, 4), x, x)
+        with pytest.raises(TypeError, match="interpreter .* bfloat16"):
+            sp.sparse_sign_sketch(x, 8, 2)
+        a, d = torch.randn(3, 2, 5).bfloat16(), torch.randn(3, 2, 4).bfloat16()
+        out = sp.outer_sketch(a, d, 8, 2)
+    with use_backend("torch"):
+        assert torch.allclose(out, sp.outer_sketch(a, d, 8, 2), rtol=1e-2, atol=1e-2)

@@ -106,6 +106,18 @@ def unshare(out: torch.Tensor, *inputs):
     return tuple(res)
 
 
+def check_interpreted_dtype(op: str, *tensors: torch.Tensor) -> None:
+    """The Triton interpreter (CPU tensors, ``TRITON_INTERPRET=1``) gets bf16 matrix products wrong
+    (results off by ~1e9 for cov, cross and the sketch): refuse instead of returning them."""
+    from .._backends import triton_interpreted
+
+    if triton_interpreted() and any(t is not None and t.device.type == "cpu" and t.dtype == torch.bfloat16
+                                    for t in tensors):
+        fail(op, "the Triton interpreter (TRITON_INTERPRET=1) computes bfloat16 products incorrectly: pass "
+                 "float32 / float16 inputs to the 'triton' backend on CPU, or use the 'cpu' or 'torch' backend",
+             TypeError)
+
+
 def contiguous_rows(t: torch.Tensor) -> torch.Tensor:
     """t with unit stride in its last dim and rows that do not overlap (copied if needed: broadcast
     rows, stride 0 from ``expand``, are materialised, since the CUDA kernels take a row stride of at

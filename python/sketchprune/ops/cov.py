@@ -21,8 +21,8 @@ from torch.autograd.graph import increment_version
 from .. import _backends, _native
 from ..ref import ops as ref
 from . import _triton_reg
-from ._common import (ACCUM, FLOAT_IN, check_mask, check_same_device, check_tensor, contiguous_rows, fail,
-                      unshare)
+from ._common import (ACCUM, FLOAT_IN, check_interpreted_dtype, check_mask, check_same_device, check_tensor,
+                      contiguous_rows, fail, unshare)
 from ._native_call import call
 
 torch.library.define(
@@ -111,6 +111,7 @@ def _cross_native(c, x, y, alpha, mask):
 
 
 def _cov_triton(sigma, x, alpha, mask):
+    check_interpreted_dtype("cov_accumulate_", x)
     s = sigma.contiguous()
     torch.ops.sketchprune._cov_accumulate_triton(s, x.contiguous(), float(alpha), _mask_arg(mask))
     if s is not sigma:
@@ -118,6 +119,7 @@ def _cov_triton(sigma, x, alpha, mask):
 
 
 def _cross_triton(c, x, y, alpha, mask):
+    check_interpreted_dtype("cross_accumulate_", x, y)
     cw = c.contiguous()
     torch.ops.sketchprune._cross_accumulate_triton(cw, x.contiguous(), y.contiguous(), float(alpha), _mask_arg(mask))
     if cw is not c:

@@ -25,8 +25,8 @@ from .. import _backends, _native
 from ..budget import active_budget
 from ..ref import ops as ref
 from . import _triton_reg
-from ._common import (FLOAT_IN, check_same_device, check_sketch_args, check_tensor, contiguous_rows, fail, new_output,
-                      sketch_ints)
+from ._common import (FLOAT_IN, check_interpreted_dtype, check_same_device, check_sketch_args, check_tensor,
+                      contiguous_rows, fail, new_output, sketch_ints)
 from ._native_call import call
 
 torch.library.define(
@@ -107,6 +107,7 @@ def _outer_torch(a, d, m, k, seed, offset):
 
 
 def _sketch_triton(g, m, k, seed, offset):
+    check_interpreted_dtype("sparse_sign_sketch", g)
     return torch.ops.sketchprune._sparse_sign_sketch_triton(g.contiguous(), m, k, seed, offset)
 
 
