@@ -143,3 +143,14 @@ def test_triton_interpreter_refuses_bf16_products(monkeypatch):
         out = sp.outer_sketch(a, d, 8, 2)
     with use_backend("torch"):
         assert torch.allclose(out, sp.outer_sketch(a, d, 8, 2), rtol=1e-2, atol=1e-2)
+
+
+def test_import_is_light():
+    """`import sketchprune` imports neither triton nor torch's compiler stack (it did, ~1.2 s, by
+    registering the Triton ops at import); they load when the triton backend is first considered."""
+    code = ("import sys, sketchprune as sp; heavy = [m for m in ('triton', 'torch._dynamo', 'torch._inductor', "
+            "'transformers') if m in sys.modules]; assert not heavy, heavy; "
+            "from sketchprune.ops import _triton_reg; assert not _triton_reg._state['tried']")
+    env = {k: v for k, v in os.environ.items() if k not in ("SKETCHPRUNE_BACKEND",)}
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert r.returncode == 0, r.stderr[-2000:]

@@ -63,14 +63,18 @@ class use_backend:
             raise ValueError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
         self.name = name
 
-    @torch.compiler.disable
     def __enter__(self) -> None:
+        # Dynamo would trace the thread-local push away (the op would then run without it): while
+        # tracing, raise, which Dynamo turns into a graph break that runs the block eagerly.  (Not
+        # torch.compiler.disable: it imports Dynamo, ~1 s, at import time.)
+        if torch.compiler.is_compiling():
+            raise RuntimeError("sketchprune.use_backend inside torch.compile'd code: put the block around the "
+                               "compiled call")
         stack = getattr(_local, "stack", None)
         if stack is None:
             stack = _local.stack = []
         stack.append(self.name)
 
-    @torch.compiler.disable
     def __exit__(self, *exc) -> None:
         _local.stack.pop()
 

@@ -153,14 +153,15 @@ class limit_memory:
     def __init__(self, budget: "Budget | int | float | str | None"):
         self.budget = Budget.of(budget)
 
-    @torch.compiler.disable
     def __enter__(self) -> Budget:
+        if torch.compiler.is_compiling():  # see use_backend: a graph break, the block then runs eagerly
+            raise RuntimeError("sketchprune.limit_memory inside torch.compile'd code: put the block around the "
+                               "compiled call")
         stack = getattr(_active, "stack", None)
         if stack is None:
             stack = _active.stack = []
         stack.append(self.budget)
         return self.budget
 
-    @torch.compiler.disable
     def __exit__(self, *exc) -> None:
         _active.stack.pop()

@@ -3,12 +3,15 @@
 ``sketchprune::_<op>_triton`` -- registered with ``torch.library.triton_op`` so that
 ``torch.compile`` can see into them, each with an explicit fake (the Triton interpreter
 touches data pointers while tracing, so the default fake cannot be used on CPU).  The public
-ops call these when the registry picks the ``triton`` backend.  Registration happens once, on
-first import, and only when triton is importable; a failure is recorded and reported by
-``python -m sketchprune.info`` and by the registry when the backend is asked for.
+ops call these when the registry picks the ``triton`` backend.  Registration happens once, the
+first time the registry considers the triton backend (so ``import sketchprune`` does not import
+triton and torch's compiler stack, ~1 s, on machines where the CPU backend answers every call), and
+only when triton is importable; a failure is recorded and reported by ``python -m sketchprune.info``
+and by the registry when the backend is asked for.
 """
 
 import math
+import threading
 from typing import List, Optional
 
 import torch
@@ -17,19 +20,23 @@ from .._backends import triton_importable
 from ._common import new_output
 
 _state = {"tried": False, "error": None}
+_lock = threading.Lock()
 
 
 def ensure() -> None:
     if _state["tried"]:
         return
-    _state["tried"] = True
-    if not triton_importable():
-        _state["error"] = "triton is not installed"
-        return
-    try:
-        _register()
-    except Exception as exc:  # recorded, surfaced when the backend is requested
-        _state["error"] = f"{type(exc).__name__}: {exc}"
+    with _lock:  # two threads' first calls must not register twice
+        if _state["tried"]:
+            return
+        if not triton_importable():
+            _state["error"] = "triton is not installed"
+        else:
+            try:
+                _register()
+            except Exception as exc:  # recorded, surfaced when the backend is requested
+                _state["error"] = f"{type(exc).__name__}: {exc}"
+        _state["tried"] = True
 
 
 def registered() -> bool:

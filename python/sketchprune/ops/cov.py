@@ -20,7 +20,6 @@ from torch.autograd.graph import increment_version
 
 from .. import _backends, _native
 from ..ref import ops as ref
-from . import _triton_reg
 from ._common import (ACCUM, FLOAT_IN, check_interpreted_dtype, check_mask, check_same_device, check_tensor,
                       contiguous_rows, fail, unshare)
 from ._native_call import call
@@ -188,6 +187,3 @@ def cross_accumulate_(c: torch.Tensor, x: torch.Tensor, y: torch.Tensor, alpha: 
                       mask: torch.Tensor | None = None) -> None:
     """c += alpha * x^T y (in place); rows where mask is False skipped."""
     torch.ops.sketchprune.cross_accumulate_(c, x, y, float(alpha), mask)
-
-
-_triton_reg.ensure()

@@ -25,7 +25,6 @@ import torch
 
 from .. import _backends, _native
 from ..ref import ops as ref
-from . import _triton_reg
 from ._common import check_tensor, fail, new_output
 from ._native_call import call
 
@@ -190,6 +189,3 @@ def gather_slices(tensors: Sequence[torch.Tensor], indices, dims, block=1) -> li
            for i, t in zip(idx, tensors)]
     return list(torch.ops.sketchprune.gather_slices(
         tensors, idx, [int(d) for d in _as_list(dims, n, "dims")], [int(b) for b in _as_list(block, n, "block")]))
-
-
-_triton_reg.ensure()

@@ -24,7 +24,6 @@ import torch
 from .. import _backends, _native
 from ..budget import active_budget
 from ..ref import ops as ref
-from . import _triton_reg
 from ._common import (FLOAT_IN, check_interpreted_dtype, check_same_device, check_sketch_args, check_tensor,
                       contiguous_rows, fail, new_output, sketch_ints)
 from ._native_call import call
@@ -163,6 +162,3 @@ def sparse_sign_sketch(g: torch.Tensor, m: int, k: int = 8, seed: int = 0, offse
 def outer_sketch(a: torch.Tensor, d: torch.Tensor, m: int, k: int = 8, seed: int = 0, offset: int = 0) -> torch.Tensor:
     """Sketch of per-sample Linear-weight gradients sum_t d[n,t]^T a[n,t], without forming them."""
     return torch.ops.sketchprune.outer_sketch(a, d, *sketch_ints("outer_sketch", m, k, seed, offset))
-
-
-_triton_reg.ensure()
