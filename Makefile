@@ -10,12 +10,23 @@ PYTEST_ARGS ?=
 
 .PHONY: setup build test demo bench selection-synthetic clean
 
-$(VENV)/.ready: pyproject.toml
+$(VENV)/.ready: pyproject.toml Makefile
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 10) and "sketchprune needs Python >= 3.10")'
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	@# a CPU build of torch, pinned, only if none is importable (never an unpinned torch)
-	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q torch==$(TORCH_VERSION)
-	$(PY) -m pip install -q "scikit-build-core>=0.10" "pybind11>=2.12" ninja numpy "pytest>=8" "pytest-benchmark>=4" "triton>=3.2" "transformers>=5.0" gguf accelerate
+	@# a CPU build of torch, pinned (never an unpinned torch): the +cpu wheel where pip already sees
+	@# one, else from PyTorch's CPU index; PyPI's default wheel (CUDA, several GB) only as a last resort
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "torch==$(TORCH_VERSION)+cpu" 2>/dev/null \
+		|| $(PY) -m pip install -q --index-url https://download.pytorch.org/whl/cpu "torch==$(TORCH_VERSION)" \
+		|| $(PY) -m pip install -q "torch==$(TORCH_VERSION)"
+	@# build tools for the --no-build-isolation build below; CMake from PyPI when the system has none
+	@# or one older than 3.24
+	$(PY) -m pip install -q "scikit-build-core>=0.10" "pybind11>=2.12" ninja
+	@$(PY) -c 'import re, shutil, subprocess, sys; c = shutil.which("cmake"); \
+		v = c and re.search(r"(\d+)\.(\d+)", subprocess.run([c, "--version"], capture_output=True, text=True).stdout); \
+		sys.exit(0 if v and (int(v[1]), int(v[2])) >= (3, 24) else 1)' || $(PY) -m pip install -q "cmake>=3.24"
+	@# the [test] extra of pyproject.toml
+	$(PY) -m pip install -q numpy "pytest>=8" "pytest-benchmark>=4" "triton>=3.2" "transformers>=5.0" gguf accelerate
 	touch $@
 
 setup: $(VENV)/.ready

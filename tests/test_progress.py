@@ -2,6 +2,8 @@
 
 import sys
 
+import pytest
+
 from sketchprune._progress import progress_bar, track
 
 
@@ -30,6 +32,7 @@ def test_quiet_when_disabled_or_not_a_terminal(monkeypatch):
 
 
 def test_bar_on_a_terminal_yields_every_item(monkeypatch):
+    pytest.importorskip("tqdm")  # optional: without it there are no bars (tested above)
     err = _Tty(True)
     monkeypatch.setattr(sys, "stderr", err)
     assert list(track(range(5), True, "counting")) == [0, 1, 2, 3, 4]

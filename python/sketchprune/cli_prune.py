@@ -262,6 +262,9 @@ def add_subparsers(sub) -> None:
     e.set_defaults(run=run_eval)
 
 
+_PRUNE_EXTRA = ("transformers", "gguf", "accelerate", "safetensors", "tokenizers")
+
+
 def run(args, argv) -> int:
     """Run a parsed ``prune`` / ``eval`` command; bad input -> message and exit status 2."""
     from .budget import BudgetError
@@ -280,5 +283,8 @@ def run(args, argv) -> int:
     except (ValueError, OSError, BudgetError, FetchError, ImportError) as e:
         if os.environ.get("SKETCHPRUNE_DEBUG"):
             raise
-        print(f"sketchprune {args.cmd}: error: {e}", file=sys.stderr, flush=True)
+        hint = ""
+        if isinstance(e, ModuleNotFoundError) and (e.name or "").split(".")[0] in _PRUNE_EXTRA:
+            hint = " (pruning needs the extra: pip install 'sketchprune[prune]')"
+        print(f"sketchprune {args.cmd}: error: {e}{hint}", file=sys.stderr, flush=True)
         return EXIT_USAGE

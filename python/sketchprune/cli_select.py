@@ -362,7 +362,10 @@ def add_parser(sub):
     s.add_argument("--classes", type=int, default=None, help="number of classes of the probe (default: from "
                    "--labels, else 10)")
     s.add_argument("--n", type=int, required=True, help="number of samples to select")
-    s.add_argument("--method", default="skmm")
+    s.add_argument("--method", default="skmm", help="skmm (default) or a baseline: uniform, herding, kcenter, "
+                   "adaptive, leverage, ridge-leverage, entropy, margin, least-confidence, contextual-diversity, "
+                   "el2n (these need --probs, el2n also --labels); grand, forgetting, glister, deepfool through "
+                   "the Python API")
     s.add_argument("--sketch-dim", "--m", dest="m", type=int, default=None,
                    help="sketch size m (default: twice the intrinsic dimension of a pilot sketch, at most r)")
     s.add_argument("--k", type=int, default=8, help="nonzeros per row of the sparse-sign sketch")

@@ -61,7 +61,16 @@ def report() -> dict:
 
 
 def main() -> None:
-    info = report()
+    try:
+        _print(report())
+    except BrokenPipeError:  # `sketchprune info | head`: the reader left; no traceback
+        import os
+        import sys
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
+def _print(info: dict) -> None:
     print(f"sketchprune {info['sketchprune']}  python {info['python']}  torch {info['torch']} "
           f"(cuda {info['torch_cuda']})  triton {info['triton']}")
     print(f"C++ CPU module : {info['cpu_module']}")

@@ -295,3 +295,19 @@ def test_onload_flag_prunes_the_same(assets, pruned, tmp_path):
 
     a, b = load_file(str(out / "model.safetensors")), load_file(str(pruned[0] / "model.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_missing_transformers_names_the_extra(monkeypatch, capsys, tmp_path):
+    """Without transformers, prune / eval / load_pruned say which extra to install."""
+    import sys as _sys
+
+    from sketchprune.cli import main as _main
+
+    (tmp_path / "config.json").write_text('{"architectures": ["LlamaForCausalLM"], "model_type": "llama"}')
+    monkeypatch.setitem(_sys.modules, "transformers", None)   # `import transformers` now fails
+    rc = _main(["eval", "--model", str(tmp_path), "--text", "wiki", "--quiet"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "pip install 'sketchprune[prune]'" in err and "transformers" in err, err
+    import sketchprune
+    with pytest.raises(ModuleNotFoundError, match=r"pip install 'sketchprune\[prune\]'"):
+        sketchprune.load_pruned(tmp_path)

@@ -108,7 +108,11 @@ def pruned_model_class(base: type) -> type:
 def load_pruned(path: str | os.PathLike, **kwargs) -> nn.Module:
     """Load a model saved from :func:`~sketchprune.prune.slicing.slice_model` (per-layer sizes
     allowed).  ``kwargs`` go to ``from_pretrained`` (``dtype``, ``device_map``, ...)."""
-    import transformers
+    try:
+        import transformers
+    except ModuleNotFoundError as e:
+        raise ModuleNotFoundError(f"sketchprune.load_pruned needs transformers: pip install 'sketchprune[prune]' "
+                                  f"({e})", name=e.name) from e
 
     config = transformers.AutoConfig.from_pretrained(path)
     archs = getattr(config, "architectures", None) or []
