@@ -19,11 +19,11 @@ import functools
 import importlib.util
 import itertools
 import os
-import threading
 
 import torch
 
 from . import _native
+from ._settings import EMPTY, ThreadStack
 
 BACKENDS = ("cuda", "triton", "cpu", "torch")
 OPS = ("cov_accumulate_", "cross_accumulate_", "sparse_sign_sketch", "outer_sketch", "gather_slices")
@@ -48,7 +48,7 @@ class BackendUnavailableError(RuntimeError):
     """An explicitly requested backend cannot run here."""
 
 
-_local = threading.local()
+_choices = ThreadStack("use_backend")
 
 
 class use_backend:
@@ -64,25 +64,16 @@ class use_backend:
         self.name = name
 
     def __enter__(self) -> None:
-        # Dynamo would trace the thread-local push away (the op would then run without it): while
-        # tracing, raise, which Dynamo turns into a graph break that runs the block eagerly.  (Not
-        # torch.compiler.disable: it imports Dynamo, ~1 s, at import time.)
-        if torch.compiler.is_compiling():
-            raise RuntimeError("sketchprune.use_backend inside torch.compile'd code: put the block around the "
-                               "compiled call")
-        stack = getattr(_local, "stack", None)
-        if stack is None:
-            stack = _local.stack = []
-        stack.append(self.name)
+        _choices.push(self.name)
 
     def __exit__(self, *exc) -> None:
-        _local.stack.pop()
+        _choices.pop()
 
 
 def requested_backend() -> str | None:
-    stack = getattr(_local, "stack", None)
-    if stack:
-        return stack[-1]
+    chosen = _choices.top()
+    if chosen is not EMPTY:
+        return chosen
     env = os.environ.get("SKETCHPRUNE_BACKEND", "").strip().lower()
     if not env or env == "auto":
         return None

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ._settings import ThreadStack
+
 _UNITS = {
     "": 1, "b": 1,
     "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9, "gb": 10**9, "t": 10**12, "tb": 10**12,
@@ -133,15 +135,12 @@ class Budget:
 
 
 # ---------------------------------------------------------------- active budget (context)
-import threading as _threading
-
-_active = _threading.local()
+_budgets = ThreadStack("limit_memory")
 
 
 def active_budget() -> Budget:
     """The innermost budget set with ``with sketchprune.limit_memory(...)``; else free memory."""
-    stack = getattr(_active, "stack", None)
-    return stack[-1] if stack else Budget(None)
+    return _budgets.top(Budget(None))
 
 
 class limit_memory:
@@ -154,14 +153,8 @@ class limit_memory:
         self.budget = Budget.of(budget)
 
     def __enter__(self) -> Budget:
-        if torch.compiler.is_compiling():  # see use_backend: a graph break, the block then runs eagerly
-            raise RuntimeError("sketchprune.limit_memory inside torch.compile'd code: put the block around the "
-                               "compiled call")
-        stack = getattr(_active, "stack", None)
-        if stack is None:
-            stack = _active.stack = []
-        stack.append(self.budget)
+        _budgets.push(self.budget)
         return self.budget
 
     def __exit__(self, *exc) -> None:
-        _active.stack.pop()
+        _budgets.pop()
