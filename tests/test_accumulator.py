@@ -237,6 +237,7 @@ assert acc.count == x.shape[0], acc.count
 assert torch.allclose(acc.covariance().double(), x.T @ x / x.shape[0], atol=1e-5)
 assert torch.allclose(acc.cross().double(), x.T @ x[:, :2] / x.shape[0], atol=1e-5)
 assert torch.allclose(acc.mean().double(), x.mean(0), atol=1e-6)
+dist.barrier()                      # no rank tears down while the other is mid-collective
 dist.destroy_process_group()
 print("ok", rank)
 """
@@ -259,6 +260,81 @@ def test_all_reduce_over_two_gloo_ranks(tmp_path):
     script.write_text(_ALL_REDUCE_SCRIPT)
     procs = [subprocess.Popen([sys.executable, str(script), str(r), str(port)], stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True) for r in range(2)]
-    outs = [p.communicate(timeout=120) for p in procs]
+    try:
+        outs = [p.communicate(timeout=120) for p in procs]
+    finally:
+        for p in procs:                 # never leave a rank behind
+            if p.poll() is None:
+                p.kill()
     for r, (p, (out, err)) in enumerate(zip(procs, outs)):
         assert p.returncode == 0 and f"ok {r}" in out, err[-2000:]
+
+
+def test_merges_in_opposite_orders_from_two_threads_do_not_deadlock():
+    """a.merge_(b) and b.merge_(a) at once took the two locks in opposite orders and hung; each
+    merge now snapshots the other under its own lock first."""
+    import threading
+
+    a, b = sp.CovarianceAccumulator(8, stage_rows=64), sp.CovarianceAccumulator(8, stage_rows=64)
+    a.update(torch.randn(3, 8))
+    b.update(torch.randn(3, 8))
+
+    def work(x, y):
+        for _ in range(40):             # each merge adds the other's totals: ~Fibonacci growth
+            x.update(torch.randn(2, 8))
+            x.merge_(y)
+    threads = [threading.Thread(target=work, args=p, daemon=True) for p in ((a, b), (b, a))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert not any(t.is_alive() for t in threads), "merge_ deadlocked"
+    for acc in (a, b):
+        assert acc.count > 80 and torch.isfinite(acc.covariance()).all()
+
+
+def test_pickle_and_deepcopy_in_inference_mode_then_outside():
+    """An accumulator restored (unpickled / deep-copied) inside inference mode keeps working outside
+    it (its statistics came back as inference tensors)."""
+    import copy
+    import pickle
+
+    acc = _filled()
+    with torch.inference_mode():
+        restored = [pickle.loads(pickle.dumps(acc)), copy.deepcopy(acc)]
+    for r in restored:
+        assert not r.sigma.is_inference()
+        r.update(torch.randn(4, 6), torch.randn(4, 3))
+        assert r.count == acc.count + 4
+
+
+def test_load_state_dict_checks_dtypes():
+    state = _filled().state_dict()
+    acc = sp.CovarianceAccumulator(6, cross_dim=3)
+    with pytest.raises(ValueError, match="count must be a non-negative integer"):
+        acc.load_state_dict({**state, "count": torch.tensor(2.7)})
+    with pytest.raises(ValueError, match="count must be a non-negative integer"):
+        acc.load_state_dict({**state, "count": torch.tensor(-1)})
+    with pytest.raises(TypeError, match="sigma must be a floating-point tensor"):
+        acc.load_state_dict({**state, "sigma": torch.zeros(6, 6, dtype=torch.int64)})
+    assert acc.load_state_dict(state).count == int(state["count"])
+
+
+@pytest.mark.slow
+def test_update_compiles_with_fullgraph():
+    """The accumulator's lock is skipped while torch.compile traces (it is a context manager Dynamo
+    cannot trace), so a compiled hook that updates it still compiles with fullgraph=True (once the
+    first, eager update has planned the staging buffer: planning reads the free memory)."""
+    acc = sp.CovarianceAccumulator(6)
+    ref = sp.CovarianceAccumulator(6)
+    x0, x = torch.randn(3, 6), torch.randn(5, 6)
+    acc.update(x0)
+    ref.update(x0)
+
+    def f(x):
+        acc.update(x)
+        return x * 2
+    torch._dynamo.reset()
+    torch.compile(f, backend="aot_eager", fullgraph=True)(x)
+    ref.update(x)
+    assert acc.count == 8 and torch.allclose(acc.covariance(), ref.covariance())

@@ -49,11 +49,52 @@ def test_backend_and_budget_blocks_inside_compiled_code_still_hold():
         with pytest.raises(err):
             torch.compile(fn, backend="aot_eager")(g)
         torch._dynamo.reset()
-        with pytest.raises(Exception):
+        with pytest.raises(torch._dynamo.exc.Unsupported):       # not the eager error: no graph
             torch.compile(fn, backend="aot_eager", fullgraph=True)(g)
 
     def forced(g):
         with sp.use_backend("torch"):
             return sp.sparse_sign_sketch(g, 64, 8) * 2
-    torch._dynamo.reset()
-    assert torch.equal(torch.compile(forced, backend="aot_eager")(g), forced(g))
+    from sketchprune import _backends
+    used, select = [], _backends.select
+
+    def recording(op, device, warn=True):
+        used.append(select(op, device, warn))
+        return used[-1]
+    _backends.select = recording
+    try:
+        torch._dynamo.reset()
+        assert torch.equal(torch.compile(forced, backend="aot_eager")(g), forced(g))
+    finally:
+        _backends.select = select
+    assert used == ["torch", "torch"], used            # compiled and eager: the forced backend ran
+
+
+def test_settings_under_export_and_as_decorators():
+    """torch.export traces a module whose forward uses use_backend / limit_memory (the graph holds
+    the op opaquely); both also work as decorators."""
+    class M(torch.nn.Module):
+        def forward(self, g):
+            with sp.use_backend("torch"), sp.limit_memory("1GiB"):
+                return sp.sparse_sign_sketch(g, 16, 4) * 2
+
+    g = randn(8, 100)
+    ep = torch.export.export(M(), (g,), strict=False)
+    assert torch.equal(ep.module()(g), M()(g))
+    # strict export traces with Dynamo, which cannot keep the thread-local setting: refused, like
+    # torch.compile with fullgraph=True (export the ops without the block instead)
+    with pytest.raises(Exception):
+        torch.export.export(M(), (g,), strict=True)
+
+    @sp.use_backend("cuda")
+    def wrong(g):
+        return sp.sparse_sign_sketch(g, 16, 4)
+    from sketchprune._backends import BackendUnavailableError
+    with pytest.raises(BackendUnavailableError):
+        wrong(g)
+
+    @sp.limit_memory("2GiB")
+    def budgeted():
+        from sketchprune.budget import active_budget
+        return active_budget()
+    assert budgeted().limit == 2 * 2**30

@@ -15,6 +15,7 @@ An explicit choice that cannot run on the tensors' device is an error
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.util
 import itertools
@@ -51,7 +52,7 @@ class BackendUnavailableError(RuntimeError):
 _choices = ThreadStack("use_backend")
 
 
-class use_backend:
+class use_backend(contextlib.ContextDecorator):
     """``with use_backend(name):`` forces ``name`` for ops called inside the block (None restores
     automatic choice).  The choice is read when an op runs, from a thread-local setting, which
     ``torch.compile`` cannot trace: inside a compiled function the block is a graph break (the

@@ -1,6 +1,6 @@
 """Per-thread stacks of settings for ``with`` blocks (``use_backend``, ``limit_memory``).
 
-The ops read the innermost setting when they run.  Dynamo cannot trace such thread-local state
+The ops read the innermost setting when they run (the classes are also decorators).  Dynamo cannot trace such thread-local state
 (it would trace the push away, and the op would then run without it), so pushing while Dynamo
 traces raises: Dynamo turns that into a graph break and runs the block eagerly, where the setting
 holds (``fullgraph=True`` refuses to compile).  Not ``torch.compiler.disable``: it imports Dynamo
@@ -16,6 +16,11 @@ import torch
 _EMPTY = object()
 
 
+# True only while Dynamo traces (torch.compile, strict torch.export): not in the eager frames of a
+# compiled function, nor under non-strict export, where the push holds (torch < 2.7: is_compiling)
+_tracing = getattr(torch.compiler, "is_dynamo_compiling", None) or torch.compiler.is_compiling
+
+
 class ThreadStack:
     def __init__(self, what: str):
         self.what = what
@@ -28,7 +33,7 @@ class ThreadStack:
         return stack
 
     def push(self, value) -> None:
-        if torch.compiler.is_compiling():
+        if _tracing():
             raise RuntimeError(f"sketchprune.{self.what} inside torch.compile'd code: put the block around the "
                                "compiled call")
         self._stack().append(value)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import warnings
 
@@ -89,7 +90,7 @@ class CovarianceAccumulator:
     # ------------------------------------------------------------------ streaming
     def update(self, x: torch.Tensor, y: torch.Tensor | None = None, mask: torch.Tensor | None = None) -> None:
         x, y, mask = self._rows(x, y, mask)
-        with self._lock:
+        with self._guard():
             self._update(x, y, mask)
 
     def _update(self, x, y, mask) -> None:
@@ -121,7 +122,7 @@ class CovarianceAccumulator:
 
     def flush(self) -> None:
         """Push staged rows into the statistics (called automatically before reading them)."""
-        with self._lock:
+        with self._guard():
             self._flush()
 
     def _flush(self) -> None:
@@ -141,7 +142,7 @@ class CovarianceAccumulator:
             raise ValueError(f"drain_into: sigma must have shape {tuple(self.sigma.shape)}, got {tuple(sigma.shape)}")
         if self._cross is not None and (cross is None or cross.shape != self._cross.shape):
             raise ValueError(f"drain_into: cross must be a tensor of shape {tuple(self._cross.shape)}")
-        with self._lock:
+        with self._guard():
             self._flush()
             sigma += self.sigma
             self.sigma.zero_()
@@ -217,12 +218,12 @@ class CovarianceAccumulator:
         return n
 
     def mean(self) -> torch.Tensor:
-        with self._lock:
+        with self._guard():
             return (self._sum / self._n()).to(self.dtype)
 
     def covariance(self, centered: bool = False) -> torch.Tensor:
         """X^T X / count (the second moment), or with centered=True the covariance about the mean."""
-        with self._lock:
+        with self._guard():
             self._flush()
             return self._covariance(centered)
 
@@ -242,13 +243,13 @@ class CovarianceAccumulator:
         """X^T Y / count."""
         if self._cross is None:
             raise RuntimeError("CovarianceAccumulator: no cross term (construct with cross_dim=...)")
-        with self._lock:
+        with self._guard():
             self._flush()
             return self._cross / self._n()
 
     def diag(self) -> torch.Tensor:
         """diag(X^T X) / count: the per-feature mean square."""
-        with self._lock:
+        with self._guard():
             self._flush()
             return torch.diagonal(self.sigma).clone() / self._n()
 
@@ -261,14 +262,12 @@ class CovarianceAccumulator:
                              f"{(self.dim, self.cross_dim)} vs {(other.dim, other.cross_dim)}")
         if other is self:
             raise ValueError("CovarianceAccumulator.merge_: cannot merge an accumulator into itself")
-        other.flush()
-        with self._lock, other._lock:
+        theirs = other._snapshot()      # one lock at a time: merges in opposite orders cannot deadlock
+        with self._guard():
             self._flush()
-            self.sigma += other.sigma.to(self.sigma)
-            if self._cross is not None:
-                self._cross += other._cross.to(self._cross)
-            self._sum += other._sum.to(self._sum)
-            self._count += other._count.to(self._count)
+            for mine, t in zip(self._stats_all(), theirs):
+                if mine is not None:
+                    mine += t.to(mine)
         return self
 
     def all_reduce_(self, group=None) -> "CovarianceAccumulator":
@@ -280,21 +279,37 @@ class CovarianceAccumulator:
         if not (dist.is_available() and dist.is_initialized()):
             raise RuntimeError("CovarianceAccumulator.all_reduce_: torch.distributed is not initialised "
                                "(call torch.distributed.init_process_group first)")
-        with self._lock:
+        with self._guard():
             self._flush()
             for t in self._stats():
                 dist.all_reduce(t, op=dist.ReduceOp.SUM, group=group)
         return self
 
+    def _stats_all(self) -> tuple:
+        return self.sigma, self._cross, self._sum, self._count
+
     def _stats(self) -> list[torch.Tensor]:
-        return [t for t in (self.sigma, self._cross, self._sum, self._count) if t is not None]
+        return [t for t in self._stats_all() if t is not None]
+
+    def _snapshot(self) -> list:
+        """Copies of (sigma, cross, sum, count), staged rows flushed, taken under the lock."""
+        with self._guard():
+            self._flush()
+            return [None if t is None else t.clone() for t in self._stats_all()]
+
+    def _guard(self):
+        """The lock (concurrent updates from threads), or nothing while torch.compile traces (a
+        lock is a context manager Dynamo cannot trace; a compiled graph runs in one thread)."""
+        if torch.compiler.is_compiling():
+            return contextlib.nullcontext()
+        return self._lock
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict:
         """The statistics as plain tensors (staged rows flushed first; copies, on the accumulator's
         device): save with ``torch.save`` and restore with :meth:`load_state_dict` (also with
         ``torch.load(..., weights_only=True)``)."""
-        with self._lock:
+        with self._guard():
             self._flush()
             return {"dim": self.dim, "cross_dim": self.cross_dim, "dtype": str(self.dtype).removeprefix("torch."),
                     "sigma": self.sigma.clone(), "cross": None if self._cross is None else self._cross.clone(),
@@ -310,25 +325,38 @@ class CovarianceAccumulator:
             raise ValueError(f"CovarianceAccumulator.load_state_dict: the state has (dim, cross_dim) = "
                              f"{(state['dim'], state['cross_dim'])}, this accumulator {(self.dim, self.cross_dim)}")
         new = [state["sigma"], state["cross"], state["sum"], state["count"]]
-        for have, t, name in zip((self.sigma, self._cross, self._sum, self._count), new, ("sigma", "cross", "sum", "count")):
+        for have, t, name in zip(self._stats_all(), new, ("sigma", "cross", "sum", "count")):
             if have is not None and (not isinstance(t, torch.Tensor) or t.shape != have.shape):
                 raise ValueError(f"CovarianceAccumulator.load_state_dict: {name} must be a tensor of shape "
                                  f"{tuple(have.shape)}, got {getattr(t, 'shape', type(t).__name__)}")
-        with self._lock:
+            if have is not None and name == "count":
+                if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool or int(t) < 0:
+                    raise ValueError(f"CovarianceAccumulator.load_state_dict: count must be a non-negative integer "
+                                     f"tensor, got {t.dtype} {t.tolist()}")
+            elif have is not None and not t.is_floating_point():
+                raise TypeError(f"CovarianceAccumulator.load_state_dict: {name} must be a floating-point tensor, "
+                                f"got {t.dtype}")
+        with self._guard():
             self._reset_stage()
-            for have, t in zip((self.sigma, self._cross, self._sum, self._count), new):
+            for have, t in zip(self._stats_all(), new):
                 if have is not None:
                     have.copy_(t)
         return self
 
     def __getstate__(self) -> dict:
-        self.flush()
-        state = dict(self.__dict__)
-        del state["_lock"]
-        state.update(_stage_x=None, _stage_y=None, _stage_m=None, _staged=0, _stage_rows=0)
+        with self._guard():          # a consistent snapshot while other threads may update
+            state = {k: v for k, v in self.__dict__.items() if k != "_lock"}
+            sigma, cross, total, count = self._snapshot()
+        state.update(sigma=sigma, _cross=cross, _sum=total, _count=count,
+                     _stage_x=None, _stage_y=None, _stage_m=None, _staged=0, _stage_rows=0)
         return state
 
     def __setstate__(self, state: dict) -> None:
+        with torch.inference_mode(False):   # restored in inference mode: still normal tensors
+            for k in ("sigma", "_cross", "_sum", "_count"):
+                t = state.get(k)
+                if isinstance(t, torch.Tensor) and t.is_inference():
+                    state[k] = t.clone()
         self.__dict__.update(state)
         self._lock = threading.RLock()
 

@@ -9,6 +9,7 @@ raised *before* any allocation, saying what was needed and what was given.
 
 from __future__ import annotations
 
+import contextlib
 import re
 from dataclasses import dataclass
 
@@ -143,7 +144,7 @@ def active_budget() -> Budget:
     return _budgets.top(Budget(None))
 
 
-class limit_memory:
+class limit_memory(contextlib.ContextDecorator):
     """``with limit_memory("2GiB"):`` -- ops inside plan their workspaces within this budget.  Like
     :func:`~sketchprune.use_backend`, a thread-local setting read when an op runs: inside a
     ``torch.compile``d function the block is a graph break (runs eagerly; ``fullgraph=True`` fails),

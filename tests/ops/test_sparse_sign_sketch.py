@@ -170,15 +170,19 @@ def test_sketches_are_not_differentiable():
 
 
 def test_inputs_reach_the_kernels_with_rows_apart():
-    """Every native kernel takes a row stride of at least the row length (the CUDA bindings refuse
-    less): broadcast (stride-0) or overlapping rows are materialised first, other strides pass."""
+    """The CUDA kernels take a row stride of at least the row length (the bindings refuse less):
+    for them broadcast (stride-0) or overlapping rows are materialised first, other strides pass;
+    the CPU kernels read any stride, so CPU tensors are not copied."""
     from sketchprune.ops._common import contiguous_rows
+
+    big = torch.randn(1, 10).expand(1000, 10)
+    assert contiguous_rows(big).data_ptr() == big.data_ptr()        # CPU: no N x d copy
 
     row = torch.randn(1, 10)
     for t, copied in ((row.expand(4, 10), True), (torch.randn(40).as_strided((4, 10), (3, 1)), True),
                       (torch.randn(4, 16)[:, :10], False), (torch.randn(10, 4).T, True), (row, False),
                       (torch.randn(3, 1, 10).expand(3, 5, 10), True), (torch.randn(3, 5, 10)[::2], False),
                       (torch.randn(7), False)):
-        out = contiguous_rows(t)
+        out = contiguous_rows(t, rows_apart=True)                     # what CUDA tensors get
         assert torch.equal(out, t) and (out.data_ptr() != t.data_ptr()) == copied, (t.shape, t.stride())
         assert out.dim() < 2 or out.shape[-2] <= 1 or out.stride(-2) >= out.shape[-1]

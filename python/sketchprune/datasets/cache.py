@@ -73,13 +73,22 @@ def read_json_cache(path: Path, key: str):
         return None
 
 
-def _is_damage(e: BaseException) -> bool:
+def _is_damage(e: BaseException, path: Path) -> bool:
+    import errno
     import lzma
     import zipfile
     import zlib
 
-    if isinstance(e, (zipfile.BadZipFile, zlib.error, lzma.LZMAError, EOFError, OSError)):
-        return not isinstance(e, (FileNotFoundError, PermissionError, IsADirectoryError))
+    if isinstance(e, (zipfile.BadZipFile, zlib.error, lzma.LZMAError, EOFError)):
+        return True
+    if isinstance(e, OSError):
+        # a corrupt stream (gzip / bz2 "invalid data"), not a full disk, a read-only or missing file,
+        # a timeout, or an error about another file (e.g. one being written)
+        if isinstance(e, (FileNotFoundError, PermissionError, IsADirectoryError, TimeoutError)):
+            return False
+        if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EIO, errno.EMFILE):
+            return False
+        return e.filename is None or Path(e.filename) == Path(path)
     # safetensors' own error type (a truncated or overwritten .safetensors file)
     return type(e).__module__.startswith("safetensors") or type(e).__name__ == "SafetensorError"
 
@@ -91,7 +100,7 @@ def reading_cached(path: Path, what: str):
     try:
         yield
     except Exception as e:
-        if not _is_damage(e):
+        if not _is_damage(e, path):
             raise
         raise FetchError(f"sketchprune: the cached {what} {path} is damaged ({type(e).__name__}: {e}); "
                          f"delete it and run again to fetch or rebuild it") from e

@@ -118,15 +118,18 @@ def check_interpreted_dtype(op: str, *tensors: torch.Tensor) -> None:
              TypeError)
 
 
-def contiguous_rows(t: torch.Tensor) -> torch.Tensor:
-    """t with unit stride in its last dim and rows that do not overlap (copied if needed: broadcast
-    rows, stride 0 from ``expand``, are materialised, since the CUDA kernels take a row stride of at
-    least the row length); other strides are passed through."""
+def contiguous_rows(t: torch.Tensor, rows_apart: bool | None = None) -> torch.Tensor:
+    """t with unit stride in its last dim (copied if needed); other strides are passed through.
+    With ``rows_apart`` (default: for CUDA tensors, whose kernels take a row stride of at least the
+    row length) broadcast or overlapping rows (stride 0 from ``expand``) are materialised too; the
+    CPU kernels read any row stride >= 0, so there nothing is copied for them."""
     if t.dim() == 0:
         return t
+    if rows_apart is None:
+        rows_apart = t.device.type == "cuda"
     unit = t.stride(-1) == 1 or t.shape[-1] <= 1
-    rows_apart = t.dim() == 1 or t.shape[-2] <= 1 or t.stride(-2) >= t.shape[-1]
-    return t if unit and rows_apart else t.contiguous()
+    apart = not rows_apart or t.dim() == 1 or t.shape[-2] <= 1 or t.stride(-2) >= t.shape[-1]
+    return t if unit and apart else t.contiguous()
 
 
 def poison_enabled() -> bool:
