@@ -98,3 +98,28 @@ def test_settings_under_export_and_as_decorators():
         from sketchprune.budget import active_budget
         return active_budget()
     assert budgeted().limit == 2 * 2**30
+
+
+@pytest.mark.slow
+def test_new_sketch_size_does_not_recompile():
+    """m is a SymInt in the schemas: a compiled function called with several sketch sizes compiles
+    once (with `int m` every new m recompiled), through the wrappers and the raw ops alike."""
+    compiles = []
+
+    def backend(gm, example_inputs):
+        compiles.append(gm)
+        return gm.forward
+
+    g = randn(7, 40)
+    for fn in (lambda g, m: sp.sparse_sign_sketch(g, m, 4) * 2,
+               lambda g, m: torch.ops.sketchprune.sparse_sign_sketch(g, m, 4) * 2,
+               lambda g, m: sp.outer_sketch(g[:, None, :5], g[:, None, 5:], m, 4) * 2):
+        torch._dynamo.reset()
+        compiles.clear()
+        c = torch.compile(fn, backend=backend, dynamic=True, fullgraph=True)
+        for m in (16, 24, 32, 48):
+            assert torch.equal(c(g, m), fn(g, m)), m
+        assert len(compiles) == 1, len(compiles)
+    with pytest.raises(ValueError, match="must be >= k"):
+        torch._dynamo.reset()
+        torch.compile(lambda g, m: sp.sparse_sign_sketch(g, m, 4), dynamic=True, backend="aot_eager")(g, 2)

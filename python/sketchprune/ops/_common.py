@@ -47,7 +47,7 @@ def check_mask(op: str, mask, rows: int, device) -> None:
 def int_arg(op: str, name: str, value) -> int:
     """``value`` as a Python int: ints and NumPy integers as they are, floats only when integral
     (``512.0``); anything else (``16.5``, ``None``, a string) is a TypeError naming the argument."""
-    if type(value) is int:            # the common case, fast
+    if type(value) is int or isinstance(value, torch.SymInt):   # the common case; symbolic while compiling
         return value
     if isinstance(value, float) and value.is_integer():
         return int(value)

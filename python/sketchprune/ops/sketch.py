@@ -30,11 +30,11 @@ from ._native_call import call
 
 torch.library.define(
     "sketchprune::sparse_sign_sketch",
-    "(Tensor g, int m, int k=8, int seed=0, int offset=0) -> Tensor",
+    "(Tensor g, SymInt m, int k=8, int seed=0, int offset=0) -> Tensor",
 )
 torch.library.define(
     "sketchprune::outer_sketch",
-    "(Tensor a, Tensor d, int m, int k=8, int seed=0, int offset=0) -> Tensor",
+    "(Tensor a, Tensor d, SymInt m, int k=8, int seed=0, int offset=0) -> Tensor",
 )
 
 
