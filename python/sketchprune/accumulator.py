@@ -9,6 +9,7 @@ import warnings
 import torch
 
 from .budget import Budget, BudgetError, format_bytes
+from ._settings import dynamo_tracing
 from .ops import cov_accumulate_, cross_accumulate_
 
 _IN_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -202,7 +203,7 @@ class CovarianceAccumulator:
             if mask.shape != lead and tuple(mask.shape) != (x.shape[0],):
                 raise ValueError(f"{name}: mask must have shape {tuple(lead)} (or ({x.shape[0]},), flattened), got "
                                  f"{tuple(mask.shape)}")
-            mask = mask.detach().reshape(-1).to(self.device)
+            mask = mask.reshape(-1).to(self.device)
         return x, y, mask
 
     # ------------------------------------------------------------------ results
@@ -223,15 +224,11 @@ class CovarianceAccumulator:
 
     def covariance(self, centered: bool = False) -> torch.Tensor:
         """X^T X / count (the second moment), or with centered=True the covariance about the mean."""
-        with self._guard():
+        with self._guard():           # read under the lock; the arithmetic below works on copies
             self._flush()
-            return self._covariance(centered)
-
-    def _covariance(self, centered: bool) -> torch.Tensor:
-        n = self._n()
-        s = self.sigma / n
+            n = self._n()
+            s, mu = self.sigma / n, self._sum / n
         if centered:
-            mu = self._sum / n
             s64 = s.to(torch.float64)
             c = s64 - torch.outer(mu, mu)
             if self.dtype == torch.float32:
@@ -265,7 +262,7 @@ class CovarianceAccumulator:
         theirs = other._snapshot()      # one lock at a time: merges in opposite orders cannot deadlock
         with self._guard():
             self._flush()
-            for mine, t in zip(self._stats_all(), theirs):
+            for mine, t in zip(self._stats(), theirs):
                 if mine is not None:
                     mine += t.to(mine)
         return self
@@ -282,25 +279,24 @@ class CovarianceAccumulator:
         with self._guard():
             self._flush()
             for t in self._stats():
-                dist.all_reduce(t, op=dist.ReduceOp.SUM, group=group)
+                if t is not None:
+                    dist.all_reduce(t, op=dist.ReduceOp.SUM, group=group)
         return self
 
-    def _stats_all(self) -> tuple:
+    def _stats(self) -> tuple:
+        """(sigma, cross, sum, count); cross is None without ``cross_dim``."""
         return self.sigma, self._cross, self._sum, self._count
-
-    def _stats(self) -> list[torch.Tensor]:
-        return [t for t in self._stats_all() if t is not None]
 
     def _snapshot(self) -> list:
         """Copies of (sigma, cross, sum, count), staged rows flushed, taken under the lock."""
         with self._guard():
             self._flush()
-            return [None if t is None else t.clone() for t in self._stats_all()]
+            return [None if t is None else t.clone() for t in self._stats()]
 
     def _guard(self):
         """The lock (concurrent updates from threads), or nothing while torch.compile traces (a
         lock is a context manager Dynamo cannot trace; a compiled graph runs in one thread)."""
-        if torch.compiler.is_compiling():
+        if dynamo_tracing():
             return contextlib.nullcontext()
         return self._lock
 
@@ -309,11 +305,9 @@ class CovarianceAccumulator:
         """The statistics as plain tensors (staged rows flushed first; copies, on the accumulator's
         device): save with ``torch.save`` and restore with :meth:`load_state_dict` (also with
         ``torch.load(..., weights_only=True)``)."""
-        with self._guard():
-            self._flush()
-            return {"dim": self.dim, "cross_dim": self.cross_dim, "dtype": str(self.dtype).removeprefix("torch."),
-                    "sigma": self.sigma.clone(), "cross": None if self._cross is None else self._cross.clone(),
-                    "sum": self._sum.clone(), "count": self._count.clone()}
+        sigma, cross, total, count = self._snapshot()
+        return {"dim": self.dim, "cross_dim": self.cross_dim, "dtype": str(self.dtype).removeprefix("torch."),
+                "sigma": sigma, "cross": cross, "sum": total, "count": count}
 
     def load_state_dict(self, state: dict) -> "CovarianceAccumulator":
         """Replace the statistics with those of :meth:`state_dict` (from any device; the dims must
@@ -325,7 +319,7 @@ class CovarianceAccumulator:
             raise ValueError(f"CovarianceAccumulator.load_state_dict: the state has (dim, cross_dim) = "
                              f"{(state['dim'], state['cross_dim'])}, this accumulator {(self.dim, self.cross_dim)}")
         new = [state["sigma"], state["cross"], state["sum"], state["count"]]
-        for have, t, name in zip(self._stats_all(), new, ("sigma", "cross", "sum", "count")):
+        for have, t, name in zip(self._stats(), new, ("sigma", "cross", "sum", "count")):
             if have is not None and (not isinstance(t, torch.Tensor) or t.shape != have.shape):
                 raise ValueError(f"CovarianceAccumulator.load_state_dict: {name} must be a tensor of shape "
                                  f"{tuple(have.shape)}, got {getattr(t, 'shape', type(t).__name__)}")
@@ -338,7 +332,7 @@ class CovarianceAccumulator:
                                 f"got {t.dtype}")
         with self._guard():
             self._reset_stage()
-            for have, t in zip(self._stats_all(), new):
+            for have, t in zip(self._stats(), new):
                 if have is not None:
                     have.copy_(t)
         return self

@@ -96,7 +96,9 @@ def _cov_native(sigma, x, alpha, mask):
              _native.ptr(s), _native.dtype_code(s), s.shape[0], s.stride(0),
              _native.ptr(x), _native.dtype_code(x), x.shape[0], x.stride(0),
              float(alpha), _native.ptr(mask))
-    _wrote(sigma)
+    # the kernel wrote through a raw pointer: bump the version counter as torch's in-place ops do, so
+    # autograd refuses a backward that saved sigma before the update instead of reading the new values
+    increment_version(sigma)
 
 
 def _cross_native(c, x, y, alpha, mask):
@@ -106,7 +108,7 @@ def _cross_native(c, x, y, alpha, mask):
              _native.ptr(cw), _native.dtype_code(cw), cw.shape[0], cw.shape[1], cw.stride(0),
              _native.ptr(x), _native.ptr(y), _native.dtype_code(x), x.shape[0], x.stride(0), y.stride(0),
              float(alpha), _native.ptr(mask))
-    _wrote(c)
+    increment_version(c)        # as for sigma above
 
 
 def _cov_triton(sigma, x, alpha, mask):
@@ -149,13 +151,6 @@ def _check_writable(op, name, t):
     if t.is_inference() and not torch.is_inference_mode_enabled():
         fail(op, f"{name} is an inference tensor (created under torch.inference_mode) and cannot be updated in "
                  "place outside inference mode: clone it first, or update it inside inference mode", RuntimeError)
-
-
-def _wrote(t):
-    """Bump t's version counter after a native kernel wrote it through a raw pointer, as torch's
-    in-place ops do: autograd then refuses a backward that saved t before the update instead of
-    silently reading the new values."""
-    increment_version(t)
 
 
 @torch.library.register_kernel("sketchprune::cov_accumulate_", ("cpu", "cuda"))
