@@ -322,19 +322,33 @@ def test_load_state_dict_checks_dtypes():
 
 @pytest.mark.slow
 def test_update_compiles_with_fullgraph():
-    """The accumulator's lock is skipped while torch.compile traces (it is a context manager Dynamo
-    cannot trace), so a compiled hook that updates it still compiles with fullgraph=True (once the
-    first, eager update has planned the staging buffer: planning reads the free memory)."""
-    acc = sp.CovarianceAccumulator(6)
-    ref = sp.CovarianceAccumulator(6)
-    x0, x = torch.randn(3, 6), torch.randn(5, 6)
-    acc.update(x0)
-    ref.update(x0)
+    """A compiled hook that updates an accumulator compiles with fullgraph=True, from the first
+    call (no eager update needed to plan the staging buffer: planning reads the free memory) and
+    once, not once per update (the staging bookkeeping is Python ints Dynamo would guard on: while
+    Dynamo traces, updates go straight into the statistics).  Eager updates before, between and
+    after stay staged as usual; masks and the cross term go through the same way."""
+    from torch._dynamo.utils import counters
+    acc = sp.CovarianceAccumulator(6, cross_dim=3)
+    ref = sp.CovarianceAccumulator(6, cross_dim=3)
 
-    def f(x):
-        acc.update(x)
+    def f(x, y, mask):
+        acc.update(x, y, mask)
         return x * 2
     torch._dynamo.reset()
-    torch.compile(f, backend="aot_eager", fullgraph=True)(x)
-    ref.update(x)
-    assert acc.count == 8 and torch.allclose(acc.covariance(), ref.covariance())
+    counters.clear()
+    cf = torch.compile(f, backend="aot_eager", fullgraph=True)
+    g = torch.Generator().manual_seed(0)
+    for i in range(10):
+        x, y = torch.randn(5, 6, generator=g), torch.randn(5, 3, generator=g)
+        mask = torch.rand(5, generator=g) > 0.3
+        cf(x, y, mask)
+        ref.update(x, y, mask)
+        if i == 4:   # an eager update in between: staged, then flushed on reading
+            e, ey = torch.randn(2, 6, generator=g), torch.randn(2, 3, generator=g)
+            acc.update(e, ey)
+            ref.update(e, ey)
+    assert counters["stats"]["unique_graphs"] == 1
+    assert acc.count == ref.count
+    torch.testing.assert_close(acc.covariance(), ref.covariance())
+    torch.testing.assert_close(acc.cross(), ref.cross())
+    torch.testing.assert_close(acc.mean(), ref.mean())

@@ -105,6 +105,12 @@ class CovarianceAccumulator:
             # where, not a product: NaN/Inf in skipped (padding) rows must not reach the sum
             self._sum += torch.sum(torch.where(mask[:, None], x, 0), dim=0, dtype=torch.float64)
             self._count += mask.sum()
+        # while torch.compile traces: straight into the statistics, leaving the staging state (Python
+        # ints Dynamo would guard on, recompiling at every update) and the budget (reads the free
+        # memory) alone; rows staged by eager updates stay staged, the sums do not depend on order
+        if dynamo_tracing():
+            self._accumulate(x, y, mask)
+            return
         if t >= self._stage_target or not self._ensure_stage(x, y):
             self._flush()
             self._accumulate(x, y, mask)
