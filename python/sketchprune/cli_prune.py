@@ -278,9 +278,15 @@ def run(args, argv) -> int:
             hf_logging.disable_progress_bar()  # its loading / saving bars
         except ImportError:
             pass
+    expected = [ValueError, OSError, BudgetError, FetchError, ImportError, FloatingPointError]
+    try:                      # a failed write of the weights (disk full, file too large)
+        from safetensors import SafetensorError
+        expected.append(SafetensorError)
+    except ImportError:
+        pass
     try:
         return args.run(args)
-    except (ValueError, OSError, BudgetError, FetchError, ImportError) as e:
+    except tuple(expected) as e:
         if os.environ.get("SKETCHPRUNE_DEBUG"):
             raise
         hint = ""

@@ -311,3 +311,51 @@ def test_missing_transformers_names_the_extra(monkeypatch, capsys, tmp_path):
     import sketchprune
     with pytest.raises(ModuleNotFoundError, match=r"pip install 'sketchprune\[prune\]'"):
         sketchprune.load_pruned(tmp_path)
+
+
+@pytest.mark.parametrize("kind", ["bert", "bert-mlm"])
+def test_encoder_directories_keep_their_class(kind, assets, tmp_path):
+    """A BERT directory is loaded and saved as the class its config names (before, every directory
+    went through AutoModelForCausalLM: a BertModel came back a BertLMHeadModel with a new random
+    head and without its pooler, and the run exited 0)."""
+    import transformers
+    from prune_models import make_model
+
+    from sketchprune.prune.export import load_saved
+
+    _, text = assets
+    src = tmp_path / "enc"
+    model = make_model(kind, dtype=torch.float32, seed=0, vocab_size=257, max_position_embeddings=64)
+    model.save_pretrained(src)
+    from _tiny_lm import byte_tokenizer
+    byte_tokenizer().save_pretrained(src)
+    out = tmp_path / "out"
+    assert main(["prune", "--model", str(src), "--sparsity", "0.3", "--criterion", "sigma", "--calib", str(text),
+                 "--calib-tokens", str(8 * SEQ), "--seq-len", str(SEQ), "--quiet", "--no-measure",
+                 "--out", str(out)]) == 0
+    want = type(model).__name__
+    assert json.loads((out / "config.json").read_text())["architectures"] == [want]
+    loaded = load_saved(out)
+    assert isinstance(loaded, getattr(transformers, want))
+    # same parameters; those outside the pruned layers (embeddings, pooler, MLM head) unchanged
+    a, b = model.state_dict(), loaded.state_dict()
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a if ".layer." not in k)
+
+
+def test_failed_weight_write_is_a_one_line_error(assets, tmp_path, monkeypatch, capsys):
+    """An error of the weights' writer (safetensors: file too large, disk full) is reported in one
+    line with nothing left behind, not as a traceback."""
+    import safetensors
+    import transformers
+
+    model_dir, text = assets
+
+    def failing(self, *a, **k):
+        raise safetensors.SafetensorError("Error while serializing: File too large (os error 27)")
+    monkeypatch.setattr(transformers.PreTrainedModel, "save_pretrained", failing)
+    out = tmp_path / "out"
+    assert main(_prune_args(model_dir, text, out, None, "--no-measure")) == 2
+    err = capsys.readouterr().err
+    assert "error:" in err and "File too large" in err and "Traceback" not in err
+    assert not out.exists() and _leftovers(tmp_path, "out") == []

@@ -12,7 +12,8 @@ transformers = pytest.importorskip("transformers")
 from _tiny_lm import tiny_lm  # noqa: E402
 
 import sketchprune as sp  # noqa: E402
-from sketchprune.prune import slice_model  # noqa: E402
+from prune_models import make_model  # noqa: E402
+from sketchprune.prune import NonFiniteActivations, slice_model  # noqa: E402
 from sketchprune.prune.api import PruneInputError  # noqa: E402
 from sketchprune.prune.measure import measure_forward, weights_bytes  # noqa: E402
 from sketchprune.prune.slicing import QueryHeads  # noqa: E402
@@ -123,6 +124,7 @@ def test_self_calibration(dense):
     ({"heldout_fraction": 1.5, "sequential": False}, "heldout_fraction"),
     ({"layers": 0}, "layers must be a list"),
     ({"layers": [7]}, r"layers \[7\] out of range"),
+    ({"layers": []}, "layers is empty"),
     ({"stat_dtype": torch.float16}, "stat_dtype"),
     ({"alphas": [-1.0]}, "alphas must be"),
     ({"recovery": "yes"}, "recovery must be True or False"),
@@ -188,3 +190,62 @@ def test_callable_packages_keep_their_modules():
     assert callable(sp.prune) and callable(sp.select) and callable(prune_model)
     sel = sp.select(3, "uniform", torch.randn(10, 4))
     assert len(set(sel.indices.tolist())) == 3
+
+
+def test_meta_weights_refused_before_any_work(calib):
+    with torch.device("meta"):
+        m, _ = tiny_lm(seed=1)
+    for crit in ("random", "sigma"):
+        with pytest.raises(PruneInputError, match="meta device"):
+            sp.prune(m, calib, sparsity=0.2, criterion=crit, progress=False, measure=False)
+
+
+@pytest.mark.parametrize("kw", [
+    {"criterion": "sigma"},
+    {"criterion": "taylor", "reconstruct": False},
+    {"criterion": "taylor", "reconstruct": False, "sequential": False},
+    {"criterion": "greedy", "reconstruct": False, "sequential": False},
+    {"criterion": "random", "reconstruct": True, "sequential": False},
+])
+def test_non_finite_activations_name_the_layer_on_every_path(dense, calib, kw):
+    """Finite weights, activations overflowing in layer 1: every path (sequential streams, the
+    dense gradient pass, one-shot statistics) names layer 1 -- before, the gradient pass blamed
+    layer 0's scores (NaN gradients flow back), one-shot greedy spoke of damping and one-shot
+    reconstruction finished without a word."""
+    bad = copy.deepcopy(dense)
+    with torch.no_grad():
+        bad.model.layers[1].mlp.up_proj.weight.mul_(1e38)
+    with pytest.raises(NonFiniteActivations, match="decoder layer 1"):
+        sp.prune(bad, calib, sparsity=0.2, progress=False, measure=False, **kw)
+
+
+def test_gradient_criteria_need_a_language_model_head(calib):
+    """A bare backbone (no logits) is refused; before, its hidden states were taken for logits
+    (an index error, or for a small hidden size a 'loss' on hidden units). A masked-LM encoder
+    scores its own tokens (same-position loss), deterministically."""
+    bare = make_model("bert", dtype=torch.float32, seed=0)
+    ids = calib[:, :16] % 100
+    with pytest.raises(ValueError, match="no vocabulary logits"):
+        sp.prune(bare, ids, sparsity=0.3, criterion="taylor", reconstruct=False, progress=False, measure=False)
+    mlm = make_model("bert-mlm", dtype=torch.float32, seed=0)
+    _, r1 = sp.prune(mlm, ids, sparsity=0.3, criterion="taylor", reconstruct=False, progress=False, measure=False)
+    _, r2 = sp.prune(mlm, ids, sparsity=0.3, criterion="taylor", reconstruct=False, progress=False, measure=False)
+    assert r1["plan"] == r2["plan"]
+
+
+def test_mlm_loss_is_the_same_position_cross_entropy():
+    from sketchprune.prune.gradient_scores import lm_loss
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 5, 7, generator=g, dtype=torch.float64)
+    ids = torch.randint(0, 7, (2, 5), generator=g)
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]], dtype=torch.bool)
+
+    class Out:
+        pass
+    out = Out()
+    out.logits = logits
+    ref = torch.nn.functional.cross_entropy(logits[mask], ids[mask])
+    torch.testing.assert_close(lm_loss(None, out, ids, mask, causal=False), ref)
+    nxt = torch.nn.functional.cross_entropy(logits[:, :-1][mask[:, 1:] & mask[:, :-1]], ids[:, 1:][mask[:, 1:] & mask[:, :-1]])
+    torch.testing.assert_close(lm_loss(None, out, ids, mask, causal=True), nxt)

@@ -217,3 +217,20 @@ def test_ridge_toward_accepts_inference_mode_moments():
     S0 = S.clone()
     V = ridge_toward(A, S, C, float(Y.square().sum() / 40))[0]
     assert torch.equal(V, ref) and torch.equal(S, S0)
+
+
+def test_rel_error_of_an_exact_fit_is_not_negative():
+    """energy - 2 z.c + z.Sz of an exact fit is rounding noise of either sign; a relative squared
+    error is reported as >= 0 (reports showed -7e-10)."""
+    from sketchprune.prune.reconstruct import rel_error
+
+    vals = []
+    for seed in range(40):
+        g = torch.Generator().manual_seed(seed)
+        X = torch.randn(64, 6, generator=g, dtype=torch.float64)
+        W = torch.randn(3, 6, generator=g, dtype=torch.float64)
+        Y = X @ W.T
+        e = rel_error(W, X.T @ X, X.T @ Y, float(Y.square().sum()))
+        assert 0.0 <= e < 1e-12
+        vals.append(e)
+    assert max(vals) > 0.0   # the noise is kept when positive (no rounding to zero)

@@ -100,6 +100,9 @@ class ArchitectureAdapter:
 
     #: ``config.model_type`` values this adapter handles (filled by :func:`register_adapter`).
     model_types: tuple[str, ...] = ()
+    #: a causal (decoder-only) family: its LM head predicts the next token (else: an encoder,
+    #: whose masked-LM head predicts the token at the same position)
+    causal: bool = True
 
     def layers(self, model: nn.Module) -> list[nn.Module]:
         """The decoder layers of ``model``, in order."""
@@ -388,6 +391,7 @@ class BertAdapter(ArchitectureAdapter):
     """
 
     config_fields = {"intermediate_size": "intermediate_size", "num_attention_heads": "num_attention_heads"}
+    causal = False
 
     def layers(self, model):
         encoder = getattr(_base_model(model), "encoder", None)

@@ -232,6 +232,8 @@ def _check_call(criterion, seed, batch_size, seq_len, calib_tokens, device, opti
         ls = [as_int(i) for i in ls]      # a list: a generator would be used up by the check
         if None in ls:
             raise PruneInputError(f"layers must be a list of decoder-layer indices, got {o['layers']!r}")
+        if not ls:
+            raise PruneInputError("layers is empty: no layer to prune (None prunes every layer)")
         o["layers"] = ls
     if "stat_dtype" in o:
         sd = {"float32": torch.float32, "float64": torch.float64}.get(o["stat_dtype"], o["stat_dtype"])
@@ -294,8 +296,13 @@ def check_sequence_length(model, length: int, what: str = "sequences") -> None:
 
 
 def _check_weights(model) -> None:
-    """Non-finite weights would surface much later as an unrelated-looking failure."""
+    """Weights without data (meta device) or non-finite weights would surface much later as an
+    unrelated-looking failure."""
     for name, p in model.named_parameters():
+        if p.is_meta:
+            raise PruneInputError(f"the model's weights are on the meta device (e.g. {name}): they hold no values; "
+                                  "load the weights first (from_pretrained, load_state_dict(..., assign=True), "
+                                  "or accelerate's load_checkpoint_and_dispatch)")
         if p.is_floating_point() and not bool(torch.isfinite(p).all()):
             raise PruneInputError(f"the model has non-finite (NaN/Inf) weights in {name}")
 

@@ -336,7 +336,8 @@ def collect_statistics(model: nn.Module, batches: Iterable, layers=None, budget=
     ``{"down_in": "diag", "o_in": "full"}``; see the module doc).  ``budget`` caps each full
     accumulator's memory (see :class:`~sketchprune.CovarianceAccumulator`); ``stat_dtype`` is
     the full accumulators' dtype.  Runs under ``torch.no_grad()`` in eval mode; hooks are
-    removed and the training flag restored even on error.
+    removed and the training flag restored even on error.  NaN/Inf in a layer's output (on
+    unpadded tokens) raises :class:`~sketchprune.prune.NonFiniteActivations` naming the layer.
     """
     adapter = get_adapter(model)
     all_layers = adapter.layers(model)
@@ -374,12 +375,16 @@ def collect_statistics(model: nn.Module, batches: Iterable, layers=None, budget=
                 setattr(ls, name, s)
                 handles.append(mod.register_forward_pre_hook(hook_for(s)))
             stats.layers[i] = ls
+        from .streams import finite_output_hooks   # (streams imports this module)
+        word = "decoder" if adapter.causal else "encoder"
+        handles += finite_output_hooks([(f"{word} layer {j}", l) for j, l in enumerate(all_layers)], state,
+                                       "calibration statistics")
         model.eval()
         device = next(model.parameters()).device
         with torch.no_grad():
             for batch in track(batches, progress, "calibration"):
                 kwargs, mask = _as_batch(batch, device)
-                state["mask"] = mask
+                state.update(mask=mask, batch=stats.batches)
                 model(**kwargs)
                 stats.batches += 1
                 stats.tokens += int(mask.sum()) if mask is not None else kwargs["input_ids"].numel()

@@ -22,6 +22,8 @@ from pathlib import Path
 
 import torch
 
+from .measure import _accepts
+
 __all__ = ["OutputError", "check_output_dir", "check_output_file", "write_json_atomic", "save_pruned_dir",
            "stock_loadable", "load_saved"]
 
@@ -96,9 +98,21 @@ def stock_loadable(model) -> bool:
     return all(getattr(cfg, fields[k], None) == v for sizes in layers for k, v in sizes.items() if k in fields)
 
 
+def stock_class(config):
+    """The ``transformers`` class a saved directory's config names (``architectures[0]``: a
+    ``BertModel`` stays a ``BertModel``, a ``...ForMaskedLM`` keeps its head), else
+    ``AutoModelForCausalLM``."""
+    import transformers
+
+    archs = getattr(config, "architectures", None) or []
+    cls = getattr(transformers, archs[0], None) if archs else None
+    return cls if cls is not None and hasattr(cls, "from_pretrained") else transformers.AutoModelForCausalLM
+
+
 def load_saved(path, **kwargs):
     """Load a model directory written by :func:`save_pruned_dir` (per-layer sizes through
-    :func:`~sketchprune.prune.load_pruned`) or any Hugging Face causal-LM directory."""
+    :func:`~sketchprune.prune.load_pruned`) or any Hugging Face model directory, as the class its
+    config names (see :func:`stock_class`)."""
     import transformers
 
     from .serialization import load_pruned
@@ -106,7 +120,13 @@ def load_saved(path, **kwargs):
     config = transformers.AutoConfig.from_pretrained(path)
     if getattr(config, "sketchprune_layers", None):
         return load_pruned(path, **kwargs)
-    return transformers.AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    return stock_class(config).from_pretrained(path, **kwargs)
+
+
+def _outputs(model, x):
+    """The logits, or for a backbone without a head its last hidden states."""
+    out = model(input_ids=x, **({"use_cache": False} if _accepts(model, "use_cache") else {}))
+    return (out.logits if getattr(out, "logits", None) is not None else out[0]).double()
 
 
 def _verify(model, tmp: Path, input_ids: torch.Tensor, stock: bool) -> dict:
@@ -119,7 +139,7 @@ def _verify(model, tmp: Path, input_ids: torch.Tensor, stock: bool) -> dict:
     dtype = next(model.parameters()).dtype
     attn = getattr(model.config, "_attn_implementation", None)
     kw = {"dtype": dtype, **({"attn_implementation": attn} if attn else {})}
-    loader = transformers.AutoModelForCausalLM.from_pretrained if stock else load_pruned
+    loader = stock_class(model.config).from_pretrained if stock else load_pruned
     loaded = loader(tmp, **kw).to(dev).eval()
     x = input_ids.to(dev)
     x = x[None] if x.dim() == 1 else x
@@ -127,8 +147,8 @@ def _verify(model, tmp: Path, input_ids: torch.Tensor, stock: bool) -> dict:
     model.eval()
     try:
         with torch.no_grad():
-            a = model(input_ids=x, use_cache=False).logits.double()
-            b = loaded(input_ids=x, use_cache=False).logits.double()
+            a = _outputs(model, x)
+            b = _outputs(loaded, x)
     finally:
         model.train(was)
     diff = float((a - b).abs().max())
@@ -162,7 +182,7 @@ def save_pruned_dir(model, out, tokenizer=None, json_files: dict | None = None, 
             (tmp / name).write_text(_json_text(obj))
         stock = stock_loadable(model)
         info = {"dir": str(out.resolve()), "files": sorted(p.name for p in tmp.iterdir()),
-                "load_with": ("transformers.AutoModelForCausalLM.from_pretrained" if stock
+                "load_with": (f"transformers.{stock_class(model.config).__name__}.from_pretrained" if stock
                               else "sketchprune.load_pruned"),
                 "verify": None if verify_input is None else _verify(model, tmp, verify_input, stock)}
         if out.exists():  # overwrite: move the old one aside, then swap

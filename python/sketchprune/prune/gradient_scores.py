@@ -1,7 +1,8 @@
 """Gradient statistics of the prunable units, for the first- and second-order Taylor criteria.
 
 :func:`gradient_statistics` runs calibration batches through the **dense** model with the
-causal-LM loss and reduces the gradients of each decoder layer's Linears to one number per unit
+language-model loss (next-token for causal LMs, same-position for masked-LM encoders) and
+reduces the gradients of each decoder layer's Linears to one number per unit
 as soon as autograd produces them.  Per layer it returns (float64, on the weights' device):
 
 * ``ffn_taylor`` (d_ff,), ``head_taylor`` (H,), ``kv_taylor`` (KV,) -- the first-order term of
@@ -39,6 +40,7 @@ from torch import nn
 from .adapters import get_adapter, layer_indices
 from .._progress import track
 from .calibration import _as_batch
+from .streams import NonFiniteActivations, finite_output_hooks
 
 GRADIENT_TERMS = ("taylor", "fisher")
 
@@ -77,6 +79,26 @@ def causal_lm_loss(logits: torch.Tensor, input_ids: torch.Tensor, mask: torch.Te
     if not valid.any():
         raise ValueError("sketchprune.prune: a calibration batch has no (input, next token) pair to score")
     return F.cross_entropy(lg[valid], tgt[valid])
+
+
+def lm_loss(model: nn.Module, out, input_ids: torch.Tensor, mask: torch.Tensor | None, causal: bool) -> torch.Tensor:
+    """The language-model loss of a calibration batch: next-token cross-entropy for causal LMs,
+    for masked-LM encoders the cross-entropy of each (unmasked, uncorrupted) position's own token.
+    A model without a language-model head (``BertModel``, ``LlamaModel``: no ``.logits``) is
+    refused: the gradient criteria need a loss."""
+    logits = getattr(out, "logits", None)
+    if not isinstance(logits, torch.Tensor) or logits.dim() != 3:
+        raise ValueError(
+            f"sketchprune.prune: the gradient criteria (taylor, fisher) need the language-model loss, but "
+            f"{type(model).__name__} returns no vocabulary logits (a bare backbone): load the model with its "
+            "language-model head (e.g. AutoModelForCausalLM, or ...ForMaskedLM for BERT encoders)")
+    if causal:
+        return causal_lm_loss(logits, input_ids, mask)
+    lg = logits if logits.dtype == torch.float64 else logits.float()
+    valid = torch.ones_like(input_ids, dtype=torch.bool) if mask is None else mask
+    if not valid.any():
+        raise ValueError("sketchprune.prune: a calibration batch has no unpadded token to score")
+    return F.cross_entropy(lg[valid], input_ids[valid])
 
 
 def gradient_statistics(model: nn.Module, batches: Iterable, layers=None, progress: bool = True,
@@ -131,14 +153,23 @@ def gradient_statistics(model: nn.Module, batches: Iterable, layers=None, progre
                         acc.add_(reduce((param.detach().to(torch.float64) * g.to(torch.float64)).square()))
                     param.grad = None
                 handles.append(p.register_post_accumulate_grad_hook(hook))
+        word = "decoder" if adapter.causal else "encoder"
+        state = {}
+        handles += finite_output_hooks([(f"{word} layer {j}", l) for j, l in enumerate(all_layers)], state,
+                                       "dense model, gradient pass")
         model.eval()
         device = next(model.parameters()).device
         with torch.enable_grad():
             for batch in track(batches, progress, "gradients"):
                 kwargs, mask = _as_batch(batch, device)
+                state.update(mask=mask, batch=n_batches)
                 out = model(**kwargs)
-                logits = out.logits if hasattr(out, "logits") else out[0]
-                causal_lm_loss(logits, kwargs["input_ids"], mask).backward()
+                loss = lm_loss(model, out, kwargs["input_ids"], mask, adapter.causal)
+                if not bool(torch.isfinite(loss)):
+                    raise NonFiniteActivations(f"sketchprune.prune: the language-model loss of calibration batch "
+                                               f"{n_batches} is {float(loss)} (the layers' outputs were finite: "
+                                               "the final norm or the LM head overflowed)")
+                loss.backward()
                 n_batches += 1
         if n_batches == 0:
             raise ValueError("sketchprune.prune: gradient_statistics got no calibration batches")

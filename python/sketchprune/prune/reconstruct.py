@@ -45,12 +45,13 @@ ALPHAS = (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0)
 
 def rel_error(V: torch.Tensor, S_kk: torch.Tensor, C_k: torch.Tensor, energy: float,
               SVt: torch.Tensor | None = None) -> float:
-    """E||y - V x_K||^2 / E||y||^2 from the moments (see the module doc); ``SVt``: S_kk @ V^T if known."""
+    """E||y - V x_K||^2 / E||y||^2 from the moments (see the module doc; >= 0); ``SVt``: S_kk @ V^T if known."""
     Z = V.T.contiguous()
     SZ = S_kk @ Z if SVt is None else SVt
     z = Z.reshape(-1)
     err = energy - 2 * float(torch.dot(z, C_k.contiguous().reshape(-1))) + float(torch.dot(z, SZ.reshape(-1)))
-    return err / (energy if energy > 0 else 1.0)
+    # a squared error: a negative value is cancellation in energy - 2 z.c + z.Sz (an exact fit)
+    return max(err, 0.0) / (energy if energy > 0 else 1.0)
 
 
 def ridge_toward(anchor: torch.Tensor, S_kk: torch.Tensor, C_k: torch.Tensor, energy: float,

@@ -166,6 +166,24 @@ def check_finite(x: torch.Tensor, mask: torch.Tensor | None, where: str) -> None
         raise NonFiniteActivations(f"sketchprune.prune: {bad} non-finite activation values (NaN/Inf) in {where}")
 
 
+def finite_output_hooks(layers, state: dict, what: str) -> list:
+    """Forward hooks on ``layers`` (a list of ``(name, module)``) that raise
+    :class:`NonFiniteActivations` naming the first layer whose output hidden states hold NaN/Inf
+    on unpadded tokens, for passes of the whole model (``state``: the current batch's ``mask``
+    and index ``batch``; ``what``: the pass, for the message).  Returns the hook handles."""
+    def make(name):
+        def hook(module, args, output):
+            h = output[0] if isinstance(output, (tuple, list)) else output
+            if not (isinstance(h, torch.Tensor) and h.is_floating_point() and h.dim() >= 2):
+                return
+            mask = state.get("mask")
+            if mask is not None and mask.numel() != h.numel() // h.shape[-1]:
+                mask = None
+            check_finite(h, mask, f"the output of {name} ({what}, calibration batch {state.get('batch', 0)})")
+        return hook
+    return [m.register_forward_hook(make(name)) for name, m in layers]
+
+
 def run_layer(layer: nn.Module, hidden: torch.Tensor, call: LayerCall, device: torch.device,
               mask: torch.Tensor | None, where: str) -> torch.Tensor:
     """``layer(hidden, *call.args, **call.kwargs)`` on ``device``; the output checked for NaN/Inf."""
