@@ -57,7 +57,8 @@ def split_f64(x):
     x1 + x2 + x3 == x exactly in fp64 (two Veltkamp splits: 24 + 24 + <= 6 significant bits).
 
     Triton passes float scalars as fp32; the kernels rebuild the fp64 value from the three
-    parts (exact for |x| in roughly [1e-29, 1e38]; beyond that the fp32 parts under/overflow).
+    parts, exactly for |x| in ALPHA_EXACT (beyond it the parts under/overflow: the launchers then
+    run the kernel with alpha = 1 into a zeroed buffer and scale outside, see alpha_exact).
     Pure arithmetic, so it also traces under torch.compile."""
     x = x * 1.0
     c = x * 536870913.0            # 2^29 + 1
@@ -66,6 +67,18 @@ def split_f64(x):
     c = rest * 536870913.0
     x2 = c - (c - rest)
     return x1, x2, rest - x2
+
+
+#: |alpha| range in which the three fp32 parts of :func:`split_f64` are exact normal fp32 numbers
+#: (the smallest part can be 2^-53 |alpha|, above fp32's smallest normal 2^-126; the largest
+#: about |alpha|, below fp32's overflow); alpha = 0 is exact as well
+ALPHA_EXACT = (2.0 ** -72, 2.0 ** 127)
+
+
+def alpha_exact(alpha) -> bool:
+    """Whether the kernels rebuild ``alpha`` exactly from :func:`split_f64`'s parts."""
+    a = abs(float(alpha))
+    return a == 0.0 or ALPHA_EXACT[0] <= a < ALPHA_EXACT[1]
 
 
 def wrap_triton(kernel):

@@ -47,7 +47,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._util import cdiv, pow2_at_least, row_splits, split_f64, wrap_triton
+from ._util import alpha_exact, cdiv, pow2_at_least, row_splits, split_f64, wrap_triton
 
 
 @triton.jit
@@ -207,6 +207,12 @@ def launch_cov_accumulate(sigma, x, alpha: float, mask):
     writes the mirror)."""
     T, d = x.shape
     if T == 0 or d == 0:
+        return
+    if not alpha_exact(alpha):   # |alpha| beyond the fp32 parts' range: scale outside the kernel
+        part = torch.zeros_like(sigma)
+        launch_cov_accumulate(part, x, 1.0, mask)
+        upper = torch.triu(sigma).add_(torch.triu(part), alpha=alpha)
+        sigma.copy_(upper + torch.triu(upper, 1).T)   # the upper triangle, mirrored, as the kernel writes
         return
     acc_f64 = sigma.dtype == torch.float64
     block, block_t, warps, stages = tile_config(d, x.dtype, acc_f64)

@@ -26,7 +26,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._util import cdiv, split_f64, wrap_triton
+from ._util import alpha_exact, cdiv, split_f64, wrap_triton
 from .cov_accumulate import _join_f64, _t_range, _xty_tile, t_splits, tile_config
 
 
@@ -64,6 +64,11 @@ def launch_cross_accumulate(c, x, y, alpha: float, mask):
     T, d_in = x.shape
     d_out = y.shape[1]
     if T == 0 or d_in == 0 or d_out == 0:
+        return
+    if not alpha_exact(alpha):   # |alpha| beyond the fp32 parts' range: scale outside the kernel
+        part = torch.zeros_like(c)
+        launch_cross_accumulate(part, x, y, 1.0, mask)
+        c.add_(part, alpha=alpha)
         return
     acc_f64 = c.dtype == torch.float64
     block, block_t, warps, stages = tile_config(max(d_in, d_out), x.dtype, acc_f64)

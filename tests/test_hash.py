@@ -61,3 +61,16 @@ def test_triton_twin_equals_int_oracle():
         _probe_kernel[(1,)](cols, signs, *split_i64(seed), *split_i64(j0), m, k, ROWS=16, KP=8)
         ec, es = sketch_entries(seed, j0, 16, m, k)
         assert torch.equal(cols[:, :k].cpu(), ec) and torch.equal(signs[:, :k].cpu(), es)
+
+
+def test_dense_oracle_values_are_exact_in_float64():
+    """The float64 oracle S holds +-1/sqrt(k) rounded once in float64 (its signs were scaled in
+    float32 first: 1.7e-8 relative error whenever sqrt(k) is irrational)."""
+    import math
+
+    from sketchprune.ref.hash import sketch_matrix
+
+    for k in (1, 3, 5, 8):
+        s = sketch_matrix(2, 10, 6, 16, k)
+        vals = set(s[s != 0].abs().tolist())
+        assert vals == {1 / math.sqrt(k)}, (k, vals)

@@ -82,5 +82,5 @@ def sketch_matrix(
     """Dense rows j0 .. j0+rows-1 of S (rows x m), values +-1/sqrt(k)."""
     cols, signs = sketch_entries(seed, j0, rows, m, k, device)
     s = torch.zeros(rows, m, dtype=dtype, device=device)
-    s.scatter_(1, cols, (signs / math.sqrt(k)).to(dtype))
+    s.scatter_(1, cols, signs.to(dtype) / math.sqrt(k))   # +-1 exactly, then the scale in ``dtype``
     return s
