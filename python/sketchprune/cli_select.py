@@ -5,7 +5,8 @@
                        [--out selection.json] [--quiet]
 
 * ``--grads``: an N x r per-sample gradient (or any feature) matrix, .npy (memory-mapped, never
-  loaded whole) or .pt; streamed through ``sketch_matrix`` under the budget.
+  loaded whole) or .pt; streamed through ``sketch_matrix`` under the budget (its NaN / Inf check
+  too: blocks of at most ``--budget`` one-byte flags).
 * ``--features``: an N x d feature matrix; the gradient source is a linear softmax probe at zero
   init (``linear_probe_sketch``) with random labels (as in the original SkMM experiments), or the
   labels of ``--labels`` when given.
@@ -72,27 +73,52 @@ def _first_line(e: Exception) -> str:
     return f"{type(e).__name__}: {lines[0] if lines else ''}"
 
 
-def _check_matrix(M, name: str, chunk: int = 8192):
-    """2-D, numeric, and no NaN/Inf (streamed for memory-mapped arrays); names the bad rows."""
+#: the most entries the finiteness scan flags at a time (one byte each), whatever the budget allows
+CHECK_BLOCK_ENTRIES = 1 << 24
+
+
+def _check_plan(N: int, r: int, avail: int) -> tuple[int, int]:
+    """(rows, cols) of the blocks of the finiteness scan: rows * cols one-byte flags at a time, within
+    ``avail`` bytes (and ``CHECK_BLOCK_ENTRIES``); whole rows when they fit, else column blocks of one row."""
+    entries = max(1, min(avail, CHECK_BLOCK_ENTRIES))
+    cols = min(r, entries)
+    return max(1, min(N, entries // cols)), cols
+
+
+def _check_matrix(M, name: str, budget=None):
+    """2-D, numeric, and no NaN/Inf, scanned in blocks planned from the memory budget (memory-mapped
+    arrays are never loaded whole, no N x r temporary); names the bad rows."""
     import numpy as np
     import torch
 
+    from .budget import Budget
+
     if getattr(M, "ndim", None) != 2:
         raise CliError(f"{name} must be a 2-D matrix (N x r), got shape {tuple(getattr(M, 'shape', ()))}")
-    N = int(M.shape[0])
-    if N == 0 or int(M.shape[1]) == 0:
+    N, r = int(M.shape[0]), int(M.shape[1])
+    if N == 0 or r == 0:
         raise CliError(f"{name} is empty (shape {tuple(M.shape)})")
+    if isinstance(M, torch.Tensor):
+        if M.dtype.is_complex or M.dtype == torch.bool:
+            raise CliError(f"{name} has unsupported dtype {M.dtype}")
+        if not M.dtype.is_floating_point:
+            return N  # integers are always finite
+    else:
+        if M.dtype.kind not in "fiub":
+            raise CliError(f"{name} has non-numeric dtype {M.dtype}")
+        if M.dtype.kind != "f":
+            return N
+    budget = Budget.of(budget)
+    avail = budget.bytes_for("cpu")
+    if avail < 1:
+        budget.check("cpu", 1, what=f"the NaN/Inf check of {name}")
+    rows, cols = _check_plan(N, r, avail)
     bad = []
-    for i in range(0, N, chunk):
-        b = M[i:i + chunk]
-        if isinstance(b, torch.Tensor):
-            if b.dtype.is_complex or b.dtype == torch.bool:
-                raise CliError(f"{name} has unsupported dtype {b.dtype}")
-            ok = torch.isfinite(b.float()).all(1).numpy()
-        else:
-            if b.dtype.kind not in "fiub":
-                raise CliError(f"{name} has non-numeric dtype {b.dtype}")
-            ok = np.isfinite(b).all(1)
+    for i in range(0, N, rows):
+        ok = np.ones(min(N, i + rows) - i, dtype=bool)
+        for c0 in range(0, r, cols):
+            b = M[i:i + rows, c0:c0 + cols]
+            ok &= (torch.isfinite(b).all(1).numpy() if isinstance(b, torch.Tensor) else np.isfinite(b).all(1))
         bad.extend((i + np.nonzero(~ok)[0]).tolist())
     if bad:
         shown = ", ".join(map(str, bad[:10])) + (f", ... ({len(bad)} rows in all)" if len(bad) > 10 else "")
@@ -224,8 +250,9 @@ def _run(args) -> int:
     if args.method == "skmm" and args.formulation == "variance" and not args.eps > 0:
         raise CliError(f"--eps must be positive, got {args.eps}")
     if args.method == "skmm" and args.formulation in ("hinge", "paper") and not 0 < args.c < 1:
-        raise CliError(f"--c must be in (0, 1) for the {args.formulation} formulation, got {args.c} "
-                       "(with c >= 1 uniform weights already satisfy every moment constraint)")
+        raise CliError(f"--c must be in (0, 1) for the {args.formulation} formulation, got {args.c}"
+                       + (" (with c >= 1 uniform weights already satisfy every moment constraint)"
+                          if args.c >= 1 else ""))
     if args.classes is not None and args.classes < 1:
         raise CliError(f"--classes must be >= 1, got {args.classes}")
     if args.classes is not None and args.features is None:
@@ -241,9 +268,10 @@ def _run(args) -> int:
             raise CliError(f"{opt} applies to the iterative SkMM solvers only: --formulation hinge or maxmin, "
                            "or variance with --rounding sample or top")
     dest = _check_out(args.out) if args.out else None
+    budget = Budget.of(args.budget)
     src = args.grads if args.grads is not None else args.features
     M = _load(src, "gradient" if args.grads is not None else "feature")
-    N = _check_matrix(M, "--grads" if args.grads is not None else "--features")
+    N = _check_matrix(M, "--grads" if args.grads is not None else "--features", budget)
     r = int(M.shape[1])
     if not 1 <= args.n <= N:
         raise CliError(f"--n must be in [1, N = {N}], got {args.n}")
@@ -255,7 +283,7 @@ def _run(args) -> int:
         import numpy as np
 
         P = _load(args.probs, "probs")
-        if _check_matrix(P, "--probs") != N:
+        if _check_matrix(P, "--probs", budget) != N:
             raise CliError(f"--probs has {P.shape[0]} rows, expected N = {N}")
         probs = P.double() if isinstance(P, torch.Tensor) else torch.from_numpy(np.array(P, dtype=np.float64))
         try:  # the checks select() would make, before the sketch is built
@@ -267,7 +295,6 @@ def _run(args) -> int:
             and not (probs is not None and need.startswith("probs") and (labels is not None or "labels" not in need)):
         raise CliError(f"method {args.method!r} needs {need}; from the command line give --probs (and --labels) for "
                        "the probability-based methods, use the Python API (ModelOutputs) for the others")
-    budget = Budget.of(args.budget)
     t0 = time.perf_counter()
     if args.features is not None:
         import numpy as np

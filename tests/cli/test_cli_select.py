@@ -298,3 +298,41 @@ def test_select_cli_bad_probs_before_the_sketch(tmp_path, _cli, monkeypatch, bad
     monkeypatch.setattr("sketchprune.select.sketch_matrix", no_sketch)
     _no_traceback(_cli("--grads", tmp_path / "g.npy", "--probs", tmp_path / "p.npy", "--method", "entropy",
                        "--n", 5, "--m", 8, "--quiet"), message)
+
+
+def test_check_plan_fits_the_budget():
+    from sketchprune.cli_select import CHECK_BLOCK_ENTRIES, _check_plan
+    for N, r, avail in ((4000, 20000, 8 << 20), (100, 10**7, 1 << 20), (10, 5, 1 << 30), (9000, 100, 10**9)):
+        rows, cols = _check_plan(N, r, avail)
+        assert 1 <= rows <= N and 1 <= cols <= r and rows * cols <= min(avail, CHECK_BLOCK_ENTRIES)
+        assert cols == r or rows == 1  # whole rows, or column blocks of one row
+    assert _check_plan(4000, 20000, 8 << 20) == ((8 << 20) // 20000, 20000)
+
+
+def test_select_cli_nan_check_scans_within_the_budget(tmp_path, _cli, monkeypatch):
+    """The NaN/Inf scan of --grads flags at most --budget entries at a time (no N x r temporary),
+    and still names the bad rows."""
+    g = np.random.default_rng(0).standard_normal((300, 700)).astype(np.float32)
+    g[[7, 299], [650, 3]] = [np.nan, np.inf]
+    np.save(tmp_path / "g.npy", g)
+    seen = []
+    real = np.isfinite
+
+    def spy(a, *args, **kw):
+        seen.append(a.size)
+        return real(a, *args, **kw)
+    monkeypatch.setattr(np, "isfinite", spy)
+    res = _cli("--grads", tmp_path / "g.npy", "--n", 5, "--m", 8, "--budget", "64KiB", "--quiet",
+               "--method", "uniform")
+    monkeypatch.undo()
+    assert res.returncode == 2 and "--grads has NaN or Inf values in rows 7, 299" in res.stderr, res.stderr
+    assert seen and max(seen) <= 64 * 1024 and sum(seen) == g.size
+
+
+def test_select_cli_c_message(tmp_path, _cli):
+    np.save(tmp_path / "g.npy", np.random.default_rng(0).standard_normal((20, 5)).astype(np.float32))
+    res = _cli("--grads", tmp_path / "g.npy", "--n", 5, "--quiet", "--formulation", "hinge", "--c", 0)
+    assert res.returncode == 2 and "--c must be in (0, 1) for the hinge formulation, got 0.0" in res.stderr
+    assert "c >= 1" not in res.stderr
+    res = _cli("--grads", tmp_path / "g.npy", "--n", 5, "--quiet", "--formulation", "hinge", "--c", 1)
+    assert res.returncode == 2 and "with c >= 1 uniform weights already satisfy" in res.stderr

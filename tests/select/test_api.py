@@ -1,9 +1,12 @@
+import warnings
+
 import numpy as np
 import pytest
 import torch
 
-from sketchprune.select import ModelOutputs, select
+from sketchprune.select import ModelOutputs, intrinsic_dimension, moment_problem, select, skmm_select
 from sketchprune.select.api import METHODS
+from sketchprune.select.variance import variance_problem
 
 
 def _data(N=90, m=8, C=3, seed=0):
@@ -145,3 +148,64 @@ def test_class_balanced_error_names_the_class():
     sk[labels == 1] = 0.0
     with pytest.raises(ValueError, match="class 1 .*sketch is all zero"):
         select(6, "skmm", sk, labels=labels)
+
+
+@pytest.mark.parametrize("method, options", [("skmm", {}), ("skmm", {"formulation": "hinge"}),
+                                             ("skmm", {"formulation": "maxmin"}),
+                                             ("skmm", {"formulation": "paper", "iters": 50}),
+                                             ("kcenter", {}), ("herding", {}), ("adaptive", {}),
+                                             ("ridge-leverage", {})])
+def test_a_sketch_that_requires_grad_is_read_detached(method, options):
+    sk, *_ = _data(N=60)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = select(6, method, sk.clone().requires_grad_(True), seed=1, **options)
+        direct = skmm_select(sk.clone().requires_grad_(True), 6, seed=1, **options) if method == "skmm" else None
+    want = select(6, method, sk, seed=1, **options)
+    assert torch.equal(got.indices, want.indices)
+    if direct is not None:
+        assert torch.equal(direct.indices, want.indices)
+
+
+@pytest.mark.parametrize("formulation", ["variance", "hinge", "maxmin", "paper"])
+def test_skmm_select_names_non_finite_rows(formulation):
+    sk, *_ = _data(N=40)
+    sk = sk.clone()
+    sk[3, 1] = float("nan")
+    with pytest.raises(ValueError, match=r"NaN or Inf values in 1 of 40 rows \(3\)"):
+        skmm_select(sk, 5, formulation=formulation)
+
+
+def test_eigenproblem_builders_name_non_finite_rows():
+    sk, *_ = _data(N=40)
+    sk = sk.clone()
+    sk[[5, 9], 0] = float("inf")
+    for build in (moment_problem, intrinsic_dimension, lambda x: variance_problem(x)):
+        with pytest.raises(ValueError, match=r"NaN or Inf values in 2 of 40 rows \(5, 9\)"):
+            build(sk)
+
+
+def test_argument_messages():
+    sk, _, labels, _ = _data()
+    with pytest.raises(ValueError, match=r"class_balanced=True needs labels \(labels=\.\.\. or ModelOutputs"):
+        select(5, "kcenter", sk, class_balanced=True)
+    with pytest.raises(ValueError, match=r"rounding must be one of 'greedy', 'sample', 'top' for "
+                                         r"formulation='variance', got 'bogus'"):
+        skmm_select(sk, 5, rounding="bogus")
+    with pytest.raises(ValueError, match=r"rounding must be one of 'sample', 'top' for formulation='hinge'"):
+        skmm_select(sk, 5, formulation="hinge", rounding="bogus")
+    with pytest.raises(ValueError, match="formulation must be one of"):
+        skmm_select(sk, 5, formulation="bogus")
+    for c in (0.0, -0.5):
+        with pytest.raises(ValueError, match=r"c must be in \(0, 1\), got") as e:
+            select(5, "skmm", sk, formulation="hinge", c=c)
+        assert "c >= 1" not in str(e.value)
+    with pytest.raises(ValueError, match="with c >= 1 uniform weights already satisfy"):
+        select(5, "skmm", sk, formulation="hinge", c=1.0)
+    for call in (lambda: select(True, "uniform", sk), lambda: skmm_select(sk, True),
+                 lambda: select(np.bool_(True), "kcenter", sk)):
+        with pytest.raises(TypeError, match="n must be an integer"):
+            call()
+    assert select(np.int64(5), "uniform", sk).indices.numel() == 5
+    with pytest.raises(ValueError, match=r"n must be in \[1, N=90\]"):
+        skmm_select(sk, 91)

@@ -1,3 +1,5 @@
+import warnings
+
 import pytest
 import torch
 
@@ -48,20 +50,72 @@ def test_adaptive_spans_a_low_rank_matrix_in_rank_steps():
     assert torch.linalg.matrix_rank(X[idx].double()) == 3
 
 
-def test_kcenter_matches_farthest_point_reference():
-    # float64 farthest-point traversal from the same first pick (the seed's draw)
-    X = _X(200, 5, seed=5) + 40.0  # an offset: the expansion ||x||^2 - 2 x.c + ||c||^2 must not lose it
-    n = 25
-    first = int(torch.randint(200, (1,), generator=B._gen(3)))
+def _kcenter_reference(X, n, seed, rows=None):
+    """float64 farthest-point traversal (direct distances) from the seed's first pick, over ``rows``
+    (default all), returning the picks in order."""
+    first = int(torch.randint(X.shape[0], (1,), generator=B._gen(seed)))
     Xd = X.double()
-    dist = (Xd - Xd[first]).square().sum(1)
+    rows = torch.arange(X.shape[0]) if rows is None else rows
+    dist = torch.full((X.shape[0],), -1.0, dtype=torch.float64)
+    dist[rows] = (Xd[rows] - Xd[first]).square().sum(1)
     ref = [first]
     for _ in range(n - 1):
         dist[ref] = -1.0
         i = int(dist.argmax())
         ref.append(i)
-        dist = torch.minimum(dist, (Xd - Xd[i]).square().sum(1))
-    assert B.kcenter(X, n, seed=3).tolist() == sorted(ref)
+        dist[rows] = torch.minimum(dist[rows], (Xd[rows] - Xd[i]).square().sum(1))
+    return ref
+
+
+def test_kcenter_matches_farthest_point_reference():
+    # float64 farthest-point traversal from the same first pick (the seed's draw)
+    X = _X(200, 5, seed=5) + 40.0  # an offset: the expansion ||x||^2 - 2 x.c + ||c||^2 must not lose it
+    assert B.kcenter(X, 25, seed=3).tolist() == sorted(_kcenter_reference(X, 25, 3))
+
+
+def test_kcenter_is_scale_invariant_and_keeps_an_outlier_from_hiding_the_rest():
+    X = _X(50, 6, seed=11)
+    ref = B.kcenter(X, 8, seed=3)
+    assert ref.tolist() == sorted(_kcenter_reference(X, 8, 3))
+    for scale in (1e-30, 1e-25, 1e-10, 1e20, 1e30):  # float32: squares over/underflow unscaled
+        assert torch.equal(B.kcenter(X * scale, 8, seed=3), ref), scale
+    for scale in (1e-300, 1e300):  # float64 too
+        assert torch.equal(B.kcenter(X.double() * scale, 8, seed=3), ref), scale
+    Y = X.clone()
+    Y[7] = 1e20  # an outlier: picked, and the others still by their own distances
+    assert B.kcenter(Y, 8, seed=3).tolist() == sorted(_kcenter_reference(Y, 8, 3))
+    Z = X.double() + 1e6  # a large common offset
+    assert torch.equal(B.kcenter(Z, 8, seed=3), ref)
+    Xs = X.double() * 2.0**70
+    B.kcenter(Xs, 8, seed=3)
+    assert torch.equal(Xs, X.double() * 2.0**70)  # the input is not scaled in place
+
+
+def test_kcenter_non_finite_rows_are_far_and_never_centers():
+    X = _X(60, 4, seed=12)
+    X[3, 1], X[17, 0] = float("nan"), float("-inf")
+    first = int(torch.randint(60, (1,), generator=B._gen(5)))
+    assert first not in (3, 17)
+    finite = torch.tensor([i for i in range(60) if i not in (3, 17)])
+    got = B.kcenter(X, 12, seed=5).tolist()
+    # the two non-finite rows (infinitely far), then farthest-point among the finite rows
+    assert got == sorted(_kcenter_reference(X, 10, 5, finite) + [3, 17])
+
+
+def test_geometry_methods_read_the_sketch_detached():
+    X = _X(60, 5, seed=13)
+    Xg = X.clone().requires_grad_(True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # e.g. "Converting a tensor with requires_grad=True to a scalar"
+        for fn in (B.herding, B.kcenter, B.leverage, B.ridge_leverage, B.adaptive):
+            assert torch.equal(fn(Xg, 7), fn(X, 7)), fn.__name__
+
+
+def test_sizes_must_be_integers_not_bools():
+    X = _X(20, 3)
+    for call in (lambda: B.uniform(20, True), lambda: B.kcenter(X, True), lambda: B.herding(X, 2.0)):
+        with pytest.raises(TypeError, match="coreset size n must be an integer"):
+            call()
 
 
 def test_kcenter_with_duplicate_or_non_finite_rows_still_returns_n_distinct():

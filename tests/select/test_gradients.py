@@ -339,3 +339,15 @@ def test_linear_probe_label_checks(labels, err, match):
         linear_probe_sketch(torch.randn(20, 5), labels, 3, m=16)
     with pytest.raises(ValueError, match="2-D"):
         linear_probe_sketch(torch.randn(20), "random", 3, m=16)
+
+
+def test_linear_probe_accepts_numpy_features():
+    x = torch.randn(40, 7, generator=torch.Generator().manual_seed(5))
+    y = torch.randint(0, 3, (40,), generator=torch.Generator().manual_seed(6))
+    a, _ = linear_probe_sketch(x.numpy(), y, 3, m=16, seed=2)
+    b, _ = linear_probe_sketch(x, y, 3, m=16, seed=2)
+    assert torch.equal(a, b)
+    c, _ = linear_probe_sketch(x.clone().requires_grad_(True), y, 3, m=16, seed=2)
+    assert torch.equal(c, b)
+    with pytest.raises(ValueError, match="features must be a 2-D tensor or numpy array"):
+        linear_probe_sketch(x.numpy()[0], y, 3, m=16)

@@ -176,3 +176,69 @@ def test_select_interface_for_model_methods():
         ModelOutputs(probs=feats[:, :C])
     with pytest.raises(ValueError, match="NaN or Inf"):
         ModelOutputs(probs=torch.full((4, 2), float("nan")))
+
+
+def _pool(N=30, d=4, C=3, seed=21):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(N, d, generator=g), torch.randint(0, C, (N,), generator=g)
+
+
+@pytest.mark.parametrize("val_labels, err, match", [
+    (torch.full((6,), -1), ValueError, "glister: val_labels must be class ids >= 0, got -1"),
+    (torch.full((6,), 1.7), TypeError, "glister: val_labels must be integer class ids"),
+    (torch.zeros(5, dtype=torch.long), ValueError, r"glister: val_labels must be 1-D, one class id per sample \(6\)"),
+])
+def test_glister_validates_val_labels(val_labels, err, match):
+    f, y = _pool()
+    with pytest.raises(err, match=match):
+        select(5, "glister", outputs=ModelOutputs(features=f, labels=y), val_features=f[:6], val_labels=val_labels)
+
+
+def test_glister_validates_val_features_and_head():
+    f, y = _pool()
+    with pytest.raises(ValueError, match=r"val_features must be \(N_val x d\) with the pool's feature width d = 4"):
+        MB.glister(f, y, 5, val_features=torch.randn(6, 3), val_labels=y[:6])
+    with pytest.raises(ValueError, match=r"the head must be head_weight \(C x d\) = \(3 x 4\)"):
+        MB.glister(f, y, 5, head_weight=torch.randn(3, 5))
+    with pytest.raises(ValueError, match="labels go up to 2 but there are 2 classes"):
+        MB.glister(f, y, 5, num_classes=2)
+
+
+@pytest.mark.parametrize("labels, err, match", [
+    (lambda y: y - 1, ValueError, "class ids >= 0"),
+    (lambda y: y.double() + 0.5, TypeError, "integer class ids"),
+    (lambda y: y[:-1], ValueError, "one class id per sample"),
+])
+def test_correctness_record_validates_labels(labels, err, match):
+    f, y = _pool()
+    with pytest.raises(err, match=match):
+        correctness_record(f, labels(y))
+    with pytest.raises(ValueError, match=r"labels must be in \[0, num_classes=2\)"):
+        correctness_record(f, y, num_classes=2)
+
+
+def test_correctness_record_must_be_bool_or_0_1_integers():
+    g = torch.Generator().manual_seed(22)
+    rec = torch.rand(4, 20, generator=g) < 0.5
+    for bad, err in ((torch.rand(3, 20), TypeError), (rec.double(), TypeError), (rec.long() * 2, ValueError)):
+        with pytest.raises(err, match="correctness must be"):
+            select(5, "forgetting", outputs=ModelOutputs(correctness=bad))
+        with pytest.raises(err, match="correctness must be"):
+            MB.forgetting_counts(bad)
+    # 0 / 1 integers (e.g. a saved uint8 record) read as the bool record they are
+    for ok in (rec.long(), rec.to(torch.uint8), rec.numpy().astype("int32")):
+        assert torch.equal(MB.forgetting_counts(ok), MB.forgetting_counts(rec))
+        assert torch.equal(select(5, "forgetting", outputs=ModelOutputs(correctness=ok), seed=1).indices,
+                           select(5, "forgetting", outputs=ModelOutputs(correctness=rec), seed=1).indices)
+
+
+def test_model_outputs_are_read_detached():
+    f, y = _pool(N=40)
+    g = torch.Generator().manual_seed(23)
+    W = torch.randn(3, 4, generator=g)
+    out = ModelOutputs(features=f.clone().requires_grad_(True), labels=y, head_weight=W.clone().requires_grad_(True),
+                       grad_norms=torch.rand(40, generator=g).requires_grad_(True))
+    assert not any(t.requires_grad for t in (out.features, out.head_weight, out.grad_norms))
+    ref = ModelOutputs(features=f, labels=y, head_weight=W, grad_norms=out.grad_norms)
+    for method in ("glister", "deepfool", "grand", "entropy", "contextual-diversity"):
+        assert torch.equal(select(6, method, outputs=out).indices, select(6, method, outputs=ref).indices)

@@ -52,3 +52,35 @@ def test_bad_inputs():
         sketch_matrix(torch.randn(5), 8)
     with pytest.raises(ValueError, match="sketch must be"):
         sketch_matrix(torch.randn(5, 5), 8, sketch="fourier")
+
+
+@pytest.mark.parametrize("sketch", ["sparse-sign", "gaussian"])
+def test_values_outside_float32_range_are_named(sketch):
+    G = np.random.default_rng(0).standard_normal((6, 40))
+    for big in (1e39, 1e300):
+        H = G.copy()
+        H[4, 7] = big
+        with pytest.raises(ValueError, match=r"finite values outside float32's range in row 4 .*rescale the gradients"):
+            sketch_matrix(H, 8, sketch=sketch, device="cpu")
+        with pytest.raises(ValueError, match="outside float32's range in row 4"):
+            sketch_matrix(torch.from_numpy(H), 8, sketch=sketch, device="cpu")
+    for tiny in (1e-45, 1e-40, 1e-300):  # every value subnormal or zero in float32
+        with pytest.raises(ValueError, match=r"too small for float32 .*rescale the gradients"):
+            sketch_matrix(G * tiny, 8, sketch=sketch, device="cpu")
+    # inside the range: fine, also far from 1; non-finite input rows stay for the selection to name
+    out, _ = sketch_matrix(G * 1e-30, 8, sketch=sketch, device="cpu")
+    ref, _ = sketch_matrix(G, 8, sketch=sketch, device="cpu")
+    assert torch.allclose(out.double() * 1e30, ref.double(), rtol=1e-5, atol=1e-5)
+    H = G.copy()
+    H[2, 3] = np.nan
+    out, _ = sketch_matrix(H, 8, sketch=sketch, device="cpu")
+    assert not bool(torch.isfinite(out[2]).all()) and bool(torch.isfinite(out[[0, 1, 3, 4, 5]]).all())
+    assert torch.equal(sketch_matrix(np.zeros((4, 5)), 8, sketch=sketch, device="cpu")[0], torch.zeros(4, 8))
+
+
+def test_intrinsic_dimension_detached_and_non_finite_rows_named():
+    X = _G(30, 6)
+    assert intrinsic_dimension(X.clone().requires_grad_(True)) == intrinsic_dimension(X)
+    X[4, 0] = float("nan")
+    with pytest.raises(ValueError, match=r"NaN or Inf values in 1 of 30 rows \(4\)"):
+        intrinsic_dimension(X)

@@ -21,3 +21,31 @@ def check_labels(labels, n: int | None = None, num_classes: int | None = None, w
         if num_classes is not None and hi >= num_classes:
             raise ValueError(f"{who} must be in [0, num_classes={num_classes}), got [{lo}, {hi}]")
     return y.long()
+
+
+def check_n(n, N: int | None = None, who: str = "n") -> int:
+    """``n`` as a Python int (Python / NumPy integers, integer 0-d tensors; bools are refused: True is
+    not a count), checked against 1 <= n <= N when N is given."""
+    from .._numbers import as_int
+
+    k = as_int(n)
+    if k is None:
+        raise TypeError(f"{who} must be an integer, got {n!r}")
+    if N is not None and not 1 <= k <= N:
+        raise ValueError(f"{who} must be in [1, N={N}], got {k}")
+    return k
+
+
+def check_finite_rows(x: torch.Tensor, what: str = "the sketch", chunk: int = 65536) -> None:
+    """NaN or Inf in a 2-D float matrix (the gradients of those samples): a ValueError naming the
+    rows.  Streamed in row chunks (one bool flag per entry of a chunk at a time)."""
+    if not isinstance(x, torch.Tensor) or x.dim() != 2 or not x.is_floating_point():
+        return  # other types and shapes: the callers' own checks
+    N = int(x.shape[0])
+    bad = [torch.nonzero(~torch.isfinite(x[i:i + chunk]).all(1)).reshape(-1) + i for i in range(0, N, chunk)]
+    bad = torch.cat(bad) if bad else torch.zeros(0, dtype=torch.long)
+    if bad.numel():
+        shown = ", ".join(str(int(i)) for i in bad[:10]) + (", ..." if bad.numel() > 10 else "")
+        raise ValueError(f"{what} has NaN or Inf values in {bad.numel()} of {N} rows ({shown}): "
+                         f"those samples' gradients are not finite; drop them (e.g. sketch[mask]) and map the "
+                         f"selected indices back")

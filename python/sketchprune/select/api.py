@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import operator
 from dataclasses import fields, replace
 
 import numpy as np
@@ -11,6 +10,7 @@ import torch
 from .._numbers import as_int, as_real
 from . import baselines as B
 from . import model_based as MB
+from ._checks import check_finite_rows, check_n
 from .model_based import ModelOutputs
 from .skmm import Selection, skmm_select, variance_proxy
 
@@ -46,10 +46,7 @@ def select(n: int, method: str = "skmm", sketch: torch.Tensor | None = None, *, 
     """
     if not isinstance(method, str) or method not in METHODS:
         raise ValueError(f"unknown selection method {method!r}; choose one of {', '.join(METHODS)}")
-    try:
-        n = operator.index(n)
-    except TypeError:
-        raise TypeError(f"n must be an integer, got {n!r}") from None
+    n = check_n(n)
     _check_options(method, options)
     if sketch is not None:
         if isinstance(sketch, np.ndarray):
@@ -58,7 +55,8 @@ def select(n: int, method: str = "skmm", sketch: torch.Tensor | None = None, *, 
             raise ValueError(f"sketch must be a 2-D float tensor (N x m), got "
                              f"{tuple(sketch.shape) if hasattr(sketch, 'shape') else type(sketch).__name__}"
                              f"{'' if not hasattr(sketch, 'dtype') else f' of {sketch.dtype}'}")
-        _check_finite(sketch)
+        sketch = sketch.detach()  # selection is not differentiable
+        check_finite_rows(sketch)
         if method != "uniform" and sketch.numel() and not bool(sketch.any()):
             raise ValueError("the sketch is all zero: every sample's gradient vanishes in it, so there is nothing "
                              "to select on; check the gradient source (e.g. a model at a stationary point)")
@@ -148,18 +146,6 @@ def _size(sketch, outputs: ModelOutputs) -> int:
     raise ValueError("give a sketch (N x m) or model outputs (probs, logits, features, grad_norms, correctness)")
 
 
-def _check_finite(sketch) -> None:
-    """NaN or Inf in the sketch (from the gradients of those samples): an error naming the rows."""
-    if not isinstance(sketch, torch.Tensor) or sketch.dim() != 2 or not sketch.is_floating_point():
-        return  # other types and shapes: the method's own checks
-    bad = torch.nonzero(~torch.isfinite(sketch).all(1)).reshape(-1)
-    if bad.numel():
-        shown = ", ".join(str(int(i)) for i in bad[:10]) + (", ..." if bad.numel() > 10 else "")
-        raise ValueError(f"the sketch has NaN or Inf values in {bad.numel()} of {sketch.shape[0]} rows ({shown}): "
-                         f"those samples' gradients are not finite; drop them (e.g. sketch[mask]) and map the "
-                         f"selected indices back")
-
-
 def _need(t, name, method):
     if t is None:
         raise ValueError(f"method {method!r} needs {name}")
@@ -219,7 +205,9 @@ _PER_CLASS = ("n", "duality_gap", "tol", "converged", "iterations", "seconds", "
 
 
 def _class_balanced(n, method, sketch, outputs: ModelOutputs, seed, options) -> Selection:
-    _need(outputs.labels, "labels", "class-balanced selection")
+    if outputs.labels is None:
+        raise ValueError("class_balanced=True needs labels (labels=... or ModelOutputs.labels) to split n over "
+                         "the classes")
     labels = torch.as_tensor(outputs.labels).long().cpu()
     N = int(labels.numel())
     if sketch is not None and int(sketch.shape[0]) != N:

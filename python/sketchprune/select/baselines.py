@@ -6,9 +6,12 @@ Score-based methods take model outputs through a documented interface and keep t
 highest-scoring samples: ``grand`` (per-sample gradient norms), ``el2n`` (error-vector norm
 ||p - onehot(y)||), ``entropy``, ``margin`` (smallest top-1 minus top-2 probability first),
 ``least_confidence`` (1 - max p).  ``probs`` is (N x classes), rows summing to 1.
+Inputs are read detached (selection is not differentiable).
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -36,7 +39,7 @@ def herding(X: torch.Tensor, n: int) -> torch.Tensor:
     closest to the full-data mean (Chen, Welling & Smola 2010).  O(N n m) time, O(N m) memory."""
     N = X.shape[0]
     check_size(N, n)
-    X = X.double()
+    X = X.detach().double()
     mu = X.mean(0)
     chosen = torch.zeros(N, dtype=torch.bool, device=X.device)
     total = torch.zeros_like(mu)
@@ -55,35 +58,51 @@ def herding(X: torch.Tensor, n: int) -> torch.Tensor:
 
 def kcenter(X: torch.Tensor, n: int, seed: int = 0) -> torch.Tensor:
     """Greedy k-center (farthest-point): start from a random sample, repeatedly add the sample
-    farthest from the chosen set.  O(N n m) time, O(N) extra memory: each pick is one
-    matrix-vector product, distances by ||x||^2 - 2 x.c + ||c||^2 on the centred rows in float32
-    (absolute error ~1e-7 (||x||^2 + ||c||^2): points closer than ~3e-4 ||x|| are ranked by
-    rounding).  Always n distinct indices, also for rows with NaN or Inf (taken first)."""
+    farthest from the chosen set.  O(N n m) time: each pick is one matrix-vector product, the
+    squared distances by ||x||^2 - 2 x.c + ||c||^2, in float64 on a copy of X that is centred on a
+    coordinate-wise median (of at most 4096 evenly spaced rows: a common offset costs no
+    precision, and an outlier does not move the centre) and scaled by a power of two so that its
+    largest magnitude is in [0.5, 1): squares neither overflow nor underflow, and the selection
+    does not depend on the scale of X.  Absolute error ~1e-16 (||x||^2 + ||c||^2) on the centred
+    rows: only points closer than ~1e-8 of their distance to the centre are ranked by rounding.
+    O(N m) extra memory (that copy).  Always n distinct indices; rows with NaN or Inf are
+    infinitely far from every center (taken first, in index order, after the random start) and
+    never serve as centers."""
     N = X.shape[0]
     check_size(N, n)
-    X = X.float()
-    X = X - X.mean(0)  # distances are unchanged; smaller norms, less cancellation
-    sq = X.square().sum(1)
+    X = X.detach()
+    finite = torch.isfinite(X).all(1)
+    all_finite = bool(finite.all())
+    Xs = X.to(torch.float64, copy=True)
+    ok = Xs if all_finite else Xs[finite]
+    if ok.shape[0]:  # the centre: the median of (at most) 4096 evenly spaced rows
+        Xs.sub_(ok[::-(-ok.shape[0] // 4096)].median(0).values)
+    if not all_finite:
+        Xs.masked_fill_(~finite[:, None], 0.0)
+    peak = float(torch.linalg.vector_norm(Xs, ord=float("inf"))) if Xs.numel() else 0.0
+    if peak > 0:
+        Xs.mul_(2.0 ** -math.frexp(peak)[1])  # a power of two: exact, so scale-free
+    sq = Xs.square().sum(1)
     first = int(torch.randint(N, (1,), generator=_gen(seed)))
+    dist = torch.full((N,), math.inf, dtype=torch.float64, device=X.device)
 
-    def dist_to(i):
-        return torch.addmv(sq, X, X[i], alpha=-2.0).add_(sq[i]).clamp_min_(0.0)
+    def add_center(i):
+        if all_finite or bool(finite[i]):
+            d = torch.addmv(sq, Xs, Xs[i], alpha=-2.0).add_(sq[i]).clamp_min_(0.0)
+            torch.minimum(dist, d if all_finite else d.masked_fill_(~finite, math.inf), out=dist)
+        dist[i] = -1.0  # chosen
 
-    chosen = torch.zeros(N, dtype=torch.bool, device=X.device)
-    chosen[first] = True
-    dist = dist_to(first).masked_fill_(chosen, -1.0)
+    add_center(first)
     out = [first]
     for _ in range(n - 1):
-        i = int(torch.argmax(dist))  # NaN counts as the largest: non-finite rows go first
+        i = int(torch.argmax(dist))  # never NaN: finite rows have finite distances, the others +inf
         out.append(i)
-        chosen[i] = True
-        torch.minimum(dist, dist_to(i), out=dist)
-        dist.masked_fill_(chosen, -1.0)  # also where a NaN distance reached a chosen row
+        add_center(i)
     return torch.tensor(sorted(out), dtype=torch.int64)
 
 
 def _leverage(X: torch.Tensor, rank: int | None, ridge: float | None) -> torch.Tensor:
-    X = X.double()
+    X = X.detach().double()
     U, S, _ = torch.linalg.svd(X, full_matrices=False)
     if ridge is not None:  # ridge leverage: sum_j s_j^2 / (s_j^2 + lambda) u_ij^2
         return (U.square() * (S.square() / (S.square() + ridge))).sum(1)
@@ -111,7 +130,7 @@ def ridge_leverage(X: torch.Tensor, n: int, ridge: float | None = None, seed: in
                    deterministic: bool = False) -> torch.Tensor:
     """Ridge leverage scores x_i^T (X^T X + lambda I)^{-1} x_i (default lambda = ||X||_F^2 / n)."""
     check_size(X.shape[0], n)
-    lam = float(X.double().square().sum()) / n if ridge is None else float(ridge)
+    lam = float(X.detach().double().square().sum()) / n if ridge is None else float(ridge)
     lev = _leverage(X, None, lam)
     return _top(lev, n) if deterministic else _sample_without_replacement(lev, n, seed)
 
@@ -128,7 +147,7 @@ def adaptive(X: torch.Tensor, n: int, seed: int = 0) -> torch.Tensor:
     replacement from the unchosen rows, in one draw."""
     N = X.shape[0]
     check_size(N, n)
-    R = X.double().clone()
+    R = X.detach().double().clone()
     w = R.square().sum(1)
     floor = 1e-12 * max(float(w.sum()), 1e-300)  # residual mass below this: span exhausted
     gen = _gen(seed)
@@ -161,12 +180,12 @@ def adaptive(X: torch.Tensor, n: int, seed: int = 0) -> torch.Tensor:
 def _check_probs(probs: torch.Tensor) -> torch.Tensor:
     if probs.dim() != 2:
         raise ValueError(f"probs must be (N x classes), got shape {tuple(probs.shape)}")
-    return probs.double()
+    return probs.detach().double()
 
 
 def grand(grad_norms: torch.Tensor, n: int) -> torch.Tensor:
     """GraNd: keep the n samples with the largest expected per-sample gradient norm."""
-    return _top(grad_norms.double(), n)
+    return _top(grad_norms.detach().double(), n)
 
 
 def el2n(probs: torch.Tensor, labels: torch.Tensor, n: int) -> torch.Tensor:

@@ -69,12 +69,16 @@ def linear_probe_sketch(features: torch.Tensor, labels, num_classes: int, m: int
                         init: str = "zeros", bias: bool = True, chunk: int = 4096) -> tuple[torch.Tensor, dict]:
     """Sketch of the per-sample gradients of a linear softmax head at initialisation.
 
-    ``labels``: a tensor of class indices, or ``"random"`` (as in the original SkMM experiments).
+    ``features``: an N x d tensor or numpy array.  ``labels``: a tensor of class indices, or
+    ``"random"`` (as in the original SkMM experiments).
     ``init``: ``"zeros"`` (p uniform) or ``"random"`` (W ~ N(0, 1/d), drawn from ``seed``).
     """
+    if isinstance(features, np.ndarray):  # numpy arrays and memmaps, like sketch_matrix
+        features = torch.from_numpy(np.array(features, copy=True))
     if not isinstance(features, torch.Tensor) or features.dim() != 2:
-        raise ValueError(f"features must be a 2-D tensor (N x d), got "
+        raise ValueError(f"features must be a 2-D tensor or numpy array (N x d), got "
                          f"{tuple(features.shape) if hasattr(features, 'shape') else type(features).__name__}")
+    features = features.detach()
     N, d = features.shape
     gen = torch.Generator().manual_seed(seed)
     y = _labels(labels, N, num_classes, gen)

@@ -48,10 +48,12 @@ from dataclasses import dataclass
 
 import torch
 
+from .._numbers import as_int
 from ._checks import check_labels
 from .simplex import check_size
 
-__all__ = ["ModelOutputs", "forgetting", "forgetting_counts", "correctness_record", "contextual_diversity",
+__all__ = ["ModelOutputs", "forgetting", "forgetting_counts", "check_correctness", "correctness_record",
+           "contextual_diversity",
            "glister", "deepfool", "deepfool_distances", "deepfool_distances_model"]
 
 
@@ -70,16 +72,19 @@ class ModelOutputs:
 
     def __post_init__(self):
         sizes = {}
+        for name in ("logits", "probs", "labels", "features", "head_weight", "head_bias", "correctness",
+                     "grad_norms"):
+            t = getattr(self, name)
+            if t is not None:  # read detached: selection is not differentiable
+                setattr(self, name, torch.as_tensor(t).detach())
         for name in ("logits", "probs", "labels", "features", "grad_norms"):
             t = getattr(self, name)
             if t is not None:
-                t = torch.as_tensor(t)
-                setattr(self, name, t)
+                if t.dim() == 0:
+                    raise ValueError(f"{name} must have one entry or row per sample, got a scalar")
                 sizes[name] = int(t.shape[0])
         if self.correctness is not None:
-            self.correctness = torch.as_tensor(self.correctness)
-            if self.correctness.dim() != 2:
-                raise ValueError(f"correctness must be (epochs x N), got shape {tuple(self.correctness.shape)}")
+            self.correctness = check_correctness(self.correctness)
             sizes["correctness (columns)"] = int(self.correctness.shape[1])
         if len(set(sizes.values())) > 1:
             raise ValueError(f"ModelOutputs fields disagree on the number of samples N: {sizes}")
@@ -143,12 +148,29 @@ def _gen(seed: int) -> torch.Generator:
 
 
 # ---- forgetting events ---------------------------------------------------------------------------
+def check_correctness(correctness) -> torch.Tensor:
+    """A correctness record as an (epochs x N) bool tensor, at least one epoch.  Bool, or integers
+    that are all 0 or 1; a float record (probabilities, accuracies, ...) is refused rather than read
+    as "nonzero = correct": threshold it first (e.g. ``record > 0.5``)."""
+    c = torch.as_tensor(correctness).detach()
+    if c.dim() != 2 or c.shape[0] < 1:
+        raise ValueError(f"correctness must be (epochs x N) with at least one epoch, got shape {tuple(c.shape)}")
+    if c.dtype != torch.bool:
+        if c.is_floating_point() or c.is_complex():
+            raise TypeError(f"correctness must be a bool (epochs x N) record, got dtype {c.dtype}; threshold a "
+                            "score record first (e.g. record > 0.5)")
+        if c.numel() and not bool(((c == 0) | (c == 1)).all()):
+            raise ValueError(f"correctness must be bool, or integers 0 / 1; got {c.dtype} values in "
+                             f"[{int(c.min())}, {int(c.max())}]")
+        c = c.bool()
+    return c
+
+
 def forgetting_counts(correctness: torch.Tensor) -> torch.Tensor:
     """(N,) float64: the number of correct -> wrong transitions between consecutive records;
-    +inf for samples never classified correctly."""
-    c = torch.as_tensor(correctness).bool()
-    if c.dim() != 2 or c.shape[0] < 1:
-        raise ValueError(f"correctness must be (epochs x N) with at least one epoch, got {tuple(c.shape)}")
+    +inf for samples never classified correctly.  ``correctness``: (epochs x N) bool, or 0 / 1
+    integers (see :func:`check_correctness`)."""
+    c = check_correctness(correctness)
     ev = (c[:-1] & ~c[1:]).sum(0).double()
     ev[~c.any(0)] = float("inf")
     return ev
@@ -168,12 +190,14 @@ def correctness_record(features: torch.Tensor, labels: torch.Tensor, num_classes
                        seed: int = 0) -> torch.Tensor:
     """(epochs x N) bool: a short training run of a softmax probe on (standardised) ``features``
     with minibatch SGD; after each epoch every sample's correctness under the current probe."""
-    X = torch.as_tensor(features).float()
-    y = torch.as_tensor(labels).long()
+    X = torch.as_tensor(features).detach().float()
+    if X.dim() != 2:
+        raise ValueError(f"features must be 2-D (N x d), got shape {tuple(X.shape)}")
     N, d = X.shape
-    if y.shape != (N,):
-        raise ValueError(f"labels must have length N={N}, got shape {tuple(y.shape)}")
-    C = int(y.max()) + 1 if num_classes is None else num_classes
+    if num_classes is not None and not (as_int(num_classes) is not None and as_int(num_classes) >= 1):
+        raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
+    y = check_labels(labels, N, num_classes, who="correctness_record: labels")
+    C = int(y.max()) + 1 if num_classes is None else as_int(num_classes)
     X = (X - X.mean(0)) / X.std(0).clamp_min(1e-6)
     g = _gen(seed)
     W = torch.zeros(C, d)
@@ -197,7 +221,7 @@ def _sym_kl_to(logp: torch.Tensor, p: torch.Tensor, j: int) -> torch.Tensor:
 
 def contextual_diversity(probs: torch.Tensor, n: int, seed: int = 0, eps: float = 1e-12) -> torch.Tensor:
     """Greedy k-center under the symmetric KL divergence of class-probability vectors."""
-    p = torch.as_tensor(probs).double()
+    p = torch.as_tensor(probs).detach().double()
     if p.dim() != 2:
         raise ValueError(f"probs must be (N x classes), got shape {tuple(p.shape)}")
     N = p.shape[0]
@@ -234,18 +258,26 @@ def glister(features: torch.Tensor, labels: torch.Tensor, n: int, val_features: 
     """GLISTER-ONLINE greedy with the last-layer one-step Taylor approximation (module docstring).
     ``batch`` (default: max(1, n // 50)) picks are taken per recomputation of the validation
     gradient.  Deterministic."""
-    X = torch.as_tensor(features).double()
-    y = torch.as_tensor(labels).long()
+    X = torch.as_tensor(features).detach().double()
+    if X.dim() != 2:
+        raise ValueError(f"glister: features must be 2-D (N x d), got shape {tuple(X.shape)}")
     N, d = X.shape
-    if y.shape != (N,):
-        raise ValueError(f"labels must have length N={N}, got shape {tuple(y.shape)}")
+    y = check_labels(labels, N, who="glister: labels")
     check_size(N, n)
     if (val_features is None) != (val_labels is None):
         raise ValueError("give both val_features and val_labels, or neither (then the pool is the validation set)")
-    Xv = X if val_features is None else torch.as_tensor(val_features).double()
-    yv = y if val_labels is None else torch.as_tensor(val_labels).long()
+    if val_features is None:
+        Xv, yv = X, y
+    else:
+        Xv = torch.as_tensor(val_features).detach().double()
+        if Xv.dim() != 2 or Xv.shape[1] != d or Xv.shape[0] == 0:
+            raise ValueError(f"glister: val_features must be (N_val x d) with the pool's feature width d = {d}, "
+                             f"got shape {tuple(Xv.shape)}")
+        yv = check_labels(val_labels, int(Xv.shape[0]), who="glister: val_labels")
     if num_classes is not None:
-        C = int(num_classes)
+        if not (as_int(num_classes) is not None and as_int(num_classes) >= 1):
+            raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
+        C = as_int(num_classes)
     elif head_weight is not None:       # the head fixes the class count (labels may not reach its last class)
         C = int(torch.as_tensor(head_weight).shape[0])
     else:
@@ -255,8 +287,12 @@ def glister(features: torch.Tensor, labels: torch.Tensor, n: int, val_features: 
     if head_weight is None:
         W1 = torch.zeros(C, d + 1, dtype=torch.float64)
     else:
-        W1 = torch.cat([torch.as_tensor(head_weight).double(),
-                        (torch.zeros(C) if head_bias is None else torch.as_tensor(head_bias)).double()[:, None]], 1)
+        W = torch.as_tensor(head_weight).detach().double()
+        bias = torch.zeros(C) if head_bias is None else torch.as_tensor(head_bias).detach()
+        if W.shape != (C, d) or bias.shape != (C,):
+            raise ValueError(f"glister: the head must be head_weight (C x d) = ({C} x {d}) and head_bias (C,), got "
+                             f"{tuple(W.shape)} and {tuple(bias.shape)}")
+        W1 = torch.cat([W, bias.double()[:, None]], 1)
     X1 = torch.cat([X, torch.ones(N, 1, dtype=torch.float64)], 1)
     Xv1 = torch.cat([Xv, torch.ones(Xv.shape[0], 1, dtype=torch.float64)], 1)
     # per-sample gradients g_i = (p_i - e_{y_i}) [x_i, 1]^T at theta_0 (the one-step approximation
@@ -287,8 +323,8 @@ def glister(features: torch.Tensor, labels: torch.Tensor, n: int, val_features: 
 def deepfool_distances(logits: torch.Tensor, head_weight: torch.Tensor) -> torch.Tensor:
     """(N,) float64: the exact DeepFool distance of every sample to the nearest decision boundary
     of the affine head with weight ``head_weight`` (C x d) that produced ``logits`` (N x C)."""
-    f = torch.as_tensor(logits).double()
-    W = torch.as_tensor(head_weight).double()
+    f = torch.as_tensor(logits).detach().double()
+    W = torch.as_tensor(head_weight).detach().double()
     if f.dim() != 2 or W.dim() != 2 or f.shape[1] != W.shape[0]:
         raise ValueError(f"logits (N x C) and head_weight (C x d) disagree: {tuple(f.shape)}, {tuple(W.shape)}")
     k = f.argmax(1)
@@ -347,6 +383,6 @@ def deepfool_distances_model(model, inputs: torch.Tensor, max_iter: int = 50, ov
 
 def deepfool(distances: torch.Tensor, n: int) -> torch.Tensor:
     """The n samples closest to the decision boundary (smallest DeepFool distance)."""
-    d = torch.as_tensor(distances).double()
+    d = torch.as_tensor(distances).detach().double()
     check_size(d.numel(), n)
     return torch.topk(-d, n).indices.sort().values

@@ -29,6 +29,8 @@ from dataclasses import dataclass, field
 import torch
 
 from ..ops import cov_accumulate_
+from .._numbers import as_real
+from ._checks import check_finite_rows
 from .simplex import check_size, lmo_capped_simplex, project_capped_simplex_tau
 from .._progress import progress_bar
 
@@ -76,6 +78,8 @@ def eigen_rotation(x: torch.Tensor, rank_tol: float = 1e-10, chunk: int = 65536,
     computed in row chunks), so proj^T proj / N = diag(lam)."""
     if x.dim() != 2 or x.shape[0] == 0 or x.shape[1] == 0:
         raise ValueError(f"sketch must be a non-empty 2-D tensor (N x m), got shape {tuple(x.shape)}")
+    x = x.detach()
+    check_finite_rows(x)  # before the eigenproblem, which would fail on them with an opaque LinAlgError
     lam, V = torch.linalg.eigh(second_moment(x, chunk))
     lam, V = lam.flip(0), V.flip(1)
     keep = lam > rank_tol * lam[0].clamp_min(torch.finfo(torch.float64).tiny)
@@ -98,6 +102,15 @@ def moment_problem(sketch: torch.Tensor, rank_tol: float = 1e-10, chunk: int = 6
     x = sketch if sketch.dtype in (torch.float32, torch.float16, torch.bfloat16) else sketch.float()
     proj, lam, V = eigen_rotation(x, rank_tol, chunk, dtype)
     return MomentProblem(A=proj.square_(), lam=lam, V=V)
+
+
+def check_c(c) -> None:
+    """The moment ratio c of the hinge and paper formulations: a number in (0, 1)."""
+    v = as_real(c)
+    if v is None or not 0 < v < 1:
+        why = (": with c >= 1 uniform weights already satisfy every moment constraint, so moment matching would "
+               "just return uniform sampling") if v is not None and v >= 1 else ""
+        raise ValueError(f"c must be in (0, 1), got {c!r}{why}")
 
 
 def _spectral_norm_sq_tangent(A: torch.Tensor, iters: int = 50) -> float:
@@ -133,11 +146,7 @@ def solve_moment_matching(
     A, lam = problem.A, problem.lam
     N = A.shape[0]
     check_size(N, n)
-    if not 0 < c < 1:
-        raise ValueError(
-            f"c must be in (0, 1), got {c}: with c >= 1 uniform weights already satisfy every moment "
-            "constraint, so moment matching would just return uniform sampling"
-        )
+    check_c(c)
     if weighting not in ("absolute", "relative"):
         raise ValueError(f"weighting must be 'absolute' or 'relative', got {weighting!r}")
     t0 = time.perf_counter()

@@ -24,7 +24,7 @@ import time
 
 import torch
 
-from .moment_matching import MomentProblem, MomentSolution
+from .moment_matching import MomentProblem, MomentSolution, check_c
 from .simplex import check_size, project_capped_simplex
 
 
@@ -33,8 +33,7 @@ def solve_paper(problem: MomentProblem, n: int, c: float = 0.6, seed: int = 0, i
     A, lam = problem.A, problem.lam
     N = A.shape[0]
     check_size(N, n)
-    if not 0 < c < 1:
-        raise ValueError(f"c must be in (0, 1), got {c}")
+    check_c(c)
     if iters < 1:
         raise ValueError(f"iters must be >= 1, got {iters}")
     t0 = time.perf_counter()

@@ -10,9 +10,13 @@ from __future__ import annotations
 
 import torch
 
+from .._numbers import as_int
+
 
 def check_size(N: int, n: int) -> None:
-    if not 1 <= n <= N:
+    if as_int(n) is None:  # bools too: True is not a count
+        raise TypeError(f"coreset size n must be an integer, got {n!r}")
+    if not 1 <= as_int(n) <= N:
         raise ValueError(f"coreset size n must be in [1, N={N}], got {n}")
 
 

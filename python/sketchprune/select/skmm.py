@@ -12,6 +12,9 @@ from .moment_matching import moment_problem, second_moment, solve_moment_matchin
 from .paper import solve_paper
 from .rounding import round_weights
 from .variance import greedy_variance, solve_variance, uniform_objective, variance_problem
+from ._checks import check_n
+
+_FORMULATIONS = ("variance", "hinge", "maxmin", "paper")
 
 
 @dataclass
@@ -27,6 +30,7 @@ def variance_proxy(sketch: torch.Tensor, indices: torch.Tensor) -> float:
     """tr(Sigma~ Sigma~_S^+) with Sigma~ = G~^T G~ / N and Sigma~_S the same over the selected rows:
     how much of the full data's sketched second moment the coreset fails to cover (lower is better;
     m for a coreset whose moments equal the full data's)."""
+    sketch = sketch.detach()
     full = second_moment(sketch)
     sub = second_moment(sketch[indices.to(sketch.device)])
     return float(torch.trace(full @ torch.linalg.pinv(sub, hermitian=True)))
@@ -67,6 +71,8 @@ def skmm_select(
     1/n on the chosen samples), and an info dict with the solver's objective, certified gap (None
     for greedy), iterations, time, the variance proxy, ``support`` (weights above 1e-6 / n) and
     ``top_mass`` (the mass of the n largest weights: 1 for a vertex of C(n), n / N for uniform).
+    The sketch is read detached (selection is not differentiable); rows with NaN or Inf values are
+    an error naming them.
 
     Defaults (variance, eps = 0.1, greedy) were chosen on the validation split of the synthetic
     experiment (``bench/selection_synthetic.py``, ``docs/selection.md``): the lowest mean
@@ -90,10 +96,22 @@ def skmm_select(
     * Class balance (the moment matching run inside each class) removes the class skew; with it SkMM
       at c = 0.9 is at uniform sampling's level on this data (see the docs for the numbers).
     """
+    if not isinstance(sketch, torch.Tensor) or sketch.dim() != 2 or not sketch.is_floating_point():
+        raise ValueError(f"sketch must be a 2-D float tensor (N x m), got "
+                         f"{tuple(sketch.shape) if hasattr(sketch, 'shape') else type(sketch).__name__}"
+                         f"{'' if not hasattr(sketch, 'dtype') else f' of {sketch.dtype}'}")
+    sketch = sketch.detach()  # selection is not differentiable
+    n = check_n(n, int(sketch.shape[0]))
+    if formulation not in _FORMULATIONS:
+        raise ValueError(f"formulation must be one of {', '.join(map(repr, _FORMULATIONS))}, got {formulation!r}")
     if rounding is None:
         rounding = "greedy" if formulation == "variance" else "sample"
     if rounding == "greedy" and formulation != "variance":
         raise ValueError("rounding='greedy' applies to formulation='variance' only")
+    allowed = ("greedy", "sample", "top") if formulation == "variance" else ("sample", "top")
+    if rounding not in allowed:
+        raise ValueError(f"rounding must be one of {', '.join(map(repr, allowed))} for formulation="
+                         f"{formulation!r}, got {rounding!r}")
     if formulation == "variance":
         return _variance_select(sketch, n, rounding, seed, eps, tol, max_iter, time_limit, progress)
     problem = moment_problem(sketch)
@@ -105,12 +123,10 @@ def skmm_select(
         tol = 1e-2 if tol is None else tol
         sol = solve_maxmin(problem, n, tol=tol, max_iter=max_iter, time_limit=time_limit)
         c = weighting = None
-    elif formulation == "paper":
+    else:  # paper
         if weighting != "relative":
             raise ValueError("formulation='paper' uses the relative weighting only")
         sol = solve_paper(problem, n, c=c, seed=seed, iters=iters, lr=lr)
-    else:
-        raise ValueError(f"formulation must be 'hinge', 'maxmin', 'paper' or 'variance', got {formulation!r}")
     gen = torch.Generator().manual_seed(seed)
     idx = round_weights(sol.weights, n, rounding, gen)
     info = {

@@ -23,23 +23,73 @@ import torch
 
 from ..budget import Budget
 from ..ops import sparse_sign_sketch
+from ._checks import check_finite_rows
 from .moment_matching import second_moment
 from .._progress import progress_bar
 
 GAUSS_BLOCK = 4096
 
 
-def _block(G, r0, r1, c0, c1, device):
+def _block(G, r0, r1, c0, c1, device, convert: bool = True):
     if isinstance(G, torch.Tensor):
-        b = G[r0:r1, c0:c1]
+        b = G[r0:r1, c0:c1].detach()
     else:
         a = np.ascontiguousarray(G[r0:r1, c0:c1])
         with warnings.catch_warnings():  # a read-only memmap block: only ever read here
             warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
             b = torch.from_numpy(a)
-    if b.dtype not in (torch.float32, torch.float16, torch.bfloat16):
+    if convert and b.dtype not in (torch.float32, torch.float16, torch.bfloat16):
         b = b.to(torch.float32)
     return b.to(device, non_blocking=True)
+
+
+def _row_stats(G, r0, r1, r, col_block):
+    """(finite, peak) of rows r0:r1 of G, read in its own dtype: whether each row is all finite, and
+    the largest magnitude among its finite values (float64).  Only for the rare error paths."""
+    finite = torch.ones(r1 - r0, dtype=torch.bool)
+    peak = torch.zeros(r1 - r0, dtype=torch.float64)
+    step = max(1, (1 << 20) // col_block)  # about 1M entries (a few MiB of temporaries) at a time
+    for i0 in range(r0, r1, step):
+        i1 = min(r1, i0 + step)
+        for c0 in range(0, r, col_block):
+            b = _block(G, i0, i1, c0, min(r, c0 + col_block), "cpu", convert=False).to(torch.float64)
+            ok = torch.isfinite(b)
+            finite[i0 - r0:i1 - r0] &= ok.all(1)
+            peak[i0 - r0:i1 - r0] = torch.maximum(peak[i0 - r0:i1 - r0], b.abs().masked_fill_(~ok, 0.0).amax(1))
+    return finite, peak
+
+
+_F32_MAX, _F32_TINY = torch.finfo(torch.float32).max, torch.finfo(torch.float32).tiny
+_RESCALE = "the sketch is computed in float32: rescale the gradients (selection does not depend on their scale)"
+
+
+def _check_overflow(G, r0, r1, r, col_block, acc):
+    """Rows of G that are finite but whose float32 sketch is not: values beyond float32's range."""
+    rows = torch.nonzero(~torch.isfinite(acc.cpu()).all(1)).reshape(-1)
+    finite, peak = _row_stats(G, r0, r1, r, col_block)
+    over = rows[finite[rows]]
+    if over.numel():
+        shown = ", ".join(str(r0 + int(i)) for i in over[:10]) + (", ..." if over.numel() > 10 else "")
+        raise ValueError(f"G has finite values outside float32's range in row{'s' if over.numel() > 1 else ''} "
+                         f"{shown} (|value| up to "
+                         f"{float(peak[over].max()):.3g}; float32 holds up to {_F32_MAX:.3g}), so their sketch "
+                         f"overflows; {_RESCALE}")
+
+
+def _check_underflow(G, out, N, r, col_block):
+    """Values of G too small for the float32 sketch: its largest magnitude is subnormal (precision
+    lost), or it is all zero although G is not."""
+    if out.numel() == 0:
+        return
+    peak_sk = float(torch.linalg.vector_norm(out, ord=float("inf")))
+    if peak_sk >= _F32_TINY or math.isnan(peak_sk):
+        return
+    peak = float(_row_stats(G, 0, N, r, col_block)[1].max()) if peak_sk == 0.0 else peak_sk
+    if peak > 0.0:
+        raise ValueError(f"G's values are too small for float32 (largest magnitude {peak:.3g} "
+                         f"{'in G' if peak_sk == 0.0 else 'in its sketch'}; float32's smallest normal number is "
+                         f"{_F32_TINY:.3g}), so the sketch {'is all zero' if peak_sk == 0.0 else 'loses precision'}; "
+                         f"{_RESCALE}")
 
 
 def _gauss_rows(seed, j0, rows, m, device):
@@ -73,11 +123,14 @@ def sketch_matrix(G, m: int, k: int = 8, seed: int = 0, sketch: str = "sparse-si
                 acc += sparse_sign_sketch(blk, m, k, seed, c0)
             else:
                 acc += blk.float() @ _gauss_rows(seed, c0, c1 - c0, m, device)
+        if not bool(torch.isfinite(acc).all()):
+            _check_overflow(G, r0, r1, r, col_block, acc)
         out[r0:r1] = acc.cpu()
         if bar is not None:
             bar.update(r1 - r0)
     if bar is not None:
         bar.close()
+    _check_underflow(G, out, N, r, col_block)
     record = {"sketch": sketch, "m": m, "k": k if sketch == "sparse-sign" else None, "seed": seed, "N": N, "r": r}
     return out, record
 
@@ -87,6 +140,8 @@ def intrinsic_dimension(sketch: torch.Tensor) -> int:
     Sigma~ = G~^T G~ / N falls under tr(Sigma~) / N: the number of directions that carry more
     than a single sample's share of the energy.  A pilot sketch with m well above the answer
     gives the default m for SkMM."""
+    sketch = sketch.detach()
+    check_finite_rows(sketch)
     N = sketch.shape[0]
     lam = torch.linalg.eigvalsh(second_moment(sketch)).flip(0).clamp_min(0)
     tr = float(lam.sum())
