@@ -55,10 +55,14 @@ void check_out_ld(const char* op, const char* name, int64_t ld, int64_t rows, in
 void check_sketch(const char* op, int64_t m, int64_t k) {
   if (k < 1 || m < k)
     fail(op, "need m >= k >= 1, got m=" + std::to_string(m) + ", k=" + std::to_string(k));
-  // The CPU kernels address the m x 16 lane accumulator with int32 offsets (16 * column).
-  if (m > INT32_MAX / 16)
-    fail(op, "m must be at most " + std::to_string(INT32_MAX / 16) + " on the CPU, got " +
-                 std::to_string(m));
+  sketchprune::cpu::check_sketch_m(op, m);
+}
+
+// The OpenMP team a kernel called now from this thread would run with (threads == 0), or
+// `threads` itself.
+int64_t team_size(const char* op, int64_t threads) {
+  check_nonneg(op, "threads", threads);
+  return threads == 0 ? sketchprune::cpu::max_threads() : threads;
 }
 
 void cov_accumulate(std::uintptr_t sigma, int sigma_dtype, int64_t d, int64_t ld_sigma,
@@ -117,6 +121,17 @@ void sparse_sign_sketch(std::uintptr_t out, std::uintptr_t g, int g_dtype, int64
                                        ldg, m, k, seed, offset, accumulate);
 }
 
+int64_t sparse_sign_sketch_workspace_bytes(int64_t N, int64_t r, int64_t m, int64_t k, int g_dtype,
+                                           int64_t threads) {
+  const char* op = "sparse_sign_sketch";
+  check_in_dtype(op, "g_dtype", g_dtype);
+  check_nonneg(op, "N", N);
+  check_nonneg(op, "r", r);
+  check_sketch(op, m, k);
+  return sketchprune::cpu::sparse_sign_sketch_workspace_bytes(N, r, m, k, g_dtype,
+                                                              team_size(op, threads));
+}
+
 void outer_sketch(std::uintptr_t out, std::uintptr_t a, std::uintptr_t d, int dtype, int64_t N,
                   int64_t T, int64_t d_in, int64_t d_out, int64_t lda_n, int64_t lda_t,
                   int64_t ldd_n, int64_t ldd_t, int64_t m, int64_t k, int64_t seed, int64_t offset,
@@ -140,6 +155,19 @@ void outer_sketch(std::uintptr_t out, std::uintptr_t a, std::uintptr_t d, int dt
   sketchprune::cpu::outer_sketch(as_ptr<float>(out), as_ptr<const void>(a), as_ptr<const void>(d),
                                  dtype, N, T, d_in, d_out, lda_n, lda_t, ldd_n, ldd_t, m, k, seed,
                                  offset, accumulate);
+}
+
+int64_t outer_sketch_workspace_bytes(int64_t N, int64_t T, int64_t d_in, int64_t d_out, int64_t m,
+                                     int64_t k, int dtype, int64_t threads) {
+  const char* op = "outer_sketch";
+  check_in_dtype(op, "dtype", dtype);
+  check_nonneg(op, "N", N);
+  check_nonneg(op, "T", T);
+  check_nonneg(op, "d_in", d_in);
+  check_nonneg(op, "d_out", d_out);
+  check_sketch(op, m, k);
+  return sketchprune::cpu::outer_sketch_workspace_bytes(N, T, d_in, d_out, m, k, dtype,
+                                                        team_size(op, threads));
 }
 
 using DescTuple = std::tuple<std::uintptr_t, std::uintptr_t, int64_t, int64_t, int64_t, int64_t,
@@ -204,6 +232,11 @@ PYBIND11_MODULE(_C_cpu, m) {
         py::arg("dtype"), py::arg("N"), py::arg("T"), py::arg("d_in"), py::arg("d_out"),
         py::arg("lda_n"), py::arg("lda_t"), py::arg("ldd_n"), py::arg("ldd_t"), py::arg("m"),
         py::arg("k"), py::arg("seed"), py::arg("offset"), py::arg("accumulate"));
+  m.def("sparse_sign_sketch_workspace_bytes", &sparse_sign_sketch_workspace_bytes, py::arg("N"),
+        py::arg("r"), py::arg("m"), py::arg("k"), py::arg("g_dtype"), py::arg("threads") = 0);
+  m.def("outer_sketch_workspace_bytes", &outer_sketch_workspace_bytes, py::arg("N"), py::arg("T"),
+        py::arg("d_in"), py::arg("d_out"), py::arg("m"), py::arg("k"), py::arg("dtype"),
+        py::arg("threads") = 0);
   m.def("gather_slices", &gather_slices, py::arg("descs"));
   m.def("build_info", &build_info);
 }

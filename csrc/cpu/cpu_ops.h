@@ -17,6 +17,21 @@ void cross_accumulate(void* c, int c_dtype, int64_t d_in, int64_t d_out, int64_t
 void sparse_sign_sketch(float* out, const void* g, int g_dtype, int64_t N, int64_t r, int64_t ldg,
                         int64_t m, int64_t k, int64_t seed, int64_t offset, bool accumulate);
 
+// The largest m the sketch kernels take (INT32_MAX / 16: their tables hold 16 * column as
+// int32), and the check for it: std::invalid_argument (Python ValueError) naming the backends
+// that take a larger m.
+int64_t max_sketch_m();
+void check_sketch_m(const char* op, int64_t m);
+
+// Heap bytes sparse_sign_sketch / outer_sketch allocate besides out for these sizes when run
+// with a team of `threads` OpenMP threads (they run with max_threads()): computed from the
+// plan the kernels allocate by (sketch.cpp), so the two always agree.  Arguments as validated
+// for the kernels (sizes >= 0, m >= k >= 1, m <= max_sketch_m(), threads >= 1).
+int64_t sparse_sign_sketch_workspace_bytes(int64_t N, int64_t r, int64_t m, int64_t k,
+                                           int g_dtype, int64_t threads);
+int64_t outer_sketch_workspace_bytes(int64_t N, int64_t T, int64_t d_in, int64_t d_out, int64_t m,
+                                     int64_t k, int dtype, int64_t threads);
+
 // Which path hashes the rows of S for (seed, m, k): "vector" (the kernel table's hash_rows,
 // verified against sketch_entry() at construction), "fast" (scalar, Lemire modulo) or "exact".
 const char* row_hash_path(int64_t seed, int64_t m, int64_t k);

@@ -15,6 +15,13 @@ several layers into one space.
 
 Inputs are bf16/fp16/fp32 (float64 is rejected: convert explicitly); accumulation is fp32.
 Inputs whose last dim is not unit-stride are copied.  NaN/Inf propagate like a matmul.
+
+Memory: the C++ CPU kernels allocate workspace besides the output (an m x 16 float32
+accumulator per thread that runs a work item, the hashed rows of S, staging buffers);
+``sparse_sign_sketch_workspace`` / ``outer_sketch_workspace`` report it, and the ops raise
+``BudgetError`` before allocating anything when output + workspace exceed the active
+``sketchprune.limit_memory`` budget (else the free memory).  The CPU kernels take m <= 2^27 - 1
+(ValueError above; the torch and CUDA backends take m < 2^31).
 """
 
 from __future__ import annotations
@@ -22,11 +29,11 @@ from __future__ import annotations
 import torch
 
 from .. import _backends, _native
-from ..budget import active_budget
+from ..budget import active_budget, format_bytes
 from ..ref import ops as ref
 from ._common import (FLOAT_IN, check_interpreted_dtype, check_same_device, check_sketch_args, check_tensor,
                       contiguous_rows, fail, new_output, sketch_ints)
-from ._native_call import call
+from ._native_call import call, module_for
 
 torch.library.define(
     "sketchprune::sparse_sign_sketch",
@@ -69,7 +76,50 @@ def _outer_fake(a, d, m, k=8, seed=0, offset=0):
 
 
 # ------------------------------------------------------------------ implementations
+def sparse_sign_sketch_workspace(n: int, r: int, m: int, k: int = 8, dtype: torch.dtype = torch.float32,
+                                 device: torch.device | str = "cpu") -> int:
+    """Bytes the compiled kernel allocates on ``device``, besides its (n x m float32) output, to sketch an
+    (n x r) ``dtype`` g: on CPU the C++ kernel's workspace (per-thread m x 16 float32 accumulators, the
+    hashed rows of S, staging buffers) for the current OpenMP thread count, from the plan the kernel
+    allocates by; 0 on CUDA (its kernels allocate nothing) or without the C++ CPU module.  Raises
+    ValueError for an m the CPU kernels refuse (> 2^27 - 1)."""
+    return _workspace("sparse_sign_sketch", device, n, r, m, k, dtype)
+
+
+def outer_sketch_workspace(n: int, t: int, d_in: int, d_out: int, m: int, k: int = 8,
+                           dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu") -> int:
+    """Like :func:`sparse_sign_sketch_workspace`, for ``outer_sketch`` of a (n, t, d_in) and d (n, t, d_out)."""
+    return _workspace("outer_sketch", device, n, t, d_in, d_out, m, k, dtype)
+
+
+def _workspace(op, device, *sizes_m_k_dtype) -> int:
+    device = torch.device(device)
+    if device.type != "cpu" or _native.cpu_module() is None:
+        return 0
+    *sizes, dtype = sizes_m_k_dtype
+    if dtype not in FLOAT_IN:
+        fail(op, f"dtype must be float32, float16 or bfloat16, got {dtype}", TypeError)
+    return getattr(module_for(device), f"{op}_workspace_bytes")(*sizes, _native.DTYPE_CODES[dtype])
+
+
+def _check_cpu_budget(op: str, device: torch.device, n: int, m: int, *sizes_m_k_dtype) -> None:
+    """Refuse with BudgetError, before the output or anything else is allocated, when the CPU
+    kernel's output + workspace exceed the active budget (ValueError for an m it cannot take)."""
+    if device.type != "cpu":
+        return
+    out_bytes = 4 * n * m
+    work = _workspace(op, device, *sizes_m_k_dtype)
+    budget = active_budget()
+    if out_bytes + work > budget.bytes_for(device):
+        threads = module_for(device).build_info()["threads"]
+        budget.check(device, out_bytes + work,
+                     what=f"{op} (cpu backend: {format_bytes(out_bytes)} output + {format_bytes(work)} workspace, "
+                          f"with {threads} OpenMP thread(s), each holding an m x 16 float32 accumulator; fewer threads "
+                          "need less)")
+
+
 def _sketch_native(g, m, k, seed, offset):
+    _check_cpu_budget("sparse_sign_sketch", g.device, g.shape[0], m, g.shape[0], g.shape[1], m, k, g.dtype)
     g = contiguous_rows(g)
     out = new_output((g.shape[0], m), torch.float32, g.device)
     call("sparse_sign_sketch", g.device,
@@ -79,8 +129,9 @@ def _sketch_native(g, m, k, seed, offset):
 
 
 def _outer_native(a, d, m, k, seed, offset):
-    a, d = contiguous_rows(a), contiguous_rows(d)
     n, t, d_in = a.shape
+    _check_cpu_budget("outer_sketch", a.device, n, m, n, t, d_in, d.shape[2], m, k, a.dtype)
+    a, d = contiguous_rows(a), contiguous_rows(d)
     out = new_output((n, m), torch.float32, a.device)
     call("outer_sketch", a.device,
          _native.ptr(out), _native.ptr(a), _native.ptr(d), _native.dtype_code(a), n, t, d_in, d.shape[2],
