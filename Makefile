@@ -26,7 +26,7 @@ $(VENV)/.ready: pyproject.toml Makefile
 		v = c and re.search(r"(\d+)\.(\d+)", subprocess.run([c, "--version"], capture_output=True, text=True).stdout); \
 		sys.exit(0 if v and (int(v[1]), int(v[2])) >= (3, 24) else 1)' || $(PY) -m pip install -q "cmake>=3.24"
 	@# the [test] extra of pyproject.toml
-	$(PY) -m pip install -q numpy "pytest>=8" "pytest-benchmark>=4" "triton>=3.2" "transformers>=5.0" gguf accelerate
+	$(PY) -m pip install -q numpy "pytest>=8" "pytest-benchmark>=4" "triton>=3.2" "transformers>=5.0" gguf accelerate "tqdm>=4.60"
 	touch $@
 
 setup: $(VENV)/.ready
