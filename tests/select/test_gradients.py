@@ -274,8 +274,12 @@ def test_budget_slices_and_memmap_output(tmp_path):
     x, y = torch.randn(12, 3, 6, 6), torch.randint(0, 4, (12,))
     whole, rec = model_gradient_sketch(model, layers, [(x, y)], CE, m=32, k=2)
     assert rec["sample_rows"] == 12
-    # room for a few samples' patches only (about 6 KiB each): the batch is sketched in slices, with the same result
-    budget = 30_000
+    # room for a few samples' patches only (about 6 KiB each) beyond the sketch kernels' own workspace
+    # (per-thread buffers, counted by the plan): the batch is sketched in slices, with the same result
+    from sketchprune.ops.sketch import outer_sketch_workspace, sparse_sign_sketch_workspace
+    kernels = max([outer_sketch_workspace(r, t, c, o, 32, 2) for r in (1, 5, 7) for t, c, o in ((36, 27, 8), (1, 288, 4))]
+                  + [sparse_sign_sketch_workspace(r, o, 32, 2) for r in (1, 5, 7) for o in (8, 4)])
+    budget = 30_000 + kernels
     mm = np.lib.format.open_memmap(tmp_path / "sk.npy", mode="w+", dtype=np.float32, shape=(12, 32))
     sliced, rec = model_gradient_sketch(model, layers, [(x[:7], y[:7]), (x[7:], y[7:])], CE, m=32, k=2,
                                         budget=budget, out=mm)

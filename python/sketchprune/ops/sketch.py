@@ -99,6 +99,9 @@ def _workspace(op, device, *sizes_m_k_dtype) -> int:
     *sizes, dtype = sizes_m_k_dtype
     if dtype not in FLOAT_IN:
         fail(op, f"dtype must be float32, float16 or bfloat16, got {dtype}", TypeError)
+    if any(int(v) < 0 for v in sizes[:-2]):
+        fail(op, f"sizes must be >= 0, got {tuple(sizes[:-2])}")
+    check_sketch_args(op, int(sizes[-2]), int(sizes[-1]), 0, 0)   # m, k: the op's own messages
     return getattr(module_for(device), f"{op}_workspace_bytes")(*sizes, _native.DTYPE_CODES[dtype])
 
 

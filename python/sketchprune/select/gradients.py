@@ -53,6 +53,7 @@ from torch.autograd.graph import get_gradient_edge
 
 from ..budget import Budget, active_budget, limit_memory
 from ..ops import outer_sketch, sparse_sign_sketch
+from ..ops.sketch import outer_sketch_workspace, sparse_sign_sketch_workspace
 from .._progress import progress_bar
 from ._checks import check_labels
 
@@ -235,11 +236,30 @@ def _conv_patches(mod: nn.Conv2d, x: torch.Tensor, cache: dict) -> torch.Tensor:
     return torch.index_select(rows, 1, idx).view(n, ho * wo, c * kh * kw)
 
 
-def _workspace(mod, x, g, dt, m) -> tuple[int, int]:
-    """(fixed bytes, bytes per sample) of device workspace for sketching one call of ``mod``."""
+def _kernel_workspace(mod, x, g, dt, m, k, n) -> int:
+    """Bytes the sketch kernels allocate themselves for one call of ``mod`` (the largest over the
+    row counts 1 and ``n``: per-thread buffers, and with few rows per-chunk partials)."""
+    device = x.device
+    if isinstance(mod, nn.Conv2d):
+        t = g[0, 0].numel()
+        cols = x.shape[1] * mod.kernel_size[0] * mod.kernel_size[1] // mod.groups
+        d_out = g.shape[1] // mod.groups
+    else:
+        d_out, cols = g.shape[-1], x.shape[-1]
+        t = x[0].numel() // cols
+    ws = max(outer_sketch_workspace(r, t, cols, d_out, m, k, dt, device) for r in {1, n})
+    if mod.bias is not None:   # the bias gradient's sketch runs after the weight's
+        ws = max(ws, max(sparse_sign_sketch_workspace(r, g.shape[1] if isinstance(mod, nn.Conv2d) else d_out,
+                                                      m, k, torch.float32, device) for r in {1, n}))
+    return ws
+
+
+def _workspace(mod, x, g, dt, m, k=8, n=1) -> tuple[int, int]:
+    """(fixed bytes, bytes per sample) of device workspace for sketching one call of ``mod``
+    (``n`` samples at most per kernel call), the sketch kernels' own workspace included."""
     es = torch.empty((), dtype=dt).element_size()
     out_ch = g.shape[1] if isinstance(mod, nn.Conv2d) else g.shape[-1]
-    per, fixed = 4 * (2 * m + out_ch), 0  # partial sketches, bias gradient
+    per, fixed = 4 * (2 * m + out_ch), _kernel_workspace(mod, x, g, dt, m, k, n)  # partial sketches, bias gradient
     if isinstance(mod, nn.Conv2d):
         t, cols = g[0, 0].numel(), x.shape[1] * mod.kernel_size[0] * mod.kernel_size[1]
         pad = mod._reversed_padding_repeated_twice
@@ -431,7 +451,7 @@ def _sketch_batch(layers, names, offsets, calls, grads, m, k, seed, budget, sink
             if x._version != version:
                 raise RuntimeError(f"the input of layer {name!r} was modified in place after the layer ran, so the "
                                    "captured input is not the one the layer saw; make that operation out of place")
-            extra, per = _workspace(mod, x, g, _dtype(x, g), m)
+            extra, per = _workspace(mod, x, g, _dtype(x, g), m, k, n)
             rows = budget.plan_rows(device, per, n, fixed_bytes=fixed + extra,
                                     what=f"model_gradient_sketch (layer {name!r})")
             plan["rows"] = rows if plan["rows"] is None else min(plan["rows"], rows)

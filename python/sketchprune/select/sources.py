@@ -23,6 +23,7 @@ import torch
 
 from ..budget import Budget
 from ..ops import sparse_sign_sketch
+from ..ops.sketch import sparse_sign_sketch_workspace
 from ._checks import check_finite_rows
 from .moment_matching import second_moment
 from .._progress import progress_bar
@@ -109,7 +110,9 @@ def sketch_matrix(G, m: int, k: int = 8, seed: int = 0, sketch: str = "sparse-si
     budget = Budget.of(budget)
     col_block = GAUSS_BLOCK if sketch == "gaussian" else min(r, 1 << 16) or 1
     # per row of a block: the float32 device copy of col_block entries (+ the gaussian S block, fixed)
-    fixed = 4 * GAUSS_BLOCK * m if sketch == "gaussian" else 0
+    # the sparse-sign kernel's own workspace (per-thread buffers; partials when few rows)
+    fixed = 4 * GAUSS_BLOCK * m if sketch == "gaussian" else \
+        max(sparse_sign_sketch_workspace(n, col_block, m, k, torch.float32, device) for n in {1, N}) if N else 0
     rows = budget.plan_rows(device, 4 * col_block + 4 * m, N, fixed_bytes=fixed, what="sketch_matrix")
     out = torch.zeros(N, m, dtype=torch.float32)
     bar = progress_bar(progress, total=N, desc=f"sketching {N} x {r} -> {m}", unit="row")
