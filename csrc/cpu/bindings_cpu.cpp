@@ -132,21 +132,27 @@ int64_t sparse_sign_sketch_workspace_bytes(int64_t N, int64_t r, int64_t m, int6
                                                               team_size(op, threads));
 }
 
-void outer_sketch(std::uintptr_t out, std::uintptr_t a, std::uintptr_t d, int dtype, int64_t N,
-                  int64_t T, int64_t d_in, int64_t d_out, int64_t lda_n, int64_t lda_t,
-                  int64_t ldd_n, int64_t ldd_t, int64_t m, int64_t k, int64_t seed, int64_t offset,
-                  bool accumulate) {
-  const char* op = "outer_sketch";
+// outer_sketch's sizes, shared by the kernel call and its workspace query
+void check_outer_sizes(const char* op, int dtype, int64_t N, int64_t T, int64_t d_in, int64_t d_out,
+                       int64_t m, int64_t k) {
   check_in_dtype(op, "dtype", dtype);
   check_nonneg(op, "N", N);
   check_nonneg(op, "T", T);
   check_nonneg(op, "d_in", d_in);
   check_nonneg(op, "d_out", d_out);
+  check_sketch(op, m, k);
+}
+
+void outer_sketch(std::uintptr_t out, std::uintptr_t a, std::uintptr_t d, int dtype, int64_t N,
+                  int64_t T, int64_t d_in, int64_t d_out, int64_t lda_n, int64_t lda_t,
+                  int64_t ldd_n, int64_t ldd_t, int64_t m, int64_t k, int64_t seed, int64_t offset,
+                  bool accumulate) {
+  const char* op = "outer_sketch";
+  check_outer_sizes(op, dtype, N, T, d_in, d_out, m, k);
   check_nonneg(op, "lda_n", lda_n);
   check_nonneg(op, "lda_t", lda_t);
   check_nonneg(op, "ldd_n", ldd_n);
   check_nonneg(op, "ldd_t", ldd_t);
-  check_sketch(op, m, k);
   const bool work = N > 0 && T > 0 && d_in > 0 && d_out > 0;
   check_ptr(op, "out_ptr", out, N > 0);
   check_ptr(op, "a_ptr", a, work);
@@ -160,12 +166,7 @@ void outer_sketch(std::uintptr_t out, std::uintptr_t a, std::uintptr_t d, int dt
 int64_t outer_sketch_workspace_bytes(int64_t N, int64_t T, int64_t d_in, int64_t d_out, int64_t m,
                                      int64_t k, int dtype, int64_t threads) {
   const char* op = "outer_sketch";
-  check_in_dtype(op, "dtype", dtype);
-  check_nonneg(op, "N", N);
-  check_nonneg(op, "T", T);
-  check_nonneg(op, "d_in", d_in);
-  check_nonneg(op, "d_out", d_out);
-  check_sketch(op, m, k);
+  check_outer_sizes(op, dtype, N, T, d_in, d_out, m, k);
   return sketchprune::cpu::outer_sketch_workspace_bytes(N, T, d_in, d_out, m, k, dtype,
                                                         team_size(op, threads));
 }
