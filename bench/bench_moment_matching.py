@@ -31,6 +31,12 @@ def _sketch(N, m, device, seed=0):
     return centers[lab] + noise * torch.linspace(0.1, 1.0, m, device=device)
 
 
+def _summary_fields(info, impl, device):
+    """The fields bench/summarize.py reads (op, impl, kind, device, median_s: problem + solve)."""
+    return dict(op="moment_matching", impl=impl, kind="sketchprune", backend="sketchprune", device=str(device),
+                median_s=info["problem_s"] + info["solve_s"])
+
+
 @pytest.mark.parametrize("weighting", ["absolute", "relative"])
 def test_moment_matching(benchmark, device, weighting):
     N = 1_000_000 if device.type == "cuda" else 60_000
@@ -49,7 +55,8 @@ def test_moment_matching(benchmark, device, weighting):
                     objective_rel=sol.objective / sol.objective_uniform)
 
     benchmark.pedantic(run, rounds=1, iterations=1)
-    benchmark.extra_info.update(info, details=dict(info), case=f"N={N} m=512 n=1000 c=0.8 {weighting}", backend="sketchprune")
+    benchmark.extra_info.update(info, details=dict(info), case=f"N={N} m=512 n=1000 c=0.8 {weighting}",
+                                **_summary_fields(info, f"hinge-{weighting}", device))
 
 
 @pytest.mark.parametrize("solver", ["greedy", "frank-wolfe"])
@@ -81,4 +88,4 @@ def test_variance_formulation(benchmark, device, solver):
 
     benchmark.pedantic(run, rounds=1, iterations=1)
     benchmark.extra_info.update(info, details=dict(info), case=f"N={N} m=512 n=1000 variance {solver}",
-                                backend="sketchprune")
+                                **_summary_fields(info, f"variance-{solver}", device))

@@ -53,13 +53,28 @@ def timed(fn, device):
     return time.perf_counter() - t, out
 
 
+def _partial_quota(quota, r):
+    """Per-group quotas summing to r <= quota.sum(), filled round-robin within ``quota``."""
+    q = torch.zeros_like(quota)
+    i = 0
+    while int(q.sum()) < r:
+        if q[i] < quota[i]:
+            q[i] += 1
+        i = (i + 1) % q.numel()
+    return q
+
+
 def run_case(name, W, H, width, n_remove, block, device, max_steps, t_inv, Hi, **kw):
     steps = -(-n_remove // block)
     measured = min(steps, max_steps)
 
     def run(k):
-        return timed(lambda: greedy_obs(W, H, width=width, n_remove=min(n_remove, k * block), block=block,
-                                        h_inverse=Hi, **kw), device)[0]
+        r = min(n_remove, k * block)
+        args = dict(kw)
+        if "quota" in args and r < n_remove:   # a partial run removes r units: quotas summing to r
+            args["quota"] = _partial_quota(kw["quota"], r)
+        return timed(lambda: greedy_obs(W, H, width=width, n_remove=r, block=block, h_inverse=Hi, **args),
+                     device)[0]
     t_run = run(measured)
     if measured == steps:
         per_step = None
@@ -85,6 +100,9 @@ def main(argv=None):
     ap.add_argument("--max-steps", type=int, default=40)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = ap.parse_args(argv)
+    if args.max_steps < 2:
+        ap.error(f"--max-steps must be >= 2 (a step's time is the difference of a run of that many steps "
+                 f"and a run of one), got {args.max_steps}")
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)

@@ -65,7 +65,8 @@ def markdown(res):
                  f"{ratio} | {r['eval_seconds']:.0f} |")
     L += ["", f"Dense forward over the calibration tokens: {fwd:.1f} s (the faster of two)." if fwd else "",
           "No fine-tuning; one seed, one calibration draw.  `reconstruct`: least-squares refit of o_proj/down_proj "
-          "over the kept units (sequential: toward the dense model's outputs); `recovery`: every Linear of a layer "
+          "over the kept units (toward the layer's own output on the pruned inputs, or with `--refit-target dense` "
+          "the dense model's outputs); `recovery`: every Linear of a layer "
           "re-fit toward the dense outputs before it is scored; flap then skips its bias fold."]
     return "\n".join(L) + "\n"
 

@@ -540,7 +540,7 @@ def write_overhead(ov, date, bench_dir):
     from sketchprune.info import cpu_name
 
     slug = "-".join(cpu_name().lower().replace("(r)", "").replace("(tm)", "").split()[:3])
-    stem = os.path.join(bench_dir, f"selection-overhead-{slug}-{os.cpu_count()}-threads-{date[:10]}")
+    stem = os.path.join(bench_dir, f"selection-overhead-{slug}-{torch.get_num_threads()}-threads-{date[:10]}")
     rec = {"date": date, "device": f"cpu: {machine()}", "git_commit": git_commit(), **ov}
     os.makedirs(bench_dir, exist_ok=True)
     with open(stem + ".json", "w") as f:

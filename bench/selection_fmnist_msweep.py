@@ -12,8 +12,8 @@ the variance proxy tr(Sigma~ Sigma~_S^+) of the selection relative to a class-ba
 sample's on the same sketch.  The test split is never read.  Writes OUT_DIR/fmnist_msweep.{json,md}
 (default OUT_DIR: results/selection/).
 
-Question it answers: the main experiment clamps m to 256 (twice the pilot's intrinsic dimension,
-capped for compute) and SkMM's edge over uniform fades once n >> m; does a larger m keep it?
+Question it answers: the main experiment clamps m (twice the pilot's intrinsic dimension, capped for
+compute: 256 when this sweep was run, 512 since) and SkMM's edge over uniform fades once n >> m; does a larger m keep it?
 """
 
 from __future__ import annotations
@@ -77,7 +77,7 @@ def main(argv=None):
          f"{res['date']}; {res['machine']}; git {res['git_commit']}; pool {E.POOL}, {a.seeds} seeds, "
          f"{res['wall_seconds']:.0f} s.  `bench/selection_fmnist_msweep.py` (see its docstring).  Pilot sketch "
          f"(m = {E.PILOT_M}) intrinsic dimension: {res['pilot_intrinsic_dimension']} (the main experiment uses "
-         f"m = clamp(2 x that, 64, 256)).", "",
+         f"m = clamp(2 x that, {E.M_MIN}, {E.M_MAX})).", "",
          "Validation accuracy (%), mean over seeds; SkMM - class-balanced uniform per seed, mean [min, max]; "
          "variance proxy of SkMM's selection / a class-balanced uniform sample's on the same sketch.", "",
          "| m | n | skmm | uniform-cb | uniform | skmm - uniform-cb | proxy ratio |", "|---|---|---|---|---|---|---|"]

@@ -170,7 +170,7 @@ def render_md(device: str, date: str, runs: list[dict], rows: list[dict], skips:
                          f"({rf.get('bw_method', '')}); matmul peak **{rf['matmul_TFLOPs']:.2f} TFLOP/s** "
                          f"({rf.get('matmul_method', '')})")
         else:
-            lines.append(f"* run {i} (`{Path(run['_source']).name}`): no roofline recorded (no benchmark ran)")
+            lines.append(f"* run {i} (`{Path(run['_source']).name}`): no roofline recorded (no kernel benchmark in this run)")
     lines.append("")
     if is_gpu:
         lines.append("*median*: median GPU time per call from CUDA events (after warm-up, host launch overhead "
