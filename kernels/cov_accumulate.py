@@ -211,7 +211,8 @@ def launch_cov_accumulate(sigma, x, alpha: float, mask):
     if not alpha_exact(alpha):   # |alpha| beyond the fp32 parts' range: scale outside the kernel
         part = torch.zeros_like(sigma)
         launch_cov_accumulate(part, x, 1.0, mask)
-        upper = torch.triu(sigma).add_(torch.triu(part), alpha=alpha)
+        # in float64 (alpha may be beyond float32's range), rounded once into sigma's dtype
+        upper = torch.triu(sigma.double()).add_(torch.triu(part.double()), alpha=alpha)
         sigma.copy_(upper + torch.triu(upper, 1).T)   # the upper triangle, mirrored, as the kernel writes
         return
     acc_f64 = sigma.dtype == torch.float64

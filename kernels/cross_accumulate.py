@@ -68,7 +68,7 @@ def launch_cross_accumulate(c, x, y, alpha: float, mask):
     if not alpha_exact(alpha):   # |alpha| beyond the fp32 parts' range: scale outside the kernel
         part = torch.zeros_like(c)
         launch_cross_accumulate(part, x, y, 1.0, mask)
-        c.add_(part, alpha=alpha)
+        c.copy_(c.double().add_(part.double(), alpha=alpha))   # float64: alpha may exceed float32's range
         return
     acc_f64 = c.dtype == torch.float64
     block, block_t, warps, stages = tile_config(max(d_in, d_out), x.dtype, acc_f64)

@@ -44,3 +44,23 @@ def test_the_exact_range_of_the_fp32_parts():
         assert all(p == 0.0 or abs(p) >= 2.0 ** -126 for p in parts)
         assert kernels.alpha_exact(alpha)
     assert not kernels.alpha_exact(1e39) and not kernels.alpha_exact(1e-30) and kernels.alpha_exact(0.0)
+
+
+@backend_params()
+def test_float32_accumulators_with_alpha_beyond_float32(backend, device):
+    """alpha beyond float32's range on float32 accumulators, through the Triton launchers' fallback:
+    what the float64 product rounds to, not an error (it raised: add_ refused an alpha beyond
+    float32).  (The CPU and torch backends scale by alpha rounded to float32: inf here.)"""
+    if backend != "triton":
+        pytest.skip("the fallback under test is the Triton launchers'")
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randn(9, 5, generator=g).to(device), torch.randn(9, 3, generator=g).to(device)
+    for alpha in (1e39, -1e60, 1e-50):
+        s, c = torch.eye(5, device=device), torch.zeros(5, 3, device=device)
+        with use_backend(backend):
+            sp.cov_accumulate_(s, x, alpha)
+            sp.cross_accumulate_(c, x, y, alpha)
+        ref_s = (torch.eye(5, dtype=torch.float64) + alpha * (x.double().T @ x.double()).cpu()).float()
+        ref_c = (alpha * (x.double().T @ y.double()).cpu()).float()
+        torch.testing.assert_close(s.cpu(), ref_s, rtol=1e-4, atol=1e-30, msg=f"cov {alpha}")   # fp32 products
+        torch.testing.assert_close(c.cpu(), ref_c, rtol=1e-4, atol=1e-30, msg=f"cross {alpha}")

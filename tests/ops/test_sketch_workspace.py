@@ -233,3 +233,24 @@ def test_thread_count_invariant(tmp_path):
     for nt, outs in zip((2, 4), res[1:]):
         for i, (x, y) in enumerate(zip(res[0], outs)):
             assert torch.equal(x, y), f"case {i}: {nt} threads differ from 1"
+
+
+def test_any_rows_covers_every_row_count():
+    """The workspace is not monotone in the row count (with fewer 16-row tiles than threads, the
+    partials of concurrently processed chunks are kept): ``any_rows=True`` bounds every call with
+    1..n rows, which is what a planner splitting n rows into blocks must reserve."""
+    from sketchprune.ops.sketch import outer_sketch_workspace, sparse_sign_sketch_workspace
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(8)
+        for n in (1, 40, 130):
+            ws = [sparse_sign_sketch_workspace(i, 4096, 4096, 128) for i in range(1, n + 1)]
+            assert sparse_sign_sketch_workspace(n, 4096, 4096, 128, any_rows=True) == max(ws)
+            wo = [outer_sketch_workspace(i, 1, 64, 64, 512, 8) for i in range(1, n + 1)]
+            assert outer_sketch_workspace(n, 1, 64, 64, 512, 8, any_rows=True) == max(wo)
+        if sp._native.cpu_module().build_info()["threads"] >= 3:   # the case that was not covered
+            ws = [sparse_sign_sketch_workspace(i, 4096, 4096, 128) for i in range(1, 129)]
+            assert max(ws) > max(ws[0], ws[-1])
+    finally:
+        torch.set_num_threads(before)

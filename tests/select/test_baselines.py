@@ -171,3 +171,13 @@ def test_score_methods():
     assert int(probs.max(1).values.argmin()) in B.least_confidence(probs, 1).tolist()
     with pytest.raises(ValueError, match="coreset size"):
         B.entropy(probs, 31)
+
+
+def test_kcenter_values_near_the_float64_limit_stay_distinct():
+    """Centring before scaling overflowed (1e308 - (-1e308) = inf): NaN distances, a repeated pick."""
+    from sketchprune.select.baselines import kcenter
+
+    X = torch.tensor([[-1e308], [-1e308], [1e308], [0.0]], dtype=torch.float64)
+    idx = kcenter(X, 4, seed=0)
+    assert sorted(set(idx.tolist())) == [0, 1, 2, 3]
+    assert kcenter(X, 3, seed=1).unique().numel() == 3

@@ -84,3 +84,17 @@ def test_intrinsic_dimension_detached_and_non_finite_rows_named():
     X[4, 0] = float("nan")
     with pytest.raises(ValueError, match=r"NaN or Inf values in 1 of 30 rows \(4\)"):
         intrinsic_dimension(X)
+
+
+def test_a_sketch_that_cancels_to_zero_is_not_an_underflow():
+    """[1, 1] with opposite signs in S sketches to exactly 0: ordinary values, no error (it was
+    reported as values too small for float32)."""
+    from sketchprune.select.sources import sketch_matrix
+
+    zero = 0
+    for seed in range(6):
+        sk, _ = sketch_matrix(torch.tensor([[1.0, 1.0]]), 1, 1, seed=seed, device="cpu")
+        zero += int(sk.abs().max() == 0)
+    assert zero > 0   # some seed cancels
+    with pytest.raises(ValueError, match="too small for float32"):
+        sketch_matrix(torch.full((2, 3), 1e-45, dtype=torch.float64), 4, 1, device="cpu")

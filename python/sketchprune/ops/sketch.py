@@ -77,19 +77,33 @@ def _outer_fake(a, d, m, k=8, seed=0, offset=0):
 
 # ------------------------------------------------------------------ implementations
 def sparse_sign_sketch_workspace(n: int, r: int, m: int, k: int = 8, dtype: torch.dtype = torch.float32,
-                                 device: torch.device | str = "cpu") -> int:
+                                 device: torch.device | str = "cpu", any_rows: bool = False) -> int:
     """Bytes the compiled kernel allocates on ``device``, besides its (n x m float32) output, to sketch an
     (n x r) ``dtype`` g: on CPU the C++ kernel's workspace (per-thread m x 16 float32 accumulators, the
     hashed rows of S, staging buffers) for the current OpenMP thread count, from the plan the kernel
     allocates by; 0 on CUDA (its kernels allocate nothing) or without the C++ CPU module.  Raises
-    ValueError for an m the CPU kernels refuse (> 2^27 - 1)."""
-    return _workspace("sparse_sign_sketch", device, n, r, m, k, dtype)
+    ValueError for an m the CPU kernels refuse (> 2^27 - 1).  ``any_rows``: the largest workspace
+    of any call with 1..n rows (it is not monotone in n: with fewer 16-row tiles than threads, the
+    chunk partials of concurrently processed chunks are kept) -- what a planner that splits n
+    rows into blocks must reserve."""
+    return _workspace_rows("sparse_sign_sketch", device, n, any_rows, r, m, k, dtype)
 
 
 def outer_sketch_workspace(n: int, t: int, d_in: int, d_out: int, m: int, k: int = 8,
-                           dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu") -> int:
+                           dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu",
+                           any_rows: bool = False) -> int:
     """Like :func:`sparse_sign_sketch_workspace`, for ``outer_sketch`` of a (n, t, d_in) and d (n, t, d_out)."""
-    return _workspace("outer_sketch", device, n, t, d_in, d_out, m, k, dtype)
+    return _workspace_rows("outer_sketch", device, n, any_rows, t, d_in, d_out, m, k, dtype)
+
+
+def _workspace_rows(op, device, n, any_rows, *rest) -> int:
+    if not any_rows or n <= 1 or torch.device(device).type != "cpu" or _native.cpu_module() is None:
+        return _workspace(op, device, n, *rest)
+    # the plan depends on n only through the number of 16-row tiles, and is the same for every
+    # count of tiles >= the thread count: those counts, and n itself, cover every row count <= n
+    threads = module_for(torch.device(device)).build_info()["threads"]
+    counts = {n} | {16 * t for t in range(1, min(threads, -(-n // 16)) + 1) if 16 * t <= n}
+    return max(_workspace(op, device, c, *rest) for c in counts | {min(n, 1)})
 
 
 def _workspace(op, device, *sizes_m_k_dtype) -> int:

@@ -62,8 +62,9 @@ def kcenter(X: torch.Tensor, n: int, seed: int = 0) -> torch.Tensor:
     squared distances by ||x||^2 - 2 x.c + ||c||^2, in float64 on a copy of X that is centred on a
     coordinate-wise median (of at most 4096 evenly spaced rows: a common offset costs no
     precision, and an outlier does not move the centre) and scaled by a power of two so that its
-    largest magnitude is in [0.5, 1): squares neither overflow nor underflow, and the selection
-    does not depend on the scale of X.  Absolute error ~1e-16 (||x||^2 + ||c||^2) on the centred
+    largest magnitude is in [0.5, 1) (scaled before and after the centring): squares neither
+    overflow nor underflow, and the selection does not depend on the scale of X (up to rounding:
+    exact ties may break differently at scales that are not powers of two).  Absolute error ~1e-16 (||x||^2 + ||c||^2) on the centred
     rows: only points closer than ~1e-8 of their distance to the centre are ranked by rounding.
     O(N m) extra memory (that copy).  Always n distinct indices; rows with NaN or Inf are
     infinitely far from every center (taken first, in index order, after the random start) and
@@ -74,14 +75,20 @@ def kcenter(X: torch.Tensor, n: int, seed: int = 0) -> torch.Tensor:
     finite = torch.isfinite(X).all(1)
     all_finite = bool(finite.all())
     Xs = X.to(torch.float64, copy=True)
+    if not all_finite:
+        Xs.masked_fill_(~finite[:, None], 0.0)
+
+    def rescale():   # largest magnitude into [0.5, 1) by a power of two: exact, so scale-free
+        peak = float(torch.linalg.vector_norm(Xs, ord=float("inf"))) if Xs.numel() else 0.0
+        if peak > 0:
+            Xs.mul_(2.0 ** -math.frexp(peak)[1])
+    rescale()   # first, so that the centring below cannot overflow (values near the float64 limit)
     ok = Xs if all_finite else Xs[finite]
     if ok.shape[0]:  # the centre: the median of (at most) 4096 evenly spaced rows
         Xs.sub_(ok[::-(-ok.shape[0] // 4096)].median(0).values)
-    if not all_finite:
-        Xs.masked_fill_(~finite[:, None], 0.0)
-    peak = float(torch.linalg.vector_norm(Xs, ord=float("inf"))) if Xs.numel() else 0.0
-    if peak > 0:
-        Xs.mul_(2.0 ** -math.frexp(peak)[1])  # a power of two: exact, so scale-free
+        if not all_finite:
+            Xs.masked_fill_(~finite[:, None], 0.0)
+    rescale()
     sq = Xs.square().sum(1)
     first = int(torch.randint(N, (1,), generator=_gen(seed)))
     dist = torch.full((N,), math.inf, dtype=torch.float64, device=X.device)

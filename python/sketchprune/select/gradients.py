@@ -237,8 +237,8 @@ def _conv_patches(mod: nn.Conv2d, x: torch.Tensor, cache: dict) -> torch.Tensor:
 
 
 def _kernel_workspace(mod, x, g, dt, m, k, n) -> int:
-    """Bytes the sketch kernels allocate themselves for one call of ``mod`` (the largest over the
-    row counts 1 and ``n``: per-thread buffers, and with few rows per-chunk partials)."""
+    """Bytes the sketch kernels allocate themselves for one call of ``mod`` (the largest over every
+    row count up to ``n``: per-thread buffers, and with few rows per-chunk partials)."""
     device = x.device
     if isinstance(mod, nn.Conv2d):
         t = g[0, 0].numel()
@@ -247,10 +247,10 @@ def _kernel_workspace(mod, x, g, dt, m, k, n) -> int:
     else:
         d_out, cols = g.shape[-1], x.shape[-1]
         t = x[0].numel() // cols
-    ws = max(outer_sketch_workspace(r, t, cols, d_out, m, k, dt, device) for r in {1, n})
+    ws = outer_sketch_workspace(n, t, cols, d_out, m, k, dt, device, any_rows=True)
     if mod.bias is not None:   # the bias gradient's sketch runs after the weight's
-        ws = max(ws, max(sparse_sign_sketch_workspace(r, g.shape[1] if isinstance(mod, nn.Conv2d) else d_out,
-                                                      m, k, torch.float32, device) for r in {1, n}))
+        ws = max(ws, sparse_sign_sketch_workspace(n, g.shape[1] if isinstance(mod, nn.Conv2d) else d_out,
+                                                  m, k, torch.float32, device, any_rows=True))
     return ws
 
 
