@@ -23,6 +23,18 @@ def check_labels(labels, n: int | None = None, num_classes: int | None = None, w
     return y.long()
 
 
+def check_num_classes(num_classes) -> int | None:
+    """``num_classes`` as a positive Python int (None stays None)."""
+    from .._numbers import as_int
+
+    if num_classes is None:
+        return None
+    c = as_int(num_classes)
+    if c is None or c < 1:
+        raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
+    return c
+
+
 def check_n(n, N: int | None = None, who: str = "n") -> int:
     """``n`` as a Python int (Python / NumPy integers, integer 0-d tensors; bools are refused: True is
     not a count), checked against 1 <= n <= N when N is given."""

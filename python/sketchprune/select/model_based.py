@@ -48,8 +48,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .._numbers import as_int
-from ._checks import check_labels
+from ._checks import check_labels, check_num_classes
 from .simplex import check_size
 
 __all__ = ["ModelOutputs", "forgetting", "forgetting_counts", "check_correctness", "correctness_record",
@@ -194,10 +193,9 @@ def correctness_record(features: torch.Tensor, labels: torch.Tensor, num_classes
     if X.dim() != 2:
         raise ValueError(f"features must be 2-D (N x d), got shape {tuple(X.shape)}")
     N, d = X.shape
-    if num_classes is not None and not (as_int(num_classes) is not None and as_int(num_classes) >= 1):
-        raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
+    num_classes = check_num_classes(num_classes)
     y = check_labels(labels, N, num_classes, who="correctness_record: labels")
-    C = int(y.max()) + 1 if num_classes is None else as_int(num_classes)
+    C = int(y.max()) + 1 if num_classes is None else num_classes
     X = (X - X.mean(0)) / X.std(0).clamp_min(1e-6)
     g = _gen(seed)
     W = torch.zeros(C, d)
@@ -275,9 +273,7 @@ def glister(features: torch.Tensor, labels: torch.Tensor, n: int, val_features: 
                              f"got shape {tuple(Xv.shape)}")
         yv = check_labels(val_labels, int(Xv.shape[0]), who="glister: val_labels")
     if num_classes is not None:
-        if not (as_int(num_classes) is not None and as_int(num_classes) >= 1):
-            raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
-        C = as_int(num_classes)
+        C = check_num_classes(num_classes)
     elif head_weight is not None:       # the head fixes the class count (labels may not reach its last class)
         C = int(torch.as_tensor(head_weight).shape[0])
     else:

@@ -10,14 +10,11 @@ from __future__ import annotations
 
 import torch
 
-from .._numbers import as_int
+from ._checks import check_n
 
 
 def check_size(N: int, n: int) -> None:
-    if as_int(n) is None:  # bools too: True is not a count
-        raise TypeError(f"coreset size n must be an integer, got {n!r}")
-    if not 1 <= as_int(n) <= N:
-        raise ValueError(f"coreset size n must be in [1, N={N}], got {n}")
+    check_n(n, N, who="coreset size n")   # bools too: True is not a count
 
 
 def project_capped_simplex(v: torch.Tensor, n: int, tau0: float | None = None) -> torch.Tensor:
