@@ -480,8 +480,7 @@ def write_report(out: Path) -> None:
         L.append("- **Not evaluated**: " + "; ".join(f"{c} ({e})" for c, e in ev["unavailable"].items()))
     if cal["sequences"] != 32:
         L.append(f"- Calibration uses {cal['sequences']} sequences ({cal['tokens']} tokens) instead of the CLI "
-                 f"default of 32 (16384 tokens): on this shared machine a forward pass ran at about 120 tokens/s, "
-                 f"too slow for the full study at 32.")
+                 f"default of 32 (16384 tokens), to keep the whole study within this machine's time.")
     L.append("")
     # defaults
     L += ["## Defaults, fixed before any evaluation run: the sequential refit target", ""]
