@@ -57,12 +57,13 @@ def _fmt_bytes(n) -> str:
 def run_prune(args) -> int:
     import torch
 
-    from .prune.api import _check_args, _check_model, calibration_batches, load_model, prune, resolve_model_dir
+    from .prune.api import calibration_batches, load_model, prune, resolve_model_dir
+    from .prune.checks import check_args, check_model
     from .prune.export import check_output_dir, check_output_file, save_pruned_dir, write_json_atomic
 
     t0 = time.perf_counter()
     # 1. everything that can be checked without loading anything
-    _check_args(args.sparsity, args.criterion, args.budget)
+    check_args(args.sparsity, args.criterion, args.budget)
     if args.recon != "layer":
         args.reconstruct = True       # block refits start from the closed-form ones
     if args.out is None and args.report is None:
@@ -87,7 +88,7 @@ def run_prune(args) -> int:
     _say(args, f"loading {args.model} ...")
     model, tok = load_model(args.model, device="cpu" if args.onload else args.device, dtype=_dtype(args.dtype))
     progress = _progress(args)
-    _check_model(model, {}, args.calib, args.seq_len)    # before self-generated calibration runs the model
+    check_model(model, {}, args.calib, args.seq_len)    # before self-generated calibration runs the model
     self_opts = {"temperature": args.self_temperature, "top_k": args.self_top_k}
     batches, desc = calibration_batches(args.calib, model=model, tokenizer=tok, seq_len=args.seq_len,
                                         calib_tokens=args.calib_tokens, batch_size=args.batch_size,
@@ -160,7 +161,8 @@ def _summary_prune(args, r) -> None:
 def run_eval(args) -> int:
     from .datasets.text import describe_split, text_tokens
     from .eval import evaluate
-    from .prune.api import check_sequence_length, load_model, resolve_model_dir
+    from .prune.api import load_model, resolve_model_dir
+    from .prune.checks import check_sequence_length
     from .prune.export import check_output_file, write_json_atomic
 
     t0 = time.perf_counter()
