@@ -352,3 +352,113 @@ def test_update_compiles_with_fullgraph():
     torch.testing.assert_close(acc.covariance(), ref.covariance())
     torch.testing.assert_close(acc.cross(), ref.cross())
     torch.testing.assert_close(acc.mean(), ref.mean())
+
+
+# ------------------------------------------------------------------ interrupts and partial failures
+
+_SIG = getattr(__import__("signal"), "SIGUSR1", None)
+
+
+@pytest.fixture
+def raising_signal():
+    """A Python handler for SIGUSR1 that raises KeyboardInterrupt, as a preemption handler might."""
+    import signal
+
+    if _SIG is None:
+        pytest.skip("no SIGUSR1 on this platform")
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt("preempted")
+
+    old = signal.signal(_SIG, handler)
+    yield handler
+    signal.signal(_SIG, old)
+
+
+def _signal_after(fn):
+    """fn, then a signal whose handler runs at once (between this and the caller's next step)."""
+    import signal
+
+    def wrapped(*args, **kwargs):
+        out = fn(*args, **kwargs)
+        signal.raise_signal(_SIG)
+        return out
+    return wrapped
+
+
+@pytest.mark.parametrize("staged", [False, True])
+def test_interrupt_between_the_two_kernels_is_raised_after_the_update(monkeypatch, raising_signal, staged):
+    import signal
+
+    import sketchprune.accumulator as accmod
+
+    d, dy = 24, 5
+    acc = sp.CovarianceAccumulator(d, cross_dim=dy, stage_rows=1000, dtype=torch.float64)
+    x0, y0 = randn(30, d), randn(30, dy)
+    acc.update(x0, y0)
+    x, y = randn(2000 if not staged else 40, d), randn(2000 if not staged else 40, dy)
+    # the signal lands right after the second-moment kernel, before the cross-moment one
+    monkeypatch.setattr(accmod, "cov_accumulate_", _signal_after(accmod.cov_accumulate_))
+    with pytest.raises(KeyboardInterrupt, match="preempted"):
+        if staged:
+            acc.update(x, y)
+            acc.flush()      # the staged rows reach the kernels here
+        else:
+            acc.update(x, y)
+    assert signal.getsignal(_SIG) is raising_signal          # the handler is back in place
+    monkeypatch.undo()
+    X, Y = torch.cat([x0, x]).double(), torch.cat([y0, y]).double()
+    n = X.shape[0]
+    assert acc.count == n
+    torch.testing.assert_close(acc.covariance(), X.T @ X / n)
+    torch.testing.assert_close(acc.cross(), X.T @ Y / n)
+    torch.testing.assert_close(acc.mean(), X.mean(0))
+
+
+def test_partial_failure_marks_the_accumulator_damaged_until_a_load(monkeypatch):
+    import sketchprune.accumulator as accmod
+
+    d, dy = 16, 3
+    acc = sp.CovarianceAccumulator(d, cross_dim=dy, stage_rows=1, dtype=torch.float64)
+    acc.update(randn(10, d), randn(10, dy))
+    good = acc.state_dict()
+
+    def oom(*args, **kwargs):
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(accmod, "cross_accumulate_", oom)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        acc.update(randn(10, d), randn(10, dy))     # sigma updated, cross not
+    monkeypatch.undo()
+    for use in (acc.covariance, acc.cross, acc.state_dict, lambda: acc.update(randn(2, d), randn(2, dy))):
+        with pytest.raises(RuntimeError, match="failed part-way .*out of memory.*load_state_dict"):
+            use()
+    acc.load_state_dict(good)                        # a checkpoint repairs it
+    torch.testing.assert_close(acc.covariance(), good["sigma"] / 10)
+    acc.update(randn(4, d), randn(4, dy))
+    assert acc.count == 14
+
+
+@pytest.mark.parametrize("layout", ["row-major", "transposed"])
+def test_op_interrupted_as_the_kernel_returns_is_all_or_nothing_and_bumps_the_version(monkeypatch, raising_signal,
+                                                                                      layout):
+    import sketchprune.ops.cov as covmod
+    from sketchprune import _backends
+
+    why = _backends.unavailable_reason("cpu", "cpu")
+    if why is not None:
+        pytest.skip(why)
+    d = 12
+    sigma = torch.zeros(d, d, dtype=torch.float64)
+    if layout == "transposed":
+        sigma = sigma.t()                             # not row-major: the op works on a copy
+    x = randn(20, d)
+    v0 = sigma._version
+    monkeypatch.setattr(covmod, "call", _signal_after(covmod.call))
+    with pytest.raises(KeyboardInterrupt, match="preempted"):
+        with sp.use_backend("cpu"):
+            sp.cov_accumulate_(sigma, x)
+    monkeypatch.undo()
+    full = x.double().T @ x.double()
+    assert bool((sigma == 0).all()) or torch.allclose(sigma, full)   # never half-written
+    assert sigma._version > v0                        # autograd learns that it may have changed

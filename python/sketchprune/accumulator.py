@@ -10,6 +10,7 @@ import torch
 
 from .budget import Budget, BudgetError, format_bytes
 from ._settings import dynamo_tracing
+from ._signals import deferred_signals
 from .ops import cov_accumulate_, cross_accumulate_
 
 _IN_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -56,6 +57,12 @@ class CovarianceAccumulator:
     updated from several threads (its methods hold a lock); the statistics are also maintained
     outside ``torch.inference_mode`` tensors, so an accumulator fed in inference mode keeps working
     outside it.
+
+    Each update, flush, merge or load is all or nothing: a KeyboardInterrupt (or whatever a signal
+    handler raises) arriving meanwhile is raised once it is complete.  If one fails part-way for
+    another reason (out of memory between the second-moment and the cross-moment kernel, say), the
+    accumulator refuses further use with an error saying so, instead of returning statistics that
+    disagree with each other; :meth:`load_state_dict` (from a checkpoint) makes it usable again.
     """
 
     def __init__(self, dim: int, device="cpu", dtype=torch.float32, cross_dim: int | None = None,
@@ -81,6 +88,7 @@ class CovarianceAccumulator:
             self._sum = torch.zeros(dim, dtype=torch.float64, device=self.device)
             self._count = torch.zeros((), dtype=torch.int64, device=self.device)
         self._lock = threading.RLock()
+        self._damaged = None
         self._reset_stage()
 
     def _reset_stage(self) -> None:
@@ -99,33 +107,53 @@ class CovarianceAccumulator:
         if t == 0:
             return
         if mask is None:
-            self._sum += torch.sum(x, dim=0, dtype=torch.float64)
-            self._count += t
+            dsum, dcount = torch.sum(x, dim=0, dtype=torch.float64), t
         else:
             # where, not a product: NaN/Inf in skipped (padding) rows must not reach the sum
-            self._sum += torch.sum(torch.where(mask[:, None], x, 0), dim=0, dtype=torch.float64)
-            self._count += mask.sum()
+            dsum, dcount = torch.sum(torch.where(mask[:, None], x, 0), dim=0, dtype=torch.float64), mask.sum()
         # while torch.compile traces: straight into the statistics, leaving the staging state (Python
         # ints Dynamo would guard on, recompiling at every update) and the budget (reads the free
         # memory) alone; rows staged by eager updates stay staged, the sums do not depend on order
         if dynamo_tracing():
+            self._sum += dsum
+            self._count += dcount
             self._accumulate(x, y, mask)
             return
-        if t >= self._stage_target or not self._ensure_stage(x, y):
-            self._flush()
-            self._accumulate(x, y, mask)
+        staged = t < self._stage_target and self._ensure_stage(x, y)
+        with self._mutating():
+            if not staged:
+                self._flush()
+                self._accumulate(x, y, mask)
+            else:
+                if self._staged + t > self._stage_rows:
+                    self._flush()
+                s = slice(self._staged, self._staged + t)
+                self._stage_x[s].copy_(x)
+                if y is not None:
+                    self._stage_y[s].copy_(y)
+                if mask is None:
+                    self._stage_m[s].fill_(True)
+                else:
+                    self._stage_m[s].copy_(mask)
+                self._staged += t
+            self._sum += dsum
+            self._count += dcount
+
+    @contextlib.contextmanager
+    def _mutating(self):
+        """A group of in-place changes that only make sense together: signals deferred to its end
+        (:func:`~sketchprune._signals.deferred_signals`); an exception part-way marks the accumulator
+        damaged (see the class doc).  Nothing while torch.compile traces (the graph runs as one op)."""
+        if dynamo_tracing():
+            yield
             return
-        if self._staged + t > self._stage_rows:
-            self._flush()
-        s = slice(self._staged, self._staged + t)
-        self._stage_x[s].copy_(x)
-        if y is not None:
-            self._stage_y[s].copy_(y)
-        if mask is None:
-            self._stage_m[s].fill_(True)
-        else:
-            self._stage_m[s].copy_(mask)
-        self._staged += t
+        with deferred_signals():
+            try:
+                yield
+            except BaseException as e:
+                if self._damaged is None:
+                    self._damaged = f"{type(e).__name__}: {e}"
+                raise
 
     def flush(self) -> None:
         """Push staged rows into the statistics (called automatically before reading them)."""
@@ -135,9 +163,10 @@ class CovarianceAccumulator:
     def _flush(self) -> None:
         if self._staged:
             n = self._staged
-            self._staged = 0
             ys = None if self._stage_y is None else self._stage_y[:n]
-            self._accumulate(self._stage_x[:n], ys, self._stage_m[:n])
+            with self._mutating():
+                self._accumulate(self._stage_x[:n], ys, self._stage_m[:n])
+                self._staged = 0
 
     def drain_into(self, sigma: torch.Tensor, cross: torch.Tensor | None = None) -> None:
         """Add the raw sums accumulated so far (X^T X, and X^T Y when ``cross_dim`` is set) into
@@ -151,11 +180,12 @@ class CovarianceAccumulator:
             raise ValueError(f"drain_into: cross must be a tensor of shape {tuple(self._cross.shape)}")
         with self._guard():
             self._flush()
-            sigma += self.sigma
-            self.sigma.zero_()
-            if self._cross is not None:
-                cross += self._cross
-                self._cross.zero_()
+            with self._mutating():
+                sigma += self.sigma
+                self.sigma.zero_()
+                if self._cross is not None:
+                    cross += self._cross
+                    self._cross.zero_()
 
     def _accumulate(self, x, y, mask):
         cov_accumulate_(self.sigma, x, 1.0, mask)
@@ -268,9 +298,11 @@ class CovarianceAccumulator:
         theirs = other._snapshot()      # one lock at a time: merges in opposite orders cannot deadlock
         with self._guard():
             self._flush()
-            for mine, t in zip(self._stats(), theirs):
-                if mine is not None:
-                    mine += t.to(mine)
+            theirs = [None if t is None else t.to(mine) for mine, t in zip(self._stats(), theirs)]
+            with self._mutating():
+                for mine, t in zip(self._stats(), theirs):
+                    if mine is not None:
+                        mine += t
         return self
 
     def all_reduce_(self, group=None) -> "CovarianceAccumulator":
@@ -299,9 +331,14 @@ class CovarianceAccumulator:
             self._flush()
             return [None if t is None else t.clone() for t in self._stats()]
 
-    def _guard(self):
+    def _guard(self, repair: bool = False):
         """The lock (concurrent updates from threads), or nothing while torch.compile traces (a
-        lock is a context manager Dynamo cannot trace; a compiled graph runs in one thread)."""
+        lock is a context manager Dynamo cannot trace; a compiled graph runs in one thread).
+        Refuses a damaged accumulator (see the class doc) unless ``repair``."""
+        if self._damaged is not None and not repair:
+            raise RuntimeError(f"CovarianceAccumulator: an earlier operation failed part-way ({self._damaged}), so "
+                               "its statistics may disagree with each other; restore them with load_state_dict() "
+                               "from a checkpoint, or start a new accumulator")
         if dynamo_tracing():
             return contextlib.nullcontext()
         return self._lock
@@ -336,11 +373,14 @@ class CovarianceAccumulator:
             elif have is not None and not t.is_floating_point():
                 raise TypeError(f"CovarianceAccumulator.load_state_dict: {name} must be a floating-point tensor, "
                                 f"got {t.dtype}")
-        with self._guard():
-            self._reset_stage()
-            for have, t in zip(self._stats(), new):
-                if have is not None:
-                    have.copy_(t)
+        new = [None if have is None else t.to(have) for have, t in zip(self._stats(), new)]
+        with self._guard(repair=True):
+            with deferred_signals():      # all or nothing, and a successful load repairs a damaged accumulator
+                for have, t in zip(self._stats(), new):
+                    if have is not None:
+                        have.copy_(t)
+                self._reset_stage()
+                self._damaged = None
         return self
 
     def __getstate__(self) -> dict:
@@ -357,6 +397,7 @@ class CovarianceAccumulator:
                 t = state.get(k)
                 if isinstance(t, torch.Tensor) and t.is_inference():
                     state[k] = t.clone()
+        state.setdefault("_damaged", None)  # pickled by a version that did not record it
         self.__dict__.update(state)
         self._lock = threading.RLock()
 

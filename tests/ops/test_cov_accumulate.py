@@ -102,6 +102,41 @@ def test_cov_bad_mask():
         sp.cov_accumulate_(torch.zeros(3, 3), torch.randn(4, 3), mask=torch.ones(4))
 
 
+@backend_params()
+@pytest.mark.parametrize("which", ["cov", "cross"])
+@pytest.mark.parametrize("view", ["rows", "cols", "as_strided"])
+def test_output_with_elements_on_one_location_is_refused(backend, device, which, view):
+    """An expanded (or self-overlapping as_strided) output would take each update several times:
+    a ValueError naming the argument, on every backend, nothing written."""
+    d, dy = 6, 4
+    shape = (d, d) if which == "cov" else (d, dy)
+    base = torch.zeros(64, device=device)
+    out = {"rows": lambda: base[:shape[1]].expand(shape), "cols": lambda: base[:shape[0], None].expand(shape),
+           "as_strided": lambda: base.as_strided(shape, (2, 3))}[view]()   # (i, j) and (i + 3, j - 2) meet
+    x, y = randn(5, d, device=device), randn(5, dy, device=device)
+    name = "sigma" if which == "cov" else "c"
+    with use_backend(backend), pytest.raises(ValueError, match=f"{name} .* on one memory location.*clone"):
+        sp.cov_accumulate_(out, x) if which == "cov" else sp.cross_accumulate_(out, x, y)
+    assert not base.any()
+
+
+def test_owns_elements_check_is_exact_for_2d_strides():
+    """The closed-form overlap test against enumerating every element's offset."""
+    from sketchprune.ops._common import check_owns_elements
+
+    g = torch.Generator().manual_seed(0)
+    for _ in range(2000):
+        n0, n1, s0, s1 = (int(v) for v in torch.randint(0, 9, (4,), generator=g))
+        n0, n1 = n0 % 6 + 1, n1 % 6 + 1
+        offsets = [i * s0 + j * s1 for i in range(n0) for j in range(n1)]
+        t = torch.empty(128).as_strided((n0, n1), (s0, s1))
+        if len(set(offsets)) < len(offsets):
+            with pytest.raises(ValueError, match="one memory location"):
+                check_owns_elements("op", "t", t)
+        else:
+            check_owns_elements("op", "t", t)
+
+
 @pytest.mark.parametrize("x_view", [lambda b: b[:3, :4], lambda b: b[3:7, 3:7], lambda b: b[:5, 4:8],
                                     lambda b: b[4:7, 4:8]])
 def test_cov_output_sharing_memory_with_input(x_view):

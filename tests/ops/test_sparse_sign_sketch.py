@@ -169,6 +169,18 @@ def test_sketches_are_not_differentiable():
     assert torch.allclose(f(g), sp.sparse_sign_sketch(g.detach(), 8, 2).sum())
 
 
+def test_sketches_inside_torch_func_transforms():
+    """Inside torch.func.grad / jacrev the sketches are constants of the differentiated input (the
+    op itself is refused there by torch: its generated autograd.Function has no functorch support)."""
+    w = torch.randn(5, 40)
+    grad = torch.func.grad(lambda w: (w ** 2).sum() + sp.sparse_sign_sketch(w, 8, seed=3).sum())(w)
+    torch.testing.assert_close(grad, 2 * w)
+    a, d = torch.randn(3, 2, 4), torch.randn(3, 2, 5)
+    c = sp.outer_sketch(a, d, 8).sum()
+    jac = torch.func.jacrev(lambda a: a * sp.outer_sketch(a, d, 8).sum())(a)
+    torch.testing.assert_close(jac, c * torch.eye(24).reshape(3, 2, 4, 3, 2, 4))
+
+
 def test_inputs_reach_the_kernels_with_rows_apart():
     """The CUDA kernels take a row stride of at least the row length (the bindings refuse less):
     for them broadcast (stride-0) or overlapping rows are materialised first, other strides pass;

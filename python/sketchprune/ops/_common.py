@@ -106,6 +106,26 @@ def unshare(out: torch.Tensor, *inputs):
     return tuple(res)
 
 
+def check_owns_elements(op: str, name: str, t: torch.Tensor) -> None:
+    """An in-place output (2-D) must not have two indices on one memory location (an expanded or
+    ``as_strided`` view): every update would land several times.  Exact for 2-D strides: indices
+    (i, j) and (i + di, j - dj) meet when di * s0 == dj * s1, the smallest such di being s1 / g."""
+    import math
+
+    (n0, n1), (s0, s1) = t.shape, t.stride()
+    if n0 <= 1 or n1 <= 1:
+        overlap = (n0 > 1 and s0 == 0) or (n1 > 1 and s1 == 0)
+    elif s0 == 0 or s1 == 0:
+        overlap = True
+    else:
+        g = math.gcd(s0, s1)
+        overlap = s1 // g < n0 and s0 // g < n1
+    if overlap:
+        fail(op, f"{name} of shape {tuple(t.shape)} with strides {tuple(t.stride())} has several elements on one "
+                 f"memory location (an expanded view?); an in-place output must own its elements: pass "
+                 f"{name}.clone() (or .contiguous())")
+
+
 def check_interpreted_dtype(op: str, *tensors: torch.Tensor) -> None:
     """The Triton interpreter (CPU tensors, ``TRITON_INTERPRET=1``) gets bf16 matrix products wrong
     (results off by ~1e9 for cov, cross and the sketch): refuse instead of returning them."""

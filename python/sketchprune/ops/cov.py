@@ -20,8 +20,8 @@ from torch.autograd.graph import increment_version
 
 from .. import _backends, _native
 from ..ref import ops as ref
-from ._common import (ACCUM, FLOAT_IN, check_interpreted_dtype, check_mask, check_same_device, check_tensor,
-                      contiguous_rows, fail, unshare)
+from ._common import (ACCUM, FLOAT_IN, check_interpreted_dtype, check_mask, check_owns_elements, check_same_device,
+                      check_tensor, contiguous_rows, fail, unshare)
 from ._native_call import call
 
 torch.library.define(
@@ -37,6 +37,7 @@ torch.library.define(
 def _check_cov(sigma, x, mask):
     op = "cov_accumulate_"
     check_tensor(op, "sigma", sigma, ACCUM, 2)
+    check_owns_elements(op, "sigma", sigma)
     check_tensor(op, "x", x, FLOAT_IN, 2)
     d = x.shape[1]
     if tuple(sigma.shape) != (d, d):
@@ -48,6 +49,7 @@ def _check_cov(sigma, x, mask):
 def _check_cross(c, x, y, mask):
     op = "cross_accumulate_"
     check_tensor(op, "c", c, ACCUM, 2)
+    check_owns_elements(op, "c", c)
     check_tensor(op, "x", x, FLOAT_IN, 2)
     check_tensor(op, "y", y, FLOAT_IN, 2)
     if x.dtype != y.dtype:
@@ -91,24 +93,29 @@ def _mask_arg(mask):
 
 def _cov_native(sigma, x, alpha, mask):
     x, mask = contiguous_rows(x), _mask_arg(mask)
-    with _RowMajorOut(sigma) as s:
-        call("cov_accumulate", s.device,
-             _native.ptr(s), _native.dtype_code(s), s.shape[0], s.stride(0),
-             _native.ptr(x), _native.dtype_code(x), x.shape[0], x.stride(0),
-             float(alpha), _native.ptr(mask))
-    # the kernel wrote through a raw pointer: bump the version counter as torch's in-place ops do, so
-    # autograd refuses a backward that saved sigma before the update instead of reading the new values
-    increment_version(sigma)
+    try:
+        with _RowMajorOut(sigma) as s:
+            call("cov_accumulate", s.device,
+                 _native.ptr(s), _native.dtype_code(s), s.shape[0], s.stride(0),
+                 _native.ptr(x), _native.dtype_code(x), x.shape[0], x.stride(0),
+                 float(alpha), _native.ptr(mask))
+    finally:
+        # the kernel wrote through a raw pointer: bump the version counter as torch's in-place ops do, so
+        # autograd refuses a backward that saved sigma before the update instead of reading the new values
+        # (also when an interrupt arrives as the kernel returns: sigma may have changed)
+        increment_version(sigma)
 
 
 def _cross_native(c, x, y, alpha, mask):
     x, y, mask = contiguous_rows(x), contiguous_rows(y), _mask_arg(mask)
-    with _RowMajorOut(c) as cw:
-        call("cross_accumulate", cw.device,
-             _native.ptr(cw), _native.dtype_code(cw), cw.shape[0], cw.shape[1], cw.stride(0),
-             _native.ptr(x), _native.ptr(y), _native.dtype_code(x), x.shape[0], x.stride(0), y.stride(0),
-             float(alpha), _native.ptr(mask))
-    increment_version(c)        # as for sigma above
+    try:
+        with _RowMajorOut(c) as cw:
+            call("cross_accumulate", cw.device,
+                 _native.ptr(cw), _native.dtype_code(cw), cw.shape[0], cw.shape[1], cw.stride(0),
+                 _native.ptr(x), _native.ptr(y), _native.dtype_code(x), x.shape[0], x.stride(0), y.stride(0),
+                 float(alpha), _native.ptr(mask))
+    finally:
+        increment_version(c)    # as for sigma above
 
 
 def _cov_triton(sigma, x, alpha, mask):

@@ -231,10 +231,17 @@ for _op in ("sparse_sign_sketch", "outer_sketch"):
 
 
 def sparse_sign_sketch(g: torch.Tensor, m: int, k: int = 8, seed: int = 0, offset: int = 0) -> torch.Tensor:
-    """g (N x r) @ S -> (N x m) float32, S the implicit sparse-sign matrix (see module doc)."""
+    """g (N x r) @ S -> (N x m) float32, S the implicit sparse-sign matrix (see module doc).
+
+    The output is not differentiable; the input is read detached, so the call also works inside
+    ``torch.func`` transforms (``grad``, ``jacrev``), where the op itself is refused by torch."""
+    g = g.detach() if isinstance(g, torch.Tensor) else g
     return torch.ops.sketchprune.sparse_sign_sketch(g, *sketch_ints("sparse_sign_sketch", m, k, seed, offset))
 
 
 def outer_sketch(a: torch.Tensor, d: torch.Tensor, m: int, k: int = 8, seed: int = 0, offset: int = 0) -> torch.Tensor:
-    """Sketch of per-sample Linear-weight gradients sum_t d[n,t]^T a[n,t], without forming them."""
+    """Sketch of per-sample Linear-weight gradients sum_t d[n,t]^T a[n,t], without forming them
+    (inputs read detached, as in :func:`sparse_sign_sketch`)."""
+    a = a.detach() if isinstance(a, torch.Tensor) else a
+    d = d.detach() if isinstance(d, torch.Tensor) else d
     return torch.ops.sketchprune.outer_sketch(a, d, *sketch_ints("outer_sketch", m, k, seed, offset))
