@@ -9,9 +9,8 @@ linear probe on features), selects n samples and writes the indices with the aud
 from __future__ import annotations
 
 import argparse
-import json
+import os
 import sys
-from pathlib import Path
 
 
 def _select(args) -> int:
@@ -31,14 +30,22 @@ def main(argv=None) -> int:
 
     _add_prune_eval(sub)
     args = parser.parse_args(argv)
-    if args.cmd in ("prune", "eval"):
-        return _run_prune_eval(args, argv)
-    if args.cmd == "info":
-        from .info import main as info_main
+    try:
+        if args.cmd in ("prune", "eval"):
+            return _run_prune_eval(args, argv)
+        if args.cmd == "info":
+            from .info import main as info_main
 
-        info_main()
-        return 0
-    return _select(args)
+            info_main()
+            return 0
+        return _select(args)
+    except KeyboardInterrupt:
+        if os.environ.get("SKETCHPRUNE_DEBUG"):
+            raise
+        # outputs are written to temporary names and moved into place: each is whole or absent
+        print(f"sketchprune {args.cmd}: interrupted (every output is either complete or not written)",
+              file=sys.stderr, flush=True)
+        return 130
 
 
 if __name__ == "__main__":

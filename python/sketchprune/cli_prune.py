@@ -58,7 +58,7 @@ def run_prune(args) -> int:
     import torch
 
     from .prune.api import calibration_batches, load_model, prune, resolve_model_dir
-    from .prune.checks import check_args, check_model
+    from .prune.checks import check_args, check_call, check_model
     from .prune.export import check_output_dir, check_output_file, save_pruned_dir, write_json_atomic
 
     t0 = time.perf_counter()
@@ -68,6 +68,24 @@ def run_prune(args) -> int:
         args.reconstruct = True       # block refits start from the closed-form ones
     if args.out is None and args.report is None:
         raise ValueError("nothing to write: give --out DIR and/or --report FILE")
+    options = {}
+    if args.head_mode:
+        options["head_mode"] = args.head_mode
+    if args.attn_sparsity is not None:
+        if not 0.0 <= args.attn_sparsity < 1.0:      # also NaN
+            raise ValueError(f"--attn-sparsity must be in [0, 1), got {args.attn_sparsity}")
+        options["attn_sparsity"] = args.attn_sparsity
+    if args.flap_bias is not None:
+        if args.criterion != "flap":
+            raise ValueError(f"--flap-bias applies to --criterion flap only (got --criterion {args.criterion})")
+        if args.reconstruct and args.flap_bias != "none":
+            raise ValueError("--reconstruct re-fits the weights itself: use --flap-bias none (or leave it out) with it")
+        options["flap_bias"] = args.flap_bias
+    for name, v in (("--seq-len", args.seq_len), ("--calib-tokens", args.calib_tokens)):
+        if v < 1:
+            raise ValueError(f"{name} must be a positive number of tokens, got {v}")
+    check_call(args.criterion, args.seed, args.batch_size, args.seq_len, args.calib_tokens, args.device,
+               dict(options))      # the library's own checks of the same values (before any work)
     if args.calib_tokens < args.seq_len:
         raise ValueError(f"--calib-tokens {args.calib_tokens} is shorter than one sequence (--seq-len {args.seq_len})")
     if args.batch_size is not None and args.batch_size < 1:
@@ -99,13 +117,6 @@ def run_prune(args) -> int:
     _say(args, f"pruning {args.sparsity:.0%} with {args.criterion}"
                f"{' + reconstruction' + recon if args.reconstruct else ''} "
                f"on {desc.get('tokens')} calibration tokens ...")
-    options = {}
-    if args.head_mode:
-        options["head_mode"] = args.head_mode
-    if args.attn_sparsity is not None:
-        options["attn_sparsity"] = args.attn_sparsity
-    if args.flap_bias is not None:
-        options["flap_bias"] = args.flap_bias
     model, report = prune(model, batches, sparsity=args.sparsity, criterion=args.criterion,
                           reconstruct=args.reconstruct, recon=args.recon, budget=args.budget, inplace=True,
                           tokenizer=tok, seq_len=args.seq_len, seed=args.seed, measure=not args.no_measure,

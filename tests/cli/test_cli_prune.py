@@ -359,3 +359,75 @@ def test_failed_weight_write_is_a_one_line_error(assets, tmp_path, monkeypatch, 
     err = capsys.readouterr().err
     assert "error:" in err and "File too large" in err and "Traceback" not in err
     assert not out.exists() and _leftovers(tmp_path, "out") == []
+
+
+@pytest.mark.parametrize("extra, match", [
+    (["--attn-sparsity", "1.5"], "--attn-sparsity must be in [0, 1)"),
+    (["--attn-sparsity", "nan"], "--attn-sparsity must be in [0, 1)"),
+    (["--flap-bias", "create"], "--flap-bias applies to --criterion flap only"),
+    (["--criterion", "flap", "--reconstruct", "--flap-bias", "create"], "use --flap-bias none"),
+    (["--seq-len", "0", "--calib-tokens", "0"], "--seq-len must be a positive number of tokens"),
+])
+def test_option_errors_come_before_the_model_loads(assets, tmp_path, monkeypatch, capsys, extra, match):
+    import sketchprune.prune.api as api
+
+    def no_load(*a, **k):
+        raise AssertionError("the model was loaded before the options were checked")
+    monkeypatch.setattr(api, "load_model", no_load)
+    model_dir, text = assets
+    _bad(_prune_args(model_dir, text, tmp_path / "out") + extra, capsys, match)
+
+
+@pytest.mark.parametrize("out", [".", "", ".."])
+def test_current_directory_is_refused_as_output(assets, tmp_path, monkeypatch, capsys, out):
+    import sketchprune.prune.api as api
+
+    monkeypatch.setattr(api, "load_model", lambda *a, **k: (_ for _ in ()).throw(AssertionError("loaded")))
+    monkeypatch.chdir(tmp_path)
+    model_dir, text = assets
+    _bad(_prune_args(model_dir, text, out, None, "--overwrite"), capsys, "current directory or one above it")
+
+
+def test_report_files_have_ordinary_permissions(pruned):
+    """--report is written through a private temporary file: it must end up as an ordinary file."""
+    out, _ = pruned
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (out.parent / "report.json").stat().st_mode & 0o777 == 0o666 & ~umask   # the fixture's --report
+
+
+def test_ctrl_c_is_one_line_and_status_130(assets, tmp_path, monkeypatch, capsys):
+    import sketchprune.prune.api as api
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(api, "load_model", interrupted)
+    model_dir, text = assets
+    assert main(_prune_args(model_dir, text, tmp_path / "out")) == 130
+    err = capsys.readouterr().err
+    assert "interrupted" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_ctrl_c_while_the_old_output_is_removed_leaves_nothing_behind(assets, tmp_path, monkeypatch, capsys):
+    """With --overwrite the old directory is moved aside and deleted after the new one is in place;
+    an interrupt arriving during that deletion is raised once it is done."""
+    import shutil
+    import signal
+
+    import sketchprune.prune.export as export
+
+    real = shutil.rmtree
+
+    def rmtree(path, *a, **k):
+        if ".out.old-" in str(path):
+            signal.raise_signal(signal.SIGINT)      # Ctrl-C lands here
+        return real(path, *a, **k)
+    monkeypatch.setattr(export.shutil, "rmtree", rmtree)
+    model_dir, text = assets
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "old.txt").write_text("old")
+    assert main(_prune_args(model_dir, text, out, None, "--overwrite", "--criterion", "magnitude-l2",
+                            "--no-measure")) == 130
+    assert (out / "pruning_plan.json").is_file() and not (out / "old.txt").exists()
+    assert not _leftovers(tmp_path, "out")

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from .._signals import deferred_signals
 from .measure import _accepts
 
 __all__ = ["OutputError", "check_output_dir", "check_output_file", "write_json_atomic", "save_pruned_dir",
@@ -49,6 +50,10 @@ def _check_parent(path: Path, what: str) -> Path:
 def check_output_dir(path, overwrite: bool = False) -> Path:
     """Check that the model directory ``path`` can be created (before any work); returns it."""
     p = Path(path)
+    here = Path.cwd().resolve()
+    if p.name in ("", ".", "..") or p.resolve() == here or p.resolve() in here.parents:
+        raise OutputError(f"output directory {str(p)!r} is the current directory or one above it, which cannot be "
+                          f"replaced as a whole: give the name of a new directory")
     if p.exists() and not p.is_dir():
         raise OutputError(f"output directory {str(p)!r} exists and is not a directory")
     if p.exists() and any(p.iterdir()) and not overwrite:
@@ -70,13 +75,21 @@ def _json_text(obj) -> str:
     return json.dumps(obj, indent=1, default=str, allow_nan=True) + "\n"
 
 
+def _umask() -> int:
+    m = os.umask(0)
+    os.umask(m)
+    return m
+
+
 def write_json_atomic(path, obj) -> None:
-    """Write ``obj`` as JSON to ``path`` through a temporary file and ``os.replace``."""
+    """Write ``obj`` as JSON to ``path`` through a temporary file and ``os.replace`` (with the
+    permissions of an ordinary new file: ``mkstemp`` creates it private)."""
     p = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent if str(p.parent) else ".")
     try:
         with os.fdopen(fd, "w") as f:
             f.write(_json_text(obj))
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, p)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -172,9 +185,7 @@ def save_pruned_dir(model, out, tokenizer=None, json_files: dict | None = None, 
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent if str(out.parent) else "."))
     old = None
     try:
-        umask = os.umask(0)
-        os.umask(umask)
-        tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; the result is an ordinary directory
+        tmp.chmod(0o777 & ~_umask())  # mkdtemp makes it private; the result is an ordinary directory
         model.save_pretrained(tmp)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
@@ -190,12 +201,15 @@ def save_pruned_dir(model, out, tokenizer=None, json_files: dict | None = None, 
             os.replace(out, old / out.name)
         os.replace(tmp, out)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if old is not None and not out.exists() and (old / out.name).exists():
-            os.replace(old / out.name, out)  # put the previous output back
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        with deferred_signals():   # a second Ctrl-C must not interrupt the clean-up
+            shutil.rmtree(tmp, ignore_errors=True)
+            if old is not None and not out.exists() and (old / out.name).exists():
+                os.replace(old / out.name, out)  # put the previous output back
+            if old is not None:
+                shutil.rmtree(old, ignore_errors=True)
         raise
     if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+        # the new output is in place; an interrupt now is raised once the old copy is gone
+        with deferred_signals():
+            shutil.rmtree(old, ignore_errors=True)
     return info
