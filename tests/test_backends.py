@@ -68,6 +68,19 @@ def test_info_command_runs():
     assert "cpu backends" in out.stdout and "C++ CPU module" in out.stdout
 
 
+def test_info_does_not_call_cuda_backends_available_without_a_device():
+    from sketchprune.info import report
+
+    table = report()["backends"]["cuda"]
+    if torch.cuda.is_available():
+        assert "available" in table.values()
+    else:
+        assert "available" not in table.values()
+        assert "no CUDA device" in table["torch"]
+        if _native.cuda_module() is not None:
+            assert "no CUDA device" in table["cuda"]
+
+
 def test_cross_device_error():
     if not torch.cuda.is_available():
         pytest.skip("no GPU")

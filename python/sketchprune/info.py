@@ -53,10 +53,10 @@ def report() -> dict:
         info["triton"] = triton.__version__ + (" (interpreter)" if _backends.triton_interpreted() else "")
     for dev in ("cpu", "cuda"):
         where = torch.device(dev) if dev == "cpu" or torch.cuda.is_available() else None
-        info["backends"][dev] = {b: (_backends.unavailable_reason(b, dev, where) or "available")
+        # with no CUDA device a backend that is otherwise ready cannot run either
+        ready = "available" if where is not None else "ready, but no CUDA device is visible to torch"
+        info["backends"][dev] = {b: (_backends.unavailable_reason(b, dev, where) or ready)
                                  for b in _backends.BACKENDS}
-        if dev == "cuda" and not torch.cuda.is_available():
-            info["backends"][dev]["note"] = "no CUDA device visible to torch"
     return info
 
 
