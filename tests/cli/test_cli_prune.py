@@ -254,13 +254,30 @@ def test_a_failure_while_saving_leaves_nothing(assets, tmp_path, monkeypatch, wh
     assert not _leftovers(tmp_path, "out")
 
 
-def test_overwrite_replaces_an_existing_output(assets, tmp_path):
+@pytest.mark.parametrize("interrupt", [False, True])
+def test_overwrite_replaces_an_existing_output(assets, tmp_path, monkeypatch, interrupt):
+    """The old directory is moved aside and deleted once the new one is in place; with
+    ``interrupt`` a Ctrl-C lands during that deletion and is raised once it is done (status 130),
+    leaving nothing behind."""
+    if interrupt:
+        import shutil
+        import signal
+
+        import sketchprune.prune.export as export
+
+        real = shutil.rmtree
+
+        def rmtree(path, *a, **k):
+            if ".out.old-" in str(path):
+                signal.raise_signal(signal.SIGINT)
+            return real(path, *a, **k)
+        monkeypatch.setattr(export.shutil, "rmtree", rmtree)
     model_dir, text = assets
     out = tmp_path / "out"
     out.mkdir()
     (out / "old.txt").write_text("old")
     assert main(_prune_args(model_dir, text, out, None, "--overwrite", "--criterion", "magnitude-l2",
-                            "--no-measure")) == 0
+                            "--no-measure")) == (130 if interrupt else 0)
     assert not (out / "old.txt").exists() and (out / "pruning_plan.json").is_file()
     assert not _leftovers(tmp_path, "out")
 
@@ -406,28 +423,3 @@ def test_ctrl_c_is_one_line_and_status_130(assets, tmp_path, monkeypatch, capsys
     assert main(_prune_args(model_dir, text, tmp_path / "out")) == 130
     err = capsys.readouterr().err
     assert "interrupted" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
-
-
-def test_ctrl_c_while_the_old_output_is_removed_leaves_nothing_behind(assets, tmp_path, monkeypatch, capsys):
-    """With --overwrite the old directory is moved aside and deleted after the new one is in place;
-    an interrupt arriving during that deletion is raised once it is done."""
-    import shutil
-    import signal
-
-    import sketchprune.prune.export as export
-
-    real = shutil.rmtree
-
-    def rmtree(path, *a, **k):
-        if ".out.old-" in str(path):
-            signal.raise_signal(signal.SIGINT)      # Ctrl-C lands here
-        return real(path, *a, **k)
-    monkeypatch.setattr(export.shutil, "rmtree", rmtree)
-    model_dir, text = assets
-    out = tmp_path / "out"
-    out.mkdir()
-    (out / "old.txt").write_text("old")
-    assert main(_prune_args(model_dir, text, out, None, "--overwrite", "--criterion", "magnitude-l2",
-                            "--no-measure")) == 130
-    assert (out / "pruning_plan.json").is_file() and not (out / "old.txt").exists()
-    assert not _leftovers(tmp_path, "out")
