@@ -249,3 +249,72 @@ def test_mlm_loss_is_the_same_position_cross_entropy():
     torch.testing.assert_close(lm_loss(None, out, ids, mask, causal=False), ref)
     nxt = torch.nn.functional.cross_entropy(logits[:, :-1][mask[:, 1:] & mask[:, :-1]], ids[:, 1:][mask[:, 1:] & mask[:, :-1]])
     torch.testing.assert_close(lm_loss(None, out, ids, mask, causal=True), nxt)
+
+
+# ------------------------------------------------------------------ inside a larger stack
+
+def test_hooks_on_sliced_projections_move_to_the_smaller_modules(dense, calib):
+    work = copy.deepcopy(dense)
+    layer = work.model.layers[0]
+    calls = {"down": 0, "q_pre": 0}
+    h1 = layer.mlp.down_proj.register_forward_hook(lambda m, a, o: calls.__setitem__("down", calls["down"] + 1))
+    layer.self_attn.q_proj.register_forward_pre_hook(lambda m, a: calls.__setitem__("q_pre", calls["q_pre"] + 1))
+    pruned, _ = sp.prune(work, calib, sparsity=0.3, criterion="sigma", reconstruct=False, progress=False,
+                         measure=False, inplace=True)
+    down = pruned.model.layers[0].mlp.down_proj
+    assert down.in_features < 96                                   # really sliced, a new module
+    calls.update(down=0, q_pre=0)
+    with torch.no_grad():
+        pruned(calib[:1])
+    assert calls == {"down": 1, "q_pre": 1}
+    h1.remove()                                                    # the caller's handle still works
+    with torch.no_grad():
+        pruned(calib[:1])
+    assert calls == {"down": 1, "q_pre": 2}
+
+
+def test_a_projection_that_is_not_a_plain_linear_is_refused_before_any_work(dense, calib):
+    class ObservedLinear(torch.nn.Linear):
+        pass
+
+    work = copy.deepcopy(dense)
+    old = work.model.layers[2].self_attn.q_proj
+    new = ObservedLinear(old.in_features, old.out_features, bias=False)
+    new.weight = old.weight
+    work.model.layers[2].self_attn.q_proj = new
+    before = _state(work)
+    with pytest.raises(PruneInputError, match=r"model\.layers\.2\.self_attn\.q_proj of decoder layer 2 is a "
+                                              r".*ObservedLinear"):
+        sp.prune(work, calib, sparsity=0.3, criterion="sigma", progress=False, measure=False, inplace=True)
+    after = work.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # nothing was pruned
+    # FFN-only pruning does not slice the attention: the wrapped q_proj is no obstacle
+    pruned, _ = sp.prune(work, calib, sparsity=0.3, attn_sparsity=0.0, criterion="sigma", progress=False,
+                         measure=False)
+    assert type(pruned.model.layers[2].self_attn.q_proj) is ObservedLinear
+    assert pruned.model.layers[2].mlp.down_proj.in_features < 96
+
+
+def test_under_inference_mode_the_result_is_trainable(dense, calib):
+    with torch.inference_mode():
+        pruned, _ = sp.prune(dense, calib, sparsity=0.3, criterion="taylor", reconstruct=True, progress=False,
+                             measure=False)
+    assert not any(p.is_inference() for p in pruned.parameters())
+    pruned.train()
+    pruned(input_ids=calib[:2], labels=calib[:2]).loss.backward()
+    assert all(p.grad is not None for p in pruned.parameters() if p.requires_grad)
+
+
+def test_tokenizer_outputs_and_single_dicts_are_calibration_batches(dense, calib):
+    from transformers import BatchEncoding
+
+    kw = dict(sparsity=0.3, criterion="sigma", reconstruct=False, progress=False, measure=False, batch_size=2)
+    _, ref = sp.prune(dense, calib, **kw)
+    mask = torch.ones_like(calib)
+    for given in ([BatchEncoding({"input_ids": b, "attention_mask": m}) for b, m in zip(calib.split(2), mask.split(2))],
+                  {"input_ids": calib, "attention_mask": mask},
+                  BatchEncoding({"input_ids": calib, "attention_mask": mask})):
+        _, rep = sp.prune(dense, given, **kw)
+        assert rep["plan"] == ref["plan"]
+    with pytest.raises(PruneInputError, match="batch 1 has torch.float32 tensor"):
+        sp.prune(dense, [calib[:2], calib[2:4].float()], **kw)

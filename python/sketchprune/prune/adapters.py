@@ -237,7 +237,22 @@ def _check_head_shapes(where, hd: int, q: nn.Linear, k: nn.Linear, v: nn.Linear,
     return HeadStructure(nq, nkv, hd)
 
 
+#: the hook tables of an nn.Module (those this torch has are moved; handles keep working on them)
+_HOOK_TABLES = ("_forward_pre_hooks", "_forward_pre_hooks_with_kwargs", "_forward_hooks", "_forward_hooks_with_kwargs",
+                "_forward_hooks_always_called", "_backward_pre_hooks", "_backward_hooks", "_state_dict_pre_hooks",
+                "_state_dict_hooks", "_load_state_dict_pre_hooks", "_load_state_dict_post_hooks")
+
+
 def _replace(parent: nn.Module, name: str, new: nn.Module) -> None:
+    """Put ``new`` (a sliced Linear) in place of ``parent.name``, moving the hooks registered on the
+    old module to it (the same tables, so the caller's handles still remove them)."""
+    old = getattr(parent, name, None)
+    if isinstance(old, nn.Module) and old is not new:
+        for attr in _HOOK_TABLES:
+            if hasattr(old, attr):
+                setattr(new, attr, getattr(old, attr))
+        if getattr(old, "_is_full_backward_hook", None) is not None:
+            new._is_full_backward_hook = old._is_full_backward_hook
     setattr(parent, name, new)
 
 

@@ -15,13 +15,15 @@ import copy
 import json
 import time
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from .adapters import get_adapter, supported_architectures
-from .checks import PruneInputError, check_args, check_batches, check_call, check_model, check_recon
+from .checks import (PruneInputError, check_args, check_batches, check_call, check_model, check_recon,
+                     check_sliceable)
 from .criteria import CRITERIA
 from .measure import PeakMemory, measure_forward
 from .report import jsonable, kept_plan, layer_costs_of, layer_entries, sparsity_summary
@@ -138,15 +140,34 @@ def calibration_batches(calib, model=None, tokenizer=None, seq_len: int = 512, c
     elif calib is None:
         batches = None
         desc = {"source": None}
+    elif isinstance(calib, Mapping):
+        # one tokenizer output (a dict / BatchEncoding of (n, seq_len) tensors): cut like a tensor
+        ids = calib.get("input_ids")
+        if not (torch.is_tensor(ids) and ids.dim() == 2 and _integer(ids)):
+            raise PruneInputError("a calibration dict must hold 'input_ids' as an integer (n, seq_len) tensor (or give "
+                                  "a list of batches)")
+        bs = int(batch_size) if batch_size else _auto_batch_size(ids.shape[0])
+        batches = [{k: v[i:i + bs] if torch.is_tensor(v) and v.shape[:1] == ids.shape[:1] else v
+                    for k, v in calib.items()} for i in range(0, ids.shape[0], bs)]
+        desc.update(source="dict", sequences=int(ids.shape[0]), seq_len=int(ids.shape[1]), tokens=int(ids.numel()),
+                    batch_size=bs)
     else:
-        batches = list(calib)
-        toks = [b["input_ids"] if isinstance(b, dict) else b for b in batches]
-        if not all(torch.is_tensor(t) for t in toks):
-            raise PruneInputError("calibration batches must be token-id tensors or dicts with 'input_ids'")
+        batches = [dict(b) if isinstance(b, Mapping) else b for b in calib]   # BatchEncoding: a plain dict
+        toks = [b.get("input_ids") if isinstance(b, dict) else b for b in batches]
+        bad = next((i for i, t in enumerate(toks) if not (torch.is_tensor(t) and _integer(t))), None)
+        if bad is not None:
+            t = toks[bad]
+            got = f"{t.dtype} tensor" if torch.is_tensor(t) else type(t).__name__
+            raise PruneInputError(f"calibration batches must be integer token-id tensors or dicts with 'input_ids'; "
+                                  f"batch {bad} has {got}")
         desc.update(batches=len(batches), tokens=int(sum(t.numel() for t in toks)))
     if batches is not None:
         desc["batches"] = len(batches)
     return batches, desc
+
+
+def _integer(t: torch.Tensor) -> bool:
+    return not (t.is_floating_point() or t.is_complex() or t.dtype == torch.bool)
 
 
 def _measure_input(batches, seq_len: int, vocab: int, seed: int) -> torch.Tensor:
@@ -193,6 +214,13 @@ def prune(model, calib=None, *, sparsity: float = 0.2, criterion: str = "sigma",
     ``heldout_rel_error``, the kept indices (``plan``), ``inference`` measurements and the
     pipeline's own record (``pipeline``).  See ``docs/pruning.md``.
     """
+    if torch.is_inference_mode_enabled():
+        # under inference_mode the new weights would be inference tensors (the pruned model could
+        # not be trained afterwards) and the gradient passes (taylor, fisher, block reconstruction)
+        # could not run: the work runs outside it, without autograd recording, as under no_grad
+        kw = {k: v for k, v in locals().items() if k not in ("model", "calib", "options")}
+        with torch.inference_mode(False), torch.no_grad():
+            return prune(model, calib, **kw, **options)
     from .pipeline import count_parameters, prune_model
 
     t_start = time.perf_counter()
@@ -225,6 +253,7 @@ def prune(model, calib=None, *, sparsity: float = 0.2, criterion: str = "sigma",
     if "flap_bias" not in options and criterion == "flap" and reconstruct:
         options["flap_bias"] = "none"  # the refit replaces FLAP's bias compensation
     check_model(model, options, calib, seq_len)
+    check_sliceable(model, float(sparsity), options)
     batches, calib_desc = calibration_batches(calib, model=model, tokenizer=tokenizer, seq_len=seq_len,
                                               calib_tokens=calib_tokens, batch_size=batch_size, seed=seed,
                                               progress=progress, self_options=self_options)

@@ -19,7 +19,7 @@ from .adapters import get_adapter
 from .criteria import CRITERIA
 
 __all__ = ["PruneInputError", "check_args", "check_call", "check_model", "check_batches", "check_recon",
-           "check_sequence_length", "check_weights"]
+           "check_sequence_length", "check_sliceable", "check_weights"]
 
 
 class PruneInputError(ValueError):
@@ -133,6 +133,38 @@ def check_model(model, options, calib, seq_len) -> None:
             raise PruneInputError(f"layers {bad} out of range: the model has {n_layers} decoder layers")
     if isinstance(calib, (str, Path)):
         check_sequence_length(model, int(seq_len), "calibration sequences")
+
+
+def check_sliceable(model, sparsity: float, options: dict) -> None:
+    """Every projection the run will slice must be a plain ``nn.Linear`` (a subclass -- a LoRA or
+    observer wrapper -- would be found only when its layer is sliced, half-way through the run).
+    Under the uniform allocation only the sides (attention / FFN) that lose units are checked."""
+    from torch import nn
+
+    from .allocation import layer_costs, layer_removal
+
+    ad = get_adapter(model)
+    layers = ad.layers(model)
+    idx = options.get("layers")
+    idx = range(len(layers)) if idx is None else idx
+    uniform = options.get("allocation", "uniform") == "uniform"
+    names = None
+    for i in idx:
+        heads = ffn = sparsity > 0 or bool(options.get("attn_sparsity"))
+        if uniform and heads:
+            try:
+                r = layer_removal(layer_costs(ad, layers[i]), sparsity, options.get("attn_sparsity"),
+                                  options.get("head_mode", "query"))
+            except ValueError:
+                return              # an infeasible target: the pipeline reports it in its own words
+            heads, ffn = bool(r.q_per_group or r.groups), bool(r.ffn)
+        att, mlp = ad.attention(layers[i]), ad.ffn(layers[i])
+        for lin in ([att.q, att.k, att.v, att.o] if heads else []) + ([*mlp.first, mlp.down] if ffn else []):
+            if type(lin) is not nn.Linear:
+                names = names or {id(m): n for n, m in model.named_modules()}
+                raise PruneInputError(f"{names.get(id(lin), 'a projection')} of decoder layer {i} is a "
+                                      f"{type(lin).__module__}.{type(lin).__name__}; only plain torch.nn.Linear "
+                                      "projections can be sliced (merge adapters such as LoRA into the weights first)")
 
 
 def check_batches(model, batches) -> None:
