@@ -273,7 +273,9 @@ def test_budget_slices_and_memmap_output(tmp_path):
     layers = [model[0], model[3]]
     x, y = torch.randn(12, 3, 6, 6), torch.randint(0, 4, (12,))
     whole, rec = model_gradient_sketch(model, layers, [(x, y)], CE, m=32, k=2)
-    assert rec["sample_rows"] == 12
+    assert rec["sample_rows"] is None                 # no batch needed slicing
+    _, rec = model_gradient_sketch(model, layers, [(x[:7], y[:7]), (x[7:], y[7:])], CE, m=32, k=2)
+    assert rec["sample_rows"] is None                 # an uneven last batch is not a slice
     # room for a few samples' patches only (about 6 KiB each) beyond the sketch kernels' own workspace
     # (per-thread buffers, counted by the plan): the batch is sketched in slices, with the same result
     from sketchprune.ops.sketch import outer_sketch_workspace, sparse_sign_sketch_workspace
@@ -355,3 +357,63 @@ def test_linear_probe_accepts_numpy_features():
     assert torch.equal(c, b)
     with pytest.raises(ValueError, match="features must be a 2-D tensor or numpy array"):
         linear_probe_sketch(x.numpy()[0], y, 3, m=16)
+
+
+def test_a_hook_that_replaces_the_output_does_not_change_the_sketch():
+    """The caller's hooks keep running; the sketch is of the layer's own gradient, taken at the
+    output as the layer made it (a hook scaling it by 3 once gave a sketch 1/3 too small)."""
+    torch.manual_seed(20)
+    model = nn.Sequential(nn.Linear(10, 8), nn.Tanh(), nn.Linear(8, 4))
+    x, y = torch.randn(16, 10), torch.randint(0, 4, (16,))
+    seen = []
+    model[0].register_forward_hook(lambda mod, a, out: seen.append(1) or out * 3.0)
+    sk, _ = model_gradient_sketch(model, [model[0]], [(x, y)], CE, m=32, k=4, seed=1)
+    assert seen                                        # it ran
+    G64 = _formed(model, [model[0]], x, y, CE, torch.float64)   # the copy keeps the hook: the model's true gradient
+    oracle = sparse_sign_sketch_ref(G64, 32, 4, 1, 0, compute_dtype=torch.float64)
+    torch.testing.assert_close(sk.double(), oracle, rtol=1e-4, atol=1e-5)
+    assert len(model[0]._forward_hooks) == 1            # only the caller's is left
+
+
+@pytest.mark.parametrize("kind", ["linear-forward", "conv-forward", "weight-norm"])
+def test_layers_that_compute_something_else_are_refused(kind):
+    class HalfLinear(nn.Linear):
+        def forward(self, x):
+            return nn.functional.linear(x, 0.5 * self.weight, self.bias)
+
+    class PaddedConv(nn.Conv2d):
+        def forward(self, x):
+            return super().forward(nn.functional.pad(x, (1, 1, 1, 1)))
+
+    layer = {"linear-forward": lambda: HalfLinear(6, 4), "conv-forward": lambda: PaddedConv(3, 4, 3),
+             "weight-norm": lambda: nn.utils.parametrizations.weight_norm(nn.Linear(6, 4))}[kind]()
+    model = nn.Sequential(layer)
+    with pytest.raises(TypeError, match="layer '0' (is a .* with its own forward|has a parametrized weight)"):
+        model_gradient_sketch(model, [layer], [(torch.randn(2, 6), torch.zeros(2, dtype=torch.long))], CE, m=8, k=2)
+
+
+def test_keyword_calls_batches_and_sizes_are_clear_errors():
+    class KwCall(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(6, 3)
+
+        def forward(self, x):
+            return self.fc(input=x)
+
+    x, y = torch.randn(4, 6), torch.randint(0, 3, (4,))
+    model = KwCall()
+    with pytest.raises(ValueError, match="'fc' was called with its input as a keyword argument"):
+        model_gradient_sketch(model, [model.fc], [(x, y)], CE, m=8, k=2)
+    plain = nn.Sequential(nn.Linear(6, 3))
+    for batch, got in (({"x": x, "y": y}, "a dict"), ((x, y, torch.arange(4)), "a tuple of 3")):
+        with pytest.raises(ValueError, match=f"batch 0 is {got}; batches must be \\(inputs, targets\\) pairs"):
+            model_gradient_sketch(plain, [plain[0]], [batch], CE, m=8, k=2)
+
+    def batches():                                     # nothing is pulled before the sizes are checked
+        raise AssertionError("a batch was read before m and k were checked")
+        yield
+    with pytest.raises(ValueError, match="m"):
+        model_gradient_sketch(plain, [plain[0]], batches(), CE, m=4, k=8)
+    with pytest.raises((TypeError, ValueError), match="m"):
+        model_gradient_sketch(plain, [plain[0]], batches(), CE, m=16.5, k=2)

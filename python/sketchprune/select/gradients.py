@@ -53,6 +53,7 @@ from torch.autograd.graph import get_gradient_edge
 
 from ..budget import Budget, active_budget, limit_memory
 from ..ops import outer_sketch, sparse_sign_sketch
+from ..ops._common import sketch_ints
 from ..ops.sketch import outer_sketch_workspace, sparse_sign_sketch_workspace
 from .._progress import progress_bar
 from ._checks import check_labels
@@ -114,11 +115,28 @@ def _layer_names(model: nn.Module, layers) -> list[str]:
             raise TypeError(f"model_gradient_sketch supports nn.Linear and nn.Conv2d layers, got "
                             f"{type(mod).__name__} (layers[{i}])")
         name = known.get(id(mod), f"layers[{i}]")
+        _check_plain(mod, name)
         if id(mod) in seen:
             raise ValueError(f"layer {name!r} is given twice")
         seen.add(id(mod))
         names.append(name)
     return names
+
+
+def _check_plain(mod: nn.Module, name: str) -> None:
+    """The sketch is of ``F.linear`` / ``F.conv2d`` of the layer's own input, weight and bias: a
+    subclass with its own forward (a rescaled or standardised weight, padding done inside) or a
+    parametrized weight (weight_norm) computes something else, and the sketch would be wrong."""
+    from torch.nn.utils import parametrize
+
+    base = nn.Linear if isinstance(mod, nn.Linear) else nn.Conv2d
+    own = type(mod).forward is not base.forward or (base is nn.Conv2d and type(mod)._conv_forward
+                                                     is not nn.Conv2d._conv_forward)
+    if own or parametrize.is_parametrized(mod):
+        what = "has a parametrized weight" if not own else f"is a {type(mod).__name__} with its own forward"
+        raise TypeError(f"layer {name!r} {what}; the gradient sketch takes the layer as a plain {base.__name__} of "
+                        f"its input, weight and bias, which it does not compute (sketch a plain {base.__name__}, or "
+                        "remove the parametrization first)")
 
 
 def _check_shared(model: nn.Module, layers, names) -> None:
@@ -148,8 +166,12 @@ class _Capture:
 
     def __enter__(self):
         for i, mod in enumerate(self.layers):
+            # the pre-hook runs after the caller's (it sees the input the layer computes with), the
+            # forward hook before the caller's (it sees the output as the layer made it, before a
+            # hook of theirs replaces it): the gradient is the layer's own
             self.handles.append(mod.register_forward_pre_hook(self._pre))
-            self.handles.append(mod.register_forward_hook(lambda mod_, args, out, i=i: self._post(i, args, out)))
+            self.handles.append(mod.register_forward_hook(lambda mod_, args, out, i=i: self._post(i, args, out),
+                                                          prepend=True))
         return self
 
     def __exit__(self, *exc):
@@ -168,6 +190,9 @@ class _Capture:
 
     def _post(self, i, args, out):
         name = self.names[i]
+        if not args:
+            raise ValueError(f"layer {name!r} was called with its input as a keyword argument (e.g. layer(input=x)), "
+                             "which its hooks do not see; call it with the input as the first positional argument")
         if not isinstance(out, torch.Tensor) or out.grad_fn is None:
             raise RuntimeError(f"layer {name!r} ran with gradients disabled (torch.no_grad() inside the model's "
                                "forward?), so the gradient with respect to its output cannot be taken")
@@ -391,6 +416,7 @@ def model_gradient_sketch(model: nn.Module, layers, batches, loss_fn, m: int, k:
     layers = list(layers)
     if not layers:
         raise ValueError("give at least one layer to sketch")
+    m, k, seed, _ = sketch_ints("model_gradient_sketch", m, k, seed, 0)
     names = _layer_names(model, layers)
     _check_shared(model, layers, names)
     offsets, off = [], 0
@@ -413,7 +439,12 @@ def model_gradient_sketch(model: nn.Module, layers, batches, loss_fn, m: int, k:
             mod.eval()
         for p, _ in saved:  # no parameter gradient is needed; nothing below the sketched layers is recorded
             p.requires_grad_(False)
-        for inputs, targets in batches:
+        for batch in batches:
+            if not (isinstance(batch, (tuple, list)) and len(batch) == 2):
+                got = f"a {type(batch).__name__}" + (f" of {len(batch)}" if isinstance(batch, (tuple, list)) else "")
+                raise ValueError(f"batch {n_batches} is {got}; batches must be (inputs, targets) pairs (for a dataset "
+                                 "of dicts or with extra fields, map each batch to that pair first)")
+            inputs, targets = batch
             with torch.enable_grad(), _Capture(layers, names) as cap:
                 losses = loss_fn(model(inputs), targets)
                 if losses.dim() >= 1 and losses.shape[0] == 0:   # an empty batch adds no rows
@@ -454,7 +485,8 @@ def _sketch_batch(layers, names, offsets, calls, grads, m, k, seed, budget, sink
             extra, per = _workspace(mod, x, g, _dtype(x, g), m, k, n)
             rows = budget.plan_rows(device, per, n, fixed_bytes=fixed + extra,
                                     what=f"model_gradient_sketch (layer {name!r})")
-            plan["rows"] = rows if plan["rows"] is None else min(plan["rows"], rows)
+            if rows < n:        # the batch is sketched in slices of `rows` samples
+                plan["rows"] = rows if plan["rows"] is None else min(plan["rows"], rows)
             plan["workspace_bytes"] = max(plan["workspace_bytes"], fixed + extra + rows * per)
             with limit_memory(budget):
                 _sketch_call(mod, x, g, m, k, seed, offset, sk, rows, plan["index"])
