@@ -238,8 +238,10 @@ assert torch.allclose(acc.covariance().double(), x.T @ x / x.shape[0], atol=1e-5
 assert torch.allclose(acc.cross().double(), x.T @ x[:, :2] / x.shape[0], atol=1e-5)
 assert torch.allclose(acc.mean().double(), x.mean(0), atol=1e-6)
 dist.barrier()                      # no rank tears down while the other is mid-collective
-dist.destroy_process_group()
-print("ok", rank)
+print("ok", rank, flush=True)
+# a rank aborted once under load with "terminate called without an active exception" and no Python
+# error, which points at gloo's teardown at interpreter exit: the result is in, so leave without it
+os._exit(0)
 """
 
 
