@@ -98,3 +98,53 @@ def test_a_sketch_that_cancels_to_zero_is_not_an_underflow():
     assert zero > 0   # some seed cancels
     with pytest.raises(ValueError, match="too small for float32"):
         sketch_matrix(torch.full((2, 3), 1e-45, dtype=torch.float64), 4, 1, device="cpu")
+
+
+@pytest.mark.parametrize("sketch", ["sparse-sign", "gaussian"])
+def test_big_endian_arrays_and_memmaps_are_read_block_by_block(tmp_path, sketch, monkeypatch):
+    """A big-endian array (valid in .npy files) sketches like the native one -- also a memmap,
+    converted one block at a time (never a converted copy of the whole matrix), and in the error
+    paths that re-read G in its own dtype."""
+    import sketchprune.select.sources as src
+    from sketchprune.ops.sketch import sparse_sign_sketch_workspace
+    G = np.random.default_rng(0).standard_normal((64, 300))
+    ref, _ = sketch_matrix(G.astype(np.float32), 16, 4, 3, sketch=sketch, device="cpu")
+    # about 8 rows a block (the planner's own terms: the kernel's workspace or the Gaussian S block)
+    if sketch == "sparse-sign":
+        budget = sparse_sign_sketch_workspace(64, 300, 16, 4, torch.float32, "cpu", any_rows=True) + 8 * 4 * (300 + 16)
+    else:
+        budget = 4 * src.GAUSS_BLOCK * 16 + 8 * 4 * (src.GAUSS_BLOCK + 16)
+    for dt in (">f4", ">f8", ">f2"):
+        np.save(tmp_path / "g.npy", G.astype(dt))
+        mm = np.load(tmp_path / "g.npy", mmap_mode="r")
+        assert mm.dtype.str == dt
+        seen = []
+        real = src.native
+        monkeypatch.setattr(src, "native", lambda a: seen.append(a.size) or real(a))
+        out, _ = sketch_matrix(mm, 16, 4, 3, sketch=sketch, device="cpu", budget=budget)
+        monkeypatch.undo()
+        tol = 2e-2 if dt == ">f2" else 1e-5
+        assert torch.allclose(out, ref, rtol=tol, atol=tol * float(ref.abs().max())), dt
+        assert sum(seen) == G.size and max(seen) <= 8 * 300
+    H = G.astype(">f8")
+    H[5, 7] = 1e300
+    with pytest.raises(ValueError, match="outside float32's range in row 5"):
+        sketch_matrix(H, 8, sketch=sketch, device="cpu")
+    # integers in either byte order, too
+    I = np.random.default_rng(1).integers(-50, 50, (20, 30))
+    a, _ = sketch_matrix(I.astype(">i4"), 8, device="cpu", sketch=sketch)
+    b, _ = sketch_matrix(I.astype(np.float64), 8, device="cpu", sketch=sketch)
+    assert torch.allclose(a, b, rtol=1e-5, atol=1e-4)
+
+
+def test_unsupported_dtypes_are_named():
+    """Long double (numpy's float128 on x86) has no torch dtype, and complex gradients no real
+    sketch: a ValueError naming the dtype, not torch's TypeError from the middle of the stream."""
+    G = np.random.default_rng(0).standard_normal((6, 10))
+    with pytest.raises(ValueError, match=rf"G has unsupported dtype {np.dtype(np.longdouble)}: extended precision"):
+        sketch_matrix(G.astype(np.longdouble), 4, device="cpu")
+    for bad in (G.astype(np.complex128), torch.from_numpy(G).to(torch.complex64)):
+        with pytest.raises(ValueError, match="unsupported dtype .*complex"):
+            sketch_matrix(bad, 4, device="cpu")
+    with pytest.raises(ValueError, match="dense tensor"):
+        sketch_matrix(torch.from_numpy(G).to_sparse(), 4, device="cpu")

@@ -11,6 +11,13 @@ blocks of rows and columns and returns the N x m sketch G S (float32, on the hos
 
 Block sizes come from the memory budget (the device copy of a block of G, float32); the sketch
 record (type, m, k, seed) is returned with the result so a selection can be reproduced.
+
+G may be of any real dtype torch reads (float64/32/16, bfloat16 tensors, integers, bool), in
+either byte order: a big-endian numpy array or memmap is converted block by block as it is read
+(never loaded whole).  Extended precision (``np.longdouble``, float128) and complex matrices are
+refused with a ValueError naming the dtype: torch has no extended-precision dtype (a silent cast to
+float64 would also turn values beyond float64's range into Inf), and a complex matrix has no real
+sketch.
 """
 
 from __future__ import annotations
@@ -31,11 +38,44 @@ from .._progress import progress_bar
 GAUSS_BLOCK = 4096
 
 
+#: torch dtypes of a source matrix (the others -- complex, float8, quantized -- are refused)
+_TORCH_DTYPES = (torch.float64, torch.float32, torch.float16, torch.bfloat16, torch.int64, torch.int32, torch.int16,
+                 torch.int8, torch.uint8, torch.bool,
+                 *(getattr(torch, u) for u in ("uint16", "uint32", "uint64") if hasattr(torch, u)))
+
+
+def check_dtype(G, name: str = "G") -> None:
+    """ValueError naming ``name`` unless G (a torch tensor or numpy array) is a dense real matrix of a
+    dtype the sketch reads: floats up to float64, integers, bool; numpy arrays in either byte order."""
+    if isinstance(G, torch.Tensor):
+        if G.layout != torch.strided:
+            raise ValueError(f"{name} must be a dense tensor, got layout {G.layout}")
+        ok, dt = G.dtype in _TORCH_DTYPES, G.dtype
+    else:
+        dt = np.dtype(getattr(G, "dtype", None))
+        ok = dt.kind in "biu" or (dt.kind == "f" and dt.itemsize <= 8)
+    if ok:
+        return
+    if getattr(dt, "is_complex", False) or getattr(dt, "kind", "") == "c":
+        why = "complex values have no real sketch; pass the real gradients"
+    elif getattr(dt, "kind", "") == "f":
+        why = "extended precision, which torch does not have; save it as float64 or float32"
+    else:
+        why = "use float32, float64, float16, bfloat16, an integer type or bool"
+    raise ValueError(f"{name} has unsupported dtype {dt}: {why}")
+
+
+def native(a: np.ndarray) -> np.ndarray:
+    """``a`` in the machine's byte order: a big-endian array (valid in .npy files) as a converted copy,
+    which torch.from_numpy can read; a native one unchanged."""
+    return a if a.dtype.isnative else a.astype(a.dtype.newbyteorder("="))
+
+
 def _block(G, r0, r1, c0, c1, device, convert: bool = True):
     if isinstance(G, torch.Tensor):
         b = G[r0:r1, c0:c1].detach()
     else:
-        a = np.ascontiguousarray(G[r0:r1, c0:c1])
+        a = np.ascontiguousarray(native(G[r0:r1, c0:c1]))  # one block converted at a time: memmaps stay streamed
         with warnings.catch_warnings():  # a read-only memmap block: only ever read here
             warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
             b = torch.from_numpy(a)
@@ -106,6 +146,7 @@ def sketch_matrix(G, m: int, k: int = 8, seed: int = 0, sketch: str = "sparse-si
         raise ValueError(f"sketch must be 'sparse-sign' or 'gaussian', got {sketch!r}")
     if getattr(G, "ndim", None) != 2:
         raise ValueError(f"G must be a 2-D matrix (N x r), got shape {getattr(G, 'shape', None)}")
+    check_dtype(G)
     N, r = int(G.shape[0]), int(G.shape[1])
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     budget = Budget.of(budget)
