@@ -8,9 +8,11 @@ import numpy as np
 import torch
 
 from .._numbers import as_int, as_real
+from ..budget import Budget, active_budget
 from . import baselines as B
 from . import model_based as MB
 from ._checks import check_finite_rows, check_n
+from ._plan import selection_workspace
 from .model_based import ModelOutputs
 from .skmm import Selection, skmm_select, variance_proxy
 
@@ -29,7 +31,7 @@ NEEDS = {"skmm": "sketch", **{m: "sketch" for m in GEOMETRY}, "grand": "grad_nor
 def select(n: int, method: str = "skmm", sketch: torch.Tensor | None = None, *, outputs: ModelOutputs | None = None,
            probs: torch.Tensor | None = None, labels: torch.Tensor | None = None,
            grad_norms: torch.Tensor | None = None, seed: int = 0, class_balanced: bool | None = None,
-           **options) -> Selection:
+           budget=None, **options) -> Selection:
     """Select exactly n distinct samples.
 
     ``sketch`` (N x m): a gradient sketch or feature matrix, needed by skmm and the geometry
@@ -43,6 +45,13 @@ def select(n: int, method: str = "skmm", sketch: torch.Tensor | None = None, *, 
     given and not otherwise (for skmm without labels, and for every other method); pass False to
     run skmm on the pooled data although labels are given.  The info record always holds the
     method, n, seed and, when a sketch is given, the variance proxy.
+
+    ``budget`` (default: the active ``sketchprune.limit_memory`` budget, else free memory) caps what
+    the selection allocates beyond the sketch on its device: the m x m float64 second moments and
+    eigendecompositions every method with a sketch makes (for the variance proxy; SkMM also for its
+    moment problem) and the method's float64 copies of the sketch
+    (:func:`~sketchprune.select._plan.selection_workspace`).  A sketch too wide for it is a
+    :class:`~sketchprune.BudgetError` before any of that work.
     """
     if not isinstance(method, str) or method not in METHODS:
         raise ValueError(f"unknown selection method {method!r}; choose one of {', '.join(METHODS)}")
@@ -63,8 +72,19 @@ def select(n: int, method: str = "skmm", sketch: torch.Tensor | None = None, *, 
     outputs = _merge(outputs, probs, labels, grad_norms)
     if class_balanced is None:  # SkMM's default: class-balanced whenever labels are known
         class_balanced = method == "skmm" and outputs.labels is not None
+    budget = active_budget() if budget is None else Budget.of(budget)
+    if sketch is not None:
+        N, m = int(sketch.shape[0]), int(sketch.shape[1])
+        largest = None
+        if class_balanced and outputs.labels is not None and torch.as_tensor(outputs.labels).numel():
+            largest = int(torch.unique(torch.as_tensor(outputs.labels), return_counts=True)[1].max())
+        need = selection_workspace(N, m, method, formulation=options.get("formulation", "variance"),
+                                   rounding=options.get("rounding"), class_balanced=bool(class_balanced),
+                                   class_rows=largest)
+        budget.check(sketch.device, need, what=f"{method} selection on the {N} x {m} sketch (m x m float64 "
+                     "moments and eigendecompositions, the method's copies of the sketch)")
     if class_balanced:
-        return _class_balanced(n, method, sketch, outputs, seed, options)
+        return _class_balanced(n, method, sketch, outputs, seed, options, budget)
     N = _size(sketch, outputs)
     if not 1 <= n <= N:
         raise ValueError(f"n must be in [1, N={N}], got {n}")
@@ -204,7 +224,7 @@ def _subset(out: ModelOutputs, rows: torch.Tensor) -> ModelOutputs:
 _PER_CLASS = ("n", "duality_gap", "tol", "converged", "iterations", "seconds", "support", "top_mass")
 
 
-def _class_balanced(n, method, sketch, outputs: ModelOutputs, seed, options) -> Selection:
+def _class_balanced(n, method, sketch, outputs: ModelOutputs, seed, options, budget) -> Selection:
     if outputs.labels is None:
         raise ValueError("class_balanced=True needs labels (labels=... or ModelOutputs.labels) to split n over "
                          "the classes")
@@ -226,7 +246,8 @@ def _class_balanced(n, method, sketch, outputs: ModelOutputs, seed, options) -> 
         rows = torch.nonzero(labels == cls).squeeze(1)
         try:
             sub = select(k, method, None if sketch is None else sketch[rows.to(sketch.device)],
-                         outputs=_subset(outputs, rows), seed=seed, class_balanced=False, **options)
+                         outputs=_subset(outputs, rows), seed=seed, class_balanced=False, budget=budget,
+                         **options)
         except ValueError as e:       # name the class (e.g. one whose gradients all vanish)
             raise ValueError(f"class {int(cls)} ({rows.numel()} samples, {k} to select): {e}") from None
         picked.append(rows[sub.indices.cpu()])
