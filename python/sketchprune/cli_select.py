@@ -11,9 +11,19 @@
   init (``linear_probe_sketch``) with random labels (as in the original SkMM experiments), or the
   labels of ``--labels`` when given.
 * ``--sketch-dim`` (alias ``--m``): the sketch size m; default twice the intrinsic dimension of a
-  pilot sketch of at most ``PILOT_M`` columns, capped at the gradient width r (recorded under ``sketch.pilot``; a warning says when
-  the estimate exceeds half the pilot's width, where it is only a lower bound).  ``--probs P.npy``
-  (N x classes) feeds the methods that read model probabilities.
+  pilot sketch of at most ``PILOT_M`` columns, capped at the gradient width r (recorded under
+  ``sketch.pilot``; a warning says when the estimate exceeds half the pilot's width, where it is
+  only a lower bound).  An explicit m
+  above r is capped at r the same way (a wider sketch reduces nothing, and the selection's m x m
+  work grows with m), with a warning, and recorded as ``sketch.m_requested``.
+* ``--budget``: checked before the sketch is made against the N x m float32 sketch plus the
+  selection's work (``select._plan.selection_workspace``: the m x m float64 moments and
+  eigendecompositions every method makes, the method's N x m copies), before the pilot against
+  it plus its eigenvalue solve; the sketching itself plans its blocks within it.
+* Inputs: .npy (memory-mapped, either byte order; never unpickled) or .pt (tensors only).  Long
+  double and complex --grads / --features / --labels, sparse tensors and labels beyond int64 are
+  refused by name.
+* ``--probs P.npy`` (N x classes) feeds the methods that read model probabilities.
 
 Output (``--out``, checked before any work and written atomically, or stdout): strict JSON
 (non-finite numbers written as null) with ``indices``, ``weights`` (SkMM's relaxed weights of the
@@ -43,6 +53,9 @@ class CliError(Exception):
     """A user error: reported in one line, exit status 2."""
 
 
+NPY_MAGIC = b"\x93NUMPY"
+
+
 def _load(path: str, what: str):
     p = Path(path)
     if not p.exists():
@@ -50,16 +63,29 @@ def _load(path: str, what: str):
     if p.suffix == ".npy":
         import numpy as np
 
+        not_npy = f"{path}: not a numeric .npy array"
         try:
-            return np.load(p, mmap_mode="r")
+            with open(p, "rb") as f:
+                magic = f.read(len(NPY_MAGIC))
+        except OSError as e:
+            raise CliError(f"{path}: cannot read ({e.strerror or e})") from None
+        if magic != NPY_MAGIC:  # numpy would take it for a pickle (and suggest unpickling it)
+            raise CliError(f"{not_npy} (it does not start with the .npy header)")
+        try:
+            return np.load(p, mmap_mode="r")  # never allow_pickle: object arrays are refused
         except Exception as e:  # noqa: BLE001 -- any unreadable file is a user error
-            raise CliError(f"{path}: cannot read as .npy ({_first_line(e)})") from None
+            if "pickle" in str(e) or "Python objects" in str(e):  # an object array (numpy suggests unpickling it)
+                raise CliError(f"{not_npy} (it holds Python objects)") from None
+            raise CliError(f"{not_npy} ({_first_line(e)})") from None
     if p.suffix in (".pt", ".pth"):
         import torch
 
         try:
             t = torch.load(p, map_location="cpu", weights_only=True)
         except Exception as e:  # noqa: BLE001 -- corrupt files raise UnpicklingError, EOFError, RuntimeError, ...
+            if "weights_only" in str(e):  # torch's message suggests loading it unsafely
+                raise CliError(f"{path}: not a tensor file (it is not a torch.save file of tensors, or holds "
+                               "other Python objects; only tensors are loaded)") from None
             raise CliError(f"{path}: cannot read as a .pt tensor ({_first_line(e)})") from None
         if not isinstance(t, torch.Tensor):
             raise CliError(f"{path}: expected a tensor, got {type(t).__name__}")
@@ -85,13 +111,16 @@ def _check_plan(N: int, r: int, avail: int) -> tuple[int, int]:
     return max(1, min(N, entries // cols)), cols
 
 
-def _check_matrix(M, name: str, budget=None):
+def _check_matrix(M, name: str, budget=None, long_double: bool = False):
     """2-D, numeric, and no NaN/Inf, scanned in blocks planned from the memory budget (memory-mapped
-    arrays are never loaded whole, no N x r temporary); names the bad rows."""
+    arrays are never loaded whole, no N x r temporary); names the bad rows.  A dtype torch cannot
+    read (long double, complex, float8, sparse) is refused; with ``long_double=True`` long double
+    passes (for a matrix the caller converts to float64 with numpy, as --probs)."""
     import numpy as np
     import torch
 
     from .budget import Budget
+    from .select.sources import check_dtype
 
     if getattr(M, "ndim", None) != 2:
         raise CliError(f"{name} must be a 2-D matrix (N x r), got shape {tuple(getattr(M, 'shape', ()))}")
@@ -99,15 +128,17 @@ def _check_matrix(M, name: str, budget=None):
     if N == 0 or r == 0:
         raise CliError(f"{name} is empty (shape {tuple(M.shape)})")
     if isinstance(M, torch.Tensor):
-        if M.dtype.is_complex or M.dtype == torch.bool:
+        if M.dtype == torch.bool:
             raise CliError(f"{name} has unsupported dtype {M.dtype}")
-        if not M.dtype.is_floating_point:
-            return N  # integers are always finite
-    else:
-        if M.dtype.kind not in "fiub":
-            raise CliError(f"{name} has non-numeric dtype {M.dtype}")
-        if M.dtype.kind != "f":
-            return N
+    elif M.dtype.kind not in "fciub":
+        raise CliError(f"{name} has non-numeric dtype {M.dtype}")
+    try:
+        check_dtype(M, name)  # long double, complex, float8, sparse: refused, saying why
+    except ValueError as e:
+        if not (long_double and not isinstance(M, torch.Tensor) and M.dtype.kind == "f"):
+            raise CliError(str(e)) from None
+    if not (M.dtype.is_floating_point if isinstance(M, torch.Tensor) else M.dtype.kind == "f"):
+        return N  # integers are always finite
     budget = Budget.of(budget)
     avail = budget.bytes_for("cpu")
     if avail < 1:
@@ -127,22 +158,40 @@ def _check_matrix(M, name: str, budget=None):
 
 
 def _labels(path: str, N: int):
-    import numpy as np
     import torch
+
+    from .select.sources import check_dtype
 
     y = _load(path, "labels")
     bad_dtype = y.dtype.is_complex if isinstance(y, torch.Tensor) else y.dtype.kind not in "biuf"
     if bad_dtype:
         raise CliError(f"labels must be integer class indices, got dtype {y.dtype}")
-    y = torch.from_numpy(np.array(y)) if not isinstance(y, torch.Tensor) else y  # a copy: memmaps are read-only
+    try:
+        check_dtype(y, "--labels")
+    except ValueError as e:
+        raise CliError(str(e)) from None
+    y = _tensor(y)
     if y.dim() != 1 or int(y.shape[0]) != N:
         raise CliError(f"labels must be a vector of length N = {N}, got shape {tuple(y.shape)}")
     if y.is_floating_point() and not (torch.isfinite(y).all() and torch.equal(y, y.round())):
         raise CliError("labels must be integer class indices")
+    # beyond int64 the conversion below would wrap around (torch has no max of uint64: compared in float64)
+    top = float((y.double() if y.dtype == getattr(torch, "uint64", None) else y).max()) if y.numel() else 0.0
+    if top >= 2.0**63:
+        raise CliError(f"labels must be integer class indices below 2**63, got {top:.4g}")
     y = y.long()
     if int(y.min()) < 0:
         raise CliError(f"labels must be >= 0, got {int(y.min())}")
     return y
+
+
+def _tensor(a):
+    """A torch tensor of a loaded array: a native-byte-order copy of a numpy array or memmap (memmaps
+    are read-only, and .npy files may be big-endian), a tensor as it is."""
+    import numpy as np
+    import torch
+
+    return a if isinstance(a, torch.Tensor) else torch.from_numpy(np.array(a, dtype=a.dtype.newbyteorder("=")))
 
 
 def _write(dest: Path, text: str | None) -> None:
@@ -232,8 +281,9 @@ def run(args) -> int:
 def _run(args) -> int:
     import torch
 
-    from .budget import Budget
+    from .budget import Budget, BudgetError, limit_memory
     from .select import METHODS, intrinsic_dimension, linear_probe_sketch, select, sketch_matrix
+    from .select._plan import intrinsic_dimension_workspace, selection_workspace
     from .select.api import NEEDS
     from .select.model_based import ModelOutputs
 
@@ -283,7 +333,7 @@ def _run(args) -> int:
         import numpy as np
 
         P = _load(args.probs, "probs")
-        if _check_matrix(P, "--probs", budget) != N:
+        if _check_matrix(P, "--probs", budget, long_double=True) != N:
             raise CliError(f"--probs has {P.shape[0]} rows, expected N = {N}")
         probs = P.double() if isinstance(P, torch.Tensor) else torch.from_numpy(np.array(P, dtype=np.float64))
         try:  # the checks select() would make, before the sketch is built
@@ -297,16 +347,22 @@ def _run(args) -> int:
                        "the probability-based methods, use the Python API (ModelOutputs) for the others")
     t0 = time.perf_counter()
     if args.features is not None:
-        import numpy as np
-
-        X = torch.from_numpy(np.array(M)) if not isinstance(M, torch.Tensor) else M
-        X = X.float()
         C = args.classes if args.classes is not None else (int(labels.max()) + 1 if labels is not None else 10)
         if labels is not None and int(labels.max()) >= C:
             raise CliError(f"labels go up to {int(labels.max())} but --classes is {C}")
+        # the features in float32 (after a copy in their own dtype), the probe's C x d weights, and
+        # its logits, probabilities and one-hot errors (float32, int64 one-hot) per chunk of 4096 rows
+        d = int(M.shape[1])
+        budget.check("cpu", N * d * (M.element_size() if isinstance(M, torch.Tensor) else M.dtype.itemsize)
+                     + 4 * N * d + 4 * C * (d + 1) + 24 * min(N, 4096) * C,
+                     what=f"the linear probe ({N} x {d} features, {C} classes)")
+        X = _tensor(M).float()
         probe_labels = labels if labels is not None else "random"
-        make = lambda m: linear_probe_sketch(X, probe_labels, C, m=m, k=args.k, seed=args.seed)  # noqa: E731
-        r = C * X.shape[1] + C
+
+        def make(m):
+            with limit_memory(budget):  # the probe's sketch ops plan their workspaces within --budget
+                return linear_probe_sketch(X, probe_labels, C, m=m, k=args.k, seed=args.seed)
+        r = C * d + C
         sketch_type = "sparse-sign"
         if args.sketch != "sparse-sign":
             raise CliError("--features uses the sparse-sign sketch (outer_sketch); --sketch gaussian needs --grads")
@@ -316,11 +372,19 @@ def _run(args) -> int:
         sketch_type = args.sketch
     m = args.m
     pilot_rec = None
+    if m is not None and m > max(r, args.k):  # as the default m: at most the gradient width
+        print(f"warning: --sketch-dim {m} exceeds the gradient width r = {r}: a sketch wider than the gradients "
+              f"reduces nothing (its rank is at most r) and costs O(m^2) memory and time in the selection; "
+              f"using m = {max(r, args.k)}", file=sys.stderr)
+        m = max(r, args.k)
     if m is None:  # twice the intrinsic dimension of a pilot sketch
         pilot_m = min(PILOT_M, max(8, r, args.k))
-        budget.check("cpu", N * pilot_m * 4, what=f"the pilot sketch ({N} x {pilot_m}, float32)")
+        budget.check("cpu", N * pilot_m * 4 + intrinsic_dimension_workspace(N, pilot_m),
+                     what=f"the pilot sketch ({N} x {pilot_m}, float32, with the eigenvalues of its m x m second "
+                          "moment)")
         pilot, _ = make(pilot_m)
         idim = intrinsic_dimension(pilot)
+        del pilot
         m = max(args.k, min(2 * idim, r))
         # The estimate is only trustworthy when the pilot is well above it; a pilot narrower than the
         # gradients whose estimate exceeds half its width measured (at most) its own size.
@@ -334,9 +398,20 @@ def _run(args) -> int:
                   f"than half its own size, so the estimate is only a lower bound and m = {m} may be too small; "
                   "give --sketch-dim to choose m (a larger m costs time and memory in the solve, see the docs)",
                   file=sys.stderr)
-    # the sketch (float32) and, for SkMM, its float64 moment problem and the solver's copies
-    per_row = m * 4 + (m * 8 * 3 if args.method == "skmm" else 0)
-    budget.check("cpu", N * per_row, what=f"selection from an {N} x {m} sketch")
+    # the sketch (float32) and what the selection allocates beyond it: the m x m float64 moments and
+    # eigendecompositions of every method (the variance proxy; SkMM's moment problem) and the
+    # method's copies of the sketch -- checked before the sketch is made
+    balanced = args.class_balanced if args.class_balanced is not None else (args.method == "skmm" and
+                                                                             labels is not None)
+    largest = int(torch.unique(labels, return_counts=True)[1].max()) if balanced and labels is not None else None
+    plan = selection_workspace(N, m, args.method, formulation=args.formulation, rounding=args.rounding,
+                               class_balanced=balanced, class_rows=largest)
+    try:
+        budget.check("cpu", N * m * 4 + plan,
+                     what=f"the {args.method} selection on the {N} x {m} sketch (the float32 sketch itself, m x m "
+                          "float64 moments and eigendecompositions, the method's copies of the sketch)")
+    except BudgetError as e:
+        raise BudgetError(f"{e}{'' if args.m is None else ', or a smaller --sketch-dim'}") from None
     sk, record = make(m)
     if args.features is not None:
         record = {**record, "sketch": sketch_type, "N": N}
@@ -350,13 +425,15 @@ def _run(args) -> int:
             opts = dict(formulation="variance", rounding=args.rounding, eps=args.eps, progress=opts["progress"])
         opts.update({k: v for k, v in (("tol", args.tol), ("time_limit", args.time_limit)) if v is not None})
     sel = select(args.n, args.method, sk, probs=probs, labels=labels, seed=args.seed,
-                 class_balanced=args.class_balanced, **opts)
+                 class_balanced=args.class_balanced, budget=budget, **opts)
     elapsed = time.perf_counter() - t0
     weights = None
     if sel.weights is not None:
         weights = sel.weights[sel.indices.to(sel.weights.device)].double().cpu().tolist()
     sketch_rec = {"type": record.get("sketch", sketch_type), "m": m, "k": record.get("k"), "seed": args.seed,
                   **{k: v for k, v in record.items() if k not in ("sketch", "m", "k", "seed")}}
+    if args.m is not None and args.m != m:
+        sketch_rec["m_requested"] = args.m
     if pilot_rec is not None:
         sketch_rec["pilot"] = pilot_rec
     out = {"indices": sel.indices.tolist(), "weights": weights, "method": args.method, "n": args.n,

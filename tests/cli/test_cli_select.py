@@ -161,7 +161,7 @@ def test_select_cli_unreadable_files(tmp_path, _cli):
 
 @pytest.mark.parametrize("labels, message", [
     (np.array(["a"] * 20), "integer class indices, got dtype <U1"),
-    (np.array([{"a": 1}] * 20, dtype=object), "cannot read as .npy"),
+    (np.array([{"a": 1}] * 20, dtype=object), "not a numeric .npy array (it holds Python objects)"),
     (np.full(20, np.inf), "integer class indices"),
     (np.full(20, 1.5), "integer class indices"),
 ])
@@ -336,3 +336,125 @@ def test_select_cli_c_message(tmp_path, _cli):
     assert "c >= 1" not in res.stderr
     res = _cli("--grads", tmp_path / "g.npy", "--n", 5, "--quiet", "--formulation", "hinge", "--c", 1)
     assert res.returncode == 2 and "with c >= 1 uniform weights already satisfy" in res.stderr
+
+
+def test_select_cli_budget_counts_the_m_by_m_work(tmp_path, _cli, monkeypatch):
+    """Every method makes m x m float64 moments and eigendecompositions (the variance proxy; SkMM's
+    moment problem): a budget too small for them is a one-line error before the sketch is made."""
+    import sketchprune.select as S
+    np.save(tmp_path / "g.npy", np.random.default_rng(0).standard_normal((50, 600)).astype(np.float32))
+    made = []
+    real = S.sketch_matrix
+    monkeypatch.setattr(S, "sketch_matrix", lambda *a, **kw: made.append(a[1]) or real(*a, **kw))
+    for method in ("skmm", "uniform", "kcenter"):
+        # 500 x 500 float64 is 2 MB: far more than 4 MiB with the eigensolver's copies, although the
+        # sketch itself (50 x 500 float32, 100 KB) and its rows' copies would fit
+        res = _cli("--grads", tmp_path / "g.npy", "--n", 5, "--m", 500, "--budget", "4MiB", "--quiet",
+                   "--method", method)
+        _no_traceback(res, f"the {method} selection on the 50 x 500 sketch (the float32 sketch itself, m x m float64",
+                      "the budget of 4.00 MiB", "or use smaller inputs, or a smaller --sketch-dim")
+    assert made == []
+    res = _cli("--grads", tmp_path / "g.npy", "--n", 5, "--m", 500, "--budget", "64MiB", "--quiet")
+    assert res.returncode == 0 and made == [500], res.stderr
+    # the default m: the pilot sketch's eigenvalue solve is planned too
+    res = _cli("--grads", tmp_path / "g.npy", "--n", 5, "--budget", "2MiB", "--quiet", "--method", "uniform")
+    _no_traceback(res, "the pilot sketch (50 x 600, float32, with the eigenvalues of its m x m second moment) needs")
+
+
+def test_select_cli_sketch_dim_above_the_gradient_width_is_capped(tmp_path, _cli):
+    """As the default m, an explicit m is at most r: a wider sketch reduces nothing (and its m x m
+    work grows with m); the CLI says so and records the m asked for."""
+    g = np.random.default_rng(0).standard_normal((60, 20)).astype(np.float32)
+    np.save(tmp_path / "g.npy", g)
+    res = _cli("--grads", tmp_path / "g.npy", "--n", 5, "--m", 300, "--quiet", "--method", "kcenter")
+    assert res.returncode == 0, res.stderr
+    d = json.loads(res.stdout)
+    assert d["sketch"]["m"] == 20 and d["sketch"]["m_requested"] == 300
+    assert "warning: --sketch-dim 300 exceeds the gradient width r = 20" in res.stderr
+    assert "using m = 20" in res.stderr
+    same = json.loads(_cli("--grads", tmp_path / "g.npy", "--n", 5, "--m", 20, "--quiet", "--method",
+                           "kcenter").stdout)
+    assert same["indices"] == d["indices"] and "m_requested" not in same["sketch"]
+    # r below k: m = k, as the default m (m < k is refused)
+    res = _cli("--grads", tmp_path / "g.npy", "--n", 5, "--m", 64, "--k", 32, "--quiet", "--method", "kcenter")
+    assert res.returncode == 0 and json.loads(res.stdout)["sketch"]["m"] == 32, res.stderr
+    # the probe's gradient width (--features): C d + C
+    np.save(tmp_path / "f.npy", g[:, :3])
+    res = _cli("--features", tmp_path / "f.npy", "--classes", 2, "--n", 5, "--m", 100, "--quiet",
+               "--method", "kcenter")
+    assert res.returncode == 0 and json.loads(res.stdout)["sketch"]["m"] == 8, res.stderr
+    assert "gradient width r = 8" in res.stderr
+
+
+def test_select_cli_refuses_long_double_and_complex(tmp_path, _cli):
+    g = np.random.default_rng(0).standard_normal((30, 6))
+    np.save(tmp_path / "g.npy", g.astype(np.float32))
+    np.save(tmp_path / "g128.npy", g.astype(np.longdouble))
+    np.save(tmp_path / "gc.npy", g.astype(np.complex64))
+    np.save(tmp_path / "y128.npy", (np.arange(30) % 2).astype(np.longdouble))
+    for opt, f in (("--grads", "g128.npy"), ("--features", "g128.npy")):
+        _no_traceback(_cli(opt, tmp_path / f, "--n", 5, "--quiet"),
+                      f"{opt} has unsupported dtype {np.dtype(np.longdouble)}", "save it as float64 or float32")
+    _no_traceback(_cli("--grads", tmp_path / "gc.npy", "--n", 5, "--quiet"), "--grads has unsupported dtype complex64")
+    _no_traceback(_cli("--grads", tmp_path / "g.npy", "--labels", tmp_path / "y128.npy", "--n", 5, "--quiet"),
+                  "--labels has unsupported dtype")
+    # probabilities are converted to float64 by numpy: long double ones are read
+    np.save(tmp_path / "p128.npy", np.full((30, 4), 0.25, dtype=np.longdouble))
+    res = _cli("--grads", tmp_path / "g.npy", "--probs", tmp_path / "p128.npy", "--method", "entropy", "--n", 5,
+               "--m", 8, "--quiet")
+    assert res.returncode == 0, res.stderr
+
+
+def test_select_cli_reads_big_endian_npy(tmp_path, _cli):
+    """Big-endian .npy files are valid: --grads (memory-mapped, converted block by block), --features
+    and --labels give the same selection as the native files."""
+    rng = np.random.default_rng(0)
+    g = rng.standard_normal((80, 30)).astype(np.float32)
+    y = rng.integers(0, 3, 80)
+    for name, a in (("g", g), ("y", y)):
+        np.save(tmp_path / f"{name}.npy", a)
+        np.save(tmp_path / f"{name}_be.npy", a.astype(a.dtype.newbyteorder(">")))
+    assert np.load(tmp_path / "g_be.npy", mmap_mode="r").dtype.str == ">f4"
+    for opt in ("--grads", "--features"):
+        for lab in ([], ["--labels"]):
+            args = lambda sfx: [opt, tmp_path / f"g{sfx}.npy", "--n", 10, "--m", 16, "--quiet",  # noqa: E731
+                                *([lab[0], tmp_path / f"y{sfx}.npy"] if lab else [])]
+            ref, be = _cli(*args("")), _cli(*args("_be"))
+            assert ref.returncode == 0 and be.returncode == 0, be.stderr
+            assert json.loads(be.stdout)["indices"] == json.loads(ref.stdout)["indices"]
+
+
+class _Thing:
+    """A Python object that weights-only loading refuses."""
+
+
+def test_select_cli_garbage_npy_never_suggests_unpickling(tmp_path, _cli):
+    import torch
+    np.save(tmp_path / "g.npy", np.ones((20, 5), np.float32))
+    (tmp_path / "text.npy").write_bytes(b"hello, not an array")
+    (tmp_path / "header.npy").write_bytes(b"\x93NUMPY\x01\x00garbage")
+    np.save(tmp_path / "obj.npy", np.array([{"a": 1}] * 20, dtype=object), allow_pickle=True)
+    (tmp_path / "text.pt").write_bytes(b"not a zip or pickle at all")  # torch: 'weights_only set to False ...'
+    torch.save({"a": _Thing()}, tmp_path / "obj.pt")
+    for f, why in (("text.npy", "not a numeric .npy array (it does not start with the .npy header)"),
+                   ("header.npy", "not a numeric .npy array"),
+                   ("obj.npy", "not a numeric .npy array (it holds Python objects)"),
+                   ("text.pt", "not a tensor file"), ("obj.pt", "not a tensor file")):
+        for opt in ("--grads", "--labels"):
+            src = [] if opt == "--grads" else ["--grads", tmp_path / "g.npy"]
+            res = _cli(*src, opt, tmp_path / f, "--n", 5, "--quiet")
+            _no_traceback(res, f"{tmp_path / f}: {why}")
+            assert "pickle" not in res.stderr and "weights_only" not in res.stderr, res.stderr
+
+
+def test_select_cli_labels_beyond_int64_and_huge_probes(tmp_path, _cli):
+    np.save(tmp_path / "g.npy", np.random.default_rng(0).standard_normal((20, 5)).astype(np.float32))
+    np.save(tmp_path / "yu.npy", np.full(20, 2**63 + 5, dtype=np.uint64))
+    np.save(tmp_path / "yf.npy", np.full(20, 1e30))
+    np.save(tmp_path / "ybig.npy", np.full(20, 10**12))
+    for f in ("yu.npy", "yf.npy"):
+        _no_traceback(_cli("--grads", tmp_path / "g.npy", "--labels", tmp_path / f, "--n", 5, "--quiet"),
+                      "labels must be integer class indices below 2**63")
+    # a label of 10^12 asks the probe for 10^12 classes: refused by the budget, not by the allocator
+    _no_traceback(_cli("--features", tmp_path / "g.npy", "--labels", tmp_path / "ybig.npy", "--n", 5, "--quiet"),
+                  "the linear probe (20 x 5 features, 1000000000001 classes) needs at least")
