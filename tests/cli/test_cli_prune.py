@@ -255,7 +255,7 @@ def test_a_failure_while_saving_leaves_nothing(assets, tmp_path, monkeypatch, wh
 
 
 @pytest.mark.parametrize("interrupt", [False, True])
-def test_overwrite_replaces_an_existing_output(assets, tmp_path, monkeypatch, interrupt):
+def test_overwrite_replaces_an_existing_output(assets, tmp_path, monkeypatch, request, interrupt):
     """The old directory is moved aside and deleted once the new one is in place; with
     ``interrupt`` a Ctrl-C lands during that deletion and is raised once it is done (status 130),
     leaving nothing behind."""
@@ -265,6 +265,10 @@ def test_overwrite_replaces_an_existing_output(assets, tmp_path, monkeypatch, in
 
         import sketchprune.prune.export as export
 
+        # a process started in the background of a non-interactive shell inherits SIGINT ignored
+        # (Python then installs no KeyboardInterrupt handler): put Python's own back for the test
+        old_handler = signal.signal(signal.SIGINT, signal.default_int_handler)
+        request.addfinalizer(lambda: signal.signal(signal.SIGINT, old_handler))
         real = shutil.rmtree
 
         def rmtree(path, *a, **k):
