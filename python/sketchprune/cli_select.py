@@ -281,7 +281,7 @@ def run(args) -> int:
 def _run(args) -> int:
     import torch
 
-    from .budget import Budget, BudgetError, limit_memory
+    from .budget import Budget, BudgetError
     from .select import METHODS, intrinsic_dimension, linear_probe_sketch, select, sketch_matrix
     from .select._plan import intrinsic_dimension_workspace, selection_workspace
     from .select.api import NEEDS
@@ -350,18 +350,12 @@ def _run(args) -> int:
         C = args.classes if args.classes is not None else (int(labels.max()) + 1 if labels is not None else 10)
         if labels is not None and int(labels.max()) >= C:
             raise CliError(f"labels go up to {int(labels.max())} but --classes is {C}")
-        # the features in float32 (after a copy in their own dtype), the probe's C x d weights, and
-        # its logits, probabilities and one-hot errors (float32, int64 one-hot) per chunk of 4096 rows
-        d = int(M.shape[1])
-        budget.check("cpu", N * d * (M.element_size() if isinstance(M, torch.Tensor) else M.dtype.itemsize)
-                     + 4 * N * d + 4 * C * (d + 1) + 24 * min(N, 4096) * C,
-                     what=f"the linear probe ({N} x {d} features, {C} classes)")
-        X = _tensor(M).float()
         probe_labels = labels if labels is not None else "random"
 
-        def make(m):
-            with limit_memory(budget):  # the probe's sketch ops plan their workspaces within --budget
-                return linear_probe_sketch(X, probe_labels, C, m=m, k=args.k, seed=args.seed)
+        def make(m):  # a block of rows at a time, planned within --budget (BudgetError if one row does not fit)
+            return linear_probe_sketch(M, probe_labels, C, m=m, k=args.k, seed=args.seed, budget=budget,
+                                       progress=not args.quiet)
+        d = int(M.shape[1])
         r = C * d + C
         sketch_type = "sparse-sign"
         if args.sketch != "sparse-sign":

@@ -457,4 +457,4 @@ def test_select_cli_labels_beyond_int64_and_huge_probes(tmp_path, _cli):
                       "labels must be integer class indices below 2**63")
     # a label of 10^12 asks the probe for 10^12 classes: refused by the budget, not by the allocator
     _no_traceback(_cli("--features", tmp_path / "g.npy", "--labels", tmp_path / "ybig.npy", "--n", 5, "--quiet"),
-                  "the linear probe (20 x 5 features, 1000000000001 classes) needs at least")
+                  "linear_probe_sketch (20 x 5 features, 1000000000001 classes, m = ", "needs at least")

@@ -359,6 +359,44 @@ def test_linear_probe_accepts_numpy_features():
         linear_probe_sketch(x.numpy()[0], y, 3, m=16)
 
 
+def test_linear_probe_plans_its_blocks_from_the_budget(tmp_path, monkeypatch):
+    """Rows go through in blocks sized by ``budget`` (the same sketch as one block); a budget too
+    small for one row is a BudgetError before any work; big-endian and read-only memmap features
+    are read a block at a time, never copied whole."""
+    import sketchprune.select.gradients as gm
+
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn(300, 40, generator=g)
+    y = torch.randint(0, 6, (300,), generator=g)
+    full, rec = linear_probe_sketch(x, y, 6, m=32, k=4, seed=1)
+    assert rec["rows_per_block"] == 300
+    small, rec_s = linear_probe_sketch(x, y, 6, m=32, k=4, seed=1, budget="64KiB")
+    assert 1 <= rec_s["rows_per_block"] < 300 and rec_s["budget"] == "Budget(64.00 KiB)"
+    assert torch.equal(small, full)                 # p is uniform at the zero init: blocking changes nothing
+    one, _ = linear_probe_sketch(x, y, 6, m=32, k=4, seed=1, chunk=1)
+    assert torch.equal(one, full)
+    with pytest.raises(BudgetError, match=r"linear_probe_sketch \(300 x 40 features, 6 classes, m = 32\)"):
+        linear_probe_sketch(x, y, 6, m=32, k=4, seed=1, budget="1KiB")
+    # numpy: a big-endian memmap, read-only; the blocks it is read in are those of the plan
+    path = tmp_path / "f.npy"
+    np.save(path, x.numpy().astype(">f4"))
+    mm = np.load(path, mmap_mode="r")
+    assert not mm.dtype.isnative
+    reads = []
+    real = gm._rows
+    monkeypatch.setattr(gm, "_rows", lambda f, i, j, dev: reads.append(j - i) or real(f, i, j, dev))
+    b, rec_b = linear_probe_sketch(mm, y, 6, m=32, k=4, seed=1, budget="64KiB")
+    assert torch.equal(b, full) and max(reads) == rec_b["rows_per_block"] < 300 and sum(reads) == 300
+    with pytest.raises(ValueError, match="features has unsupported dtype complex64"):
+        linear_probe_sketch(np.zeros((4, 3), np.complex64), "random", 2, m=8)
+    with pytest.raises(ValueError, match="num_classes must be a positive int"):
+        linear_probe_sketch(x, "random", 0, m=8)
+    with pytest.raises(ValueError, match="chunk must be a positive int"):
+        linear_probe_sketch(x, "random", 2, m=8, chunk=0)
+    empty, _ = linear_probe_sketch(x[:0], y[:0], 6, m=32, k=4)
+    assert empty.shape == (0, 32)
+
+
 def test_a_hook_that_replaces_the_output_does_not_change_the_sketch():
     """The caller's hooks keep running; the sketch is of the layer's own gradient, taken at the
     output as the layer made it (a hook scaling it by 3 once gave a sketch 1/3 too small)."""

@@ -46,6 +46,8 @@ weight (row-major over (out, in[, kh, kw]), i.e. ``weight.flatten()``) then its 
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
 from torch import nn
@@ -57,6 +59,7 @@ from ..ops._common import sketch_ints
 from ..ops.sketch import outer_sketch_workspace, sparse_sign_sketch_workspace
 from .._progress import progress_bar
 from ._checks import check_labels
+from .sources import check_dtype, native
 
 
 def _labels(labels, n, num_classes, gen):
@@ -67,38 +70,88 @@ def _labels(labels, n, num_classes, gen):
     return check_labels(labels, n, num_classes)
 
 
-def linear_probe_sketch(features: torch.Tensor, labels, num_classes: int, m: int, k: int = 8, seed: int = 0,
-                        init: str = "zeros", bias: bool = True, chunk: int = 4096) -> tuple[torch.Tensor, dict]:
+def linear_probe_sketch(features, labels, num_classes: int, m: int, k: int = 8, seed: int = 0,
+                        init: str = "zeros", bias: bool = True, chunk: int | None = None, budget=None,
+                        progress: bool = False) -> tuple[torch.Tensor, dict]:
     """Sketch of the per-sample gradients of a linear softmax head at initialisation.
 
-    ``features``: an N x d tensor or numpy array.  ``labels``: a tensor of class indices, or
-    ``"random"`` (as in the original SkMM experiments).
-    ``init``: ``"zeros"`` (p uniform) or ``"random"`` (W ~ N(0, 1/d), drawn from ``seed``).
+    ``features``: an N x d tensor (CPU or CUDA) or numpy array / memmap (read a block of rows at a
+    time, in either byte order; never copied whole).  ``labels``: a tensor of class indices, or
+    ``"random"`` (as in the original SkMM experiments).  ``init``: ``"zeros"`` (p uniform) or
+    ``"random"`` (W ~ N(0, 1/d), drawn from ``seed``).  Returns the N x m float32 sketch in host
+    memory and a record of the sketch.
+
+    Rows are processed in blocks planned from ``budget`` (default: the active
+    ``sketchprune.limit_memory`` budget, else free memory) on the features' device: each block's
+    float32 features, logits, errors and sketch rows plus the sketch ops' own workspace; at most
+    ``chunk`` rows per block when given.  A budget too small for one row is a ``BudgetError``
+    before any work.
     """
-    if isinstance(features, np.ndarray):  # numpy arrays and memmaps, like sketch_matrix
-        features = torch.from_numpy(np.array(features, copy=True))
-    if not isinstance(features, torch.Tensor) or features.dim() != 2:
-        raise ValueError(f"features must be a 2-D tensor or numpy array (N x d), got "
-                         f"{tuple(features.shape) if hasattr(features, 'shape') else type(features).__name__}")
-    features = features.detach()
-    N, d = features.shape
-    gen = torch.Generator().manual_seed(seed)
-    y = _labels(labels, N, num_classes, gen)
-    W = torch.zeros(num_classes, d) if init == "zeros" else torch.randn(num_classes, d, generator=gen) / d**0.5
     if init not in ("zeros", "random"):
         raise ValueError(f"init must be 'zeros' or 'random', got {init!r}")
-    W = W.to(features.device)
+    if isinstance(features, np.ndarray):        # numpy arrays and memmaps, like sketch_matrix
+        check_dtype(features, "features")
+    elif isinstance(features, torch.Tensor):
+        check_dtype(features, "features")
+        features = features.detach()
+    else:
+        raise ValueError(f"features must be a 2-D tensor or numpy array (N x d), got {type(features).__name__}")
+    if features.ndim != 2:
+        raise ValueError(f"features must be a 2-D tensor or numpy array (N x d), got shape {tuple(features.shape)}")
+    if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
+        raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
+    if chunk is not None and (not isinstance(chunk, int) or isinstance(chunk, bool) or chunk < 1):
+        raise ValueError(f"chunk must be a positive int or None, got {chunk!r}")
+    m, k, seed, _ = sketch_ints("linear_probe_sketch", m, k, seed, 0)
+    N, d = (int(v) for v in features.shape)
+    C = num_classes
+    device = features.device if isinstance(features, torch.Tensor) else torch.device("cpu")
+    budget = active_budget() if budget is None else Budget.of(budget)
+    gen = torch.Generator().manual_seed(seed)
+    y = _labels(labels, N, C, gen)
+    # per row on the device: the source block and its float32 copy, logits / probabilities / errors
+    # (float32) and the one-hot (int64), the weight and bias sketch rows; fixed: the probe's
+    # weights and the sketch ops' largest workspace for any block of rows
+    src = features.element_size() if isinstance(features, torch.Tensor) else features.dtype.itemsize
+    per = src * d + 4 * d + 12 * C + 8 * C + 8 * m
+    cap = N if chunk is None else min(N, chunk)
+    work = outer_sketch_workspace(cap, 1, d, C, m, k, device=device, any_rows=True)
+    if bias:
+        work = max(work, sparse_sign_sketch_workspace(cap, C, m, k, device=device, any_rows=True))
+    rows = min(cap, budget.plan_rows(device, per, N, fixed_bytes=4 * C * d + work,
+                                     what=f"linear_probe_sketch ({N} x {d} features, {C} classes, m = {m})"))
+    rows = max(1, min(rows, 16384))
+    W = torch.zeros(C, d) if init == "zeros" else torch.randn(C, d, generator=gen) / d**0.5
+    W = W.to(device)
     out = torch.empty(N, m, dtype=torch.float32)
-    for i in range(0, N, chunk):
-        x = features[i:i + chunk].float()
-        p = torch.softmax(x @ W.T, dim=1)
-        err = p - nn.functional.one_hot(y[i:i + chunk].to(x.device), num_classes).float()
-        s = outer_sketch(x, err, m, k, seed, 0)
-        if bias:
-            s += sparse_sign_sketch(err, m, k, seed, num_classes * d)
-        out[i:i + chunk] = s.cpu()
+    bar = progress_bar(progress, total=N, desc="linear-probe sketch", unit="row")
+    with limit_memory(budget):                  # the sketch ops plan their workspaces within it
+        for i in range(0, N, rows):
+            j = min(N, i + rows)
+            x = _rows(features, i, j, device)
+            p = torch.softmax(x @ W.T, dim=1)
+            err = p - nn.functional.one_hot(y[i:j].to(device), C).float()
+            s = outer_sketch(x, err, m, k, seed, 0)
+            if bias:
+                s += sparse_sign_sketch(err, m, k, seed, C * d)
+            out[i:j] = s.cpu()
+            if bar is not None:
+                bar.update(j - i)
+    if bar is not None:
+        bar.close()
     return out, {"source": "linear-probe", "labels": labels if isinstance(labels, str) else "given",
-                 "init": init, "r": num_classes * d + (num_classes if bias else 0), "m": m, "k": k, "seed": seed}
+                 "init": init, "r": C * d + (C if bias else 0), "m": m, "k": k, "seed": seed,
+                 "rows_per_block": rows, "budget": repr(budget)}
+
+
+def _rows(features, i: int, j: int, device) -> torch.Tensor:
+    """Rows i:j of the features as float32 on ``device`` (a numpy block converted on its own)."""
+    if isinstance(features, torch.Tensor):
+        return features[i:j].float()
+    a = np.ascontiguousarray(native(features[i:j]))
+    with warnings.catch_warnings():             # a read-only memmap block: only ever read here
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.from_numpy(a).float()
 
 
 _LAYER_TYPES = (nn.Linear, nn.Conv2d)
