@@ -37,6 +37,19 @@ def on_gpu(t: torch.Tensor) -> bool:
     return t.device.type != "cpu"
 
 
+#: the most programs a launch grid's axis 0 may hold (CUDA's gridDim.x limit)
+MAX_GRID_X = 2**31 - 1
+
+
+def check_grid(programs: int) -> int:
+    """``programs`` for grid axis 0, or a ValueError when the launch cannot hold that many."""
+    if programs > MAX_GRID_X:
+        raise ValueError(f"sketchprune: this Triton launch needs {programs} programs on its first grid axis, "
+                         f"more than the {MAX_GRID_X} a launch can hold; split the rows into several calls "
+                         "(or use the 'cuda' backend)")
+    return programs
+
+
 def row_splits(programs, chunks, device, max_split=65535):
     """How many programs share the reduction (r) axis: 1 unless the grid is too small to fill
     the device, never more than the number of chunks, and 1 when deterministic algorithms are

@@ -43,7 +43,7 @@ import triton
 import triton.language as tl
 
 from ._hash import join_u64, mix64, split_i64
-from ._util import cdiv, on_gpu, pow2_at_least, row_splits, wrap_triton
+from ._util import cdiv, check_grid, on_gpu, pow2_at_least, row_splits, wrap_triton
 from .sparse_sign_sketch import _dot_sign, _inv_sqrt, _sign_tile_for, _write_out, dot_mode
 
 
@@ -56,9 +56,13 @@ def _outer_sketch_kernel(out_ptr, a_ptr, d_ptr, N, T, d_in, d_out, lda_n, lda_t,
                          TRANS: tl.constexpr,
                          BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_R: tl.constexpr,
                          BLOCK_O: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_T: tl.constexpr):
-    pid_n = tl.program_id(0).to(tl.int64)
-    pid_m = tl.program_id(1).to(tl.int64)
-    pid_s = tl.program_id(2).to(tl.int64)
+    # axis 0 numbers (sample tile, column tile) pairs, sample tiles fastest: a grid axis 1 / 2
+    # holds at most 65535 programs, fewer than the column tiles of m > 8.4M at BLOCK_M = 128
+    pid = tl.program_id(0).to(tl.int64)
+    grid_n = tl.cdiv(tl.cast(N, tl.int64), BLOCK_N)
+    pid_n = pid % grid_n
+    pid_m = pid // grid_n
+    pid_s = tl.program_id(1).to(tl.int64)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N).to(tl.int64)
     c0 = pid_m * BLOCK_M
     cols = c0 + tl.arange(0, BLOCK_M).to(tl.int64)
@@ -177,7 +181,7 @@ def launch_outer_sketch(out, a, d, m: int, k: int, seed: int, offset: int, accum
     use_atomic = splits > 1
     if use_atomic and not accumulate:
         out.zero_()
-    wrap_triton(_outer_sketch_kernel)[(grid_n, grid_m, splits)](
+    wrap_triton(_outer_sketch_kernel)[(check_grid(grid_n * grid_m), splits)](
         out, a, d, N, T, d_in, d_out, a.stride(0), a.stride(1), d.stride(0), d.stride(1),
         m, k, *split_i64(seed), *split_i64(offset), n_q_tiles, n_chunks, per,
         ACCUMULATE=bool(accumulate), USE_ATOMIC=use_atomic,

@@ -51,7 +51,7 @@ import triton
 import triton.language as tl
 
 from ._hash import block_of_column, join_u64, mix64, sketch_entry, split_i64
-from ._util import cdiv, on_gpu, pow2_at_least, row_splits, wrap_triton
+from ._util import cdiv, check_grid, on_gpu, pow2_at_least, row_splits, wrap_triton
 
 
 @triton.jit
@@ -110,9 +110,9 @@ def _dot_sign(acc, g, s, MODE: tl.constexpr, TRANS: tl.constexpr):
             acc = tl.dot(g.to(tl.float32), s, acc, input_precision="ieee")
     else:
         gf = g.to(tl.float32)
-        hi = gf.to(tl.bfloat16)
+        hi = gf.to(tl.bfloat16, fp_downcast_rounding="rtz")  # toward zero: never inf
         r1 = gf - hi.to(tl.float32)
-        mid = r1.to(tl.bfloat16)
+        mid = r1.to(tl.bfloat16, fp_downcast_rounding="rtz")
         lo = (r1 - mid.to(tl.float32)).to(tl.bfloat16)
         if TRANS:
             acc = tl.dot(s, lo, acc)
@@ -156,9 +156,13 @@ def _sparse_sign_sketch_kernel(out_ptr, g_ptr, N, r, ldg, m, k, seed_hi, seed_lo
                                MODE: tl.constexpr, TRANS: tl.constexpr,
                                BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr,
                                BLOCK_R: tl.constexpr):
-    pid_n = tl.program_id(0).to(tl.int64)
-    pid_m = tl.program_id(1).to(tl.int64)
-    pid_s = tl.program_id(2).to(tl.int64)
+    # axis 0 numbers (sample tile, column tile) pairs, sample tiles fastest: a grid axis 1 / 2
+    # holds at most 65535 programs, fewer than the column tiles of m > 8.4M at BLOCK_M = 128
+    pid = tl.program_id(0).to(tl.int64)
+    grid_n = tl.cdiv(tl.cast(N, tl.int64), BLOCK_N)
+    pid_n = pid % grid_n
+    pid_m = pid // grid_n
+    pid_s = tl.program_id(1).to(tl.int64)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N).to(tl.int64)
     c0 = pid_m * BLOCK_M
     cols = c0 + tl.arange(0, BLOCK_M).to(tl.int64)
@@ -230,6 +234,6 @@ def launch_sparse_sign_sketch(out, g, m: int, k: int, seed: int, offset: int, ac
     use_atomic = splits > 1
     if use_atomic and not accumulate:
         out.zero_()
-    wrap_triton(_sparse_sign_sketch_kernel)[(grid_n, grid_m, splits)](
+    wrap_triton(_sparse_sign_sketch_kernel)[(check_grid(grid_n * grid_m), splits)](
         out, g, N, r, g.stride(0), m, k, *split_i64(seed), *split_i64(offset), per,
         ACCUMULATE=bool(accumulate), USE_ATOMIC=use_atomic, MODE=mode, **cfg)

@@ -117,7 +117,10 @@ def test_old_triton_interpreter_with_new_numpy_is_reported(monkeypatch):
 def test_cuda_backend_refuses_gpus_older_than_sm80(monkeypatch):
     """The CUDA module has sm_80+ kernels only: on an older GPU (a T4, 7.5) the backend is reported
     unavailable with the reason (so the auto choice moves on) instead of failing at launch."""
-    monkeypatch.setattr(_native, "cuda_module", lambda: object())
+    class Mod:  # a module that sees the two GPUs
+        device_count = staticmethod(lambda: 2)
+
+    monkeypatch.setattr(_native, "cuda_module", lambda: Mod)
     caps = {0: (7, 5), 1: (8, 6)}
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda i: caps[i])
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda i: f"gpu{i}")
@@ -167,3 +170,25 @@ def test_import_is_light():
     env = {k: v for k, v in os.environ.items() if k not in ("SKETCHPRUNE_BACKEND",)}
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert r.returncode == 0, r.stderr[-2000:]
+
+
+def test_cuda_module_that_sees_no_device_is_unavailable(monkeypatch):
+    """A CUDA module whose statically linked runtime is newer than the driver sees no device while
+    torch does: the backend is reported unavailable with the reason, not picked and failing."""
+    import sketchprune._backends as b
+    import sketchprune._native as nat
+
+    class Mod:
+        @staticmethod
+        def device_count():
+            return 0
+
+        @staticmethod
+        def build_info():
+            return {"cuda_version": "13.0.88", "archs": "80,90a"}
+
+    monkeypatch.setattr(nat, "cuda_module", lambda: Mod)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda i: (9, 0))
+    msg = b.cuda_capability_problem.__wrapped__(0)
+    assert "sees no CUDA device while torch sees 1" in msg and "CUDA 13.0.88" in msg and "driver" in msg

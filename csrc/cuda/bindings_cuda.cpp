@@ -78,7 +78,7 @@ void cov_accumulate(uintptr_t sigma_ptr, int sigma_dtype, int64_t d, int64_t ld_
   check(d >= 0 && T >= 0, op, "d and T must be >= 0");
   check_device(device, op);
   if (d == 0 || T == 0) return;
-  check(ld_sigma >= d, op, "ld_sigma must be >= d");
+  check(d <= 1 || ld_sigma >= d, op, "ld_sigma must be >= d");  // one row: its stride is never used
   check(T == 1 || ldx >= d, op, "ldx must be >= d");
   check_ptr(sigma_ptr, op, "sigma");
   check_ptr(x_ptr, op, "x");
@@ -108,7 +108,7 @@ void cross_accumulate(uintptr_t c_ptr, int c_dtype, int64_t d_in, int64_t d_out,
   check(d_in >= 0 && d_out >= 0 && T >= 0, op, "d_in, d_out and T must be >= 0");
   check_device(device, op);
   if (d_in == 0 || d_out == 0 || T == 0) return;
-  check(ldc >= d_out, op, "ldc must be >= d_out");
+  check(d_in <= 1 || ldc >= d_out, op, "ldc must be >= d_out");  // one row: its stride is never used
   check(T == 1 || (ldx >= d_in && ldy >= d_out), op, "ldx must be >= d_in and ldy >= d_out");
   check_ptr(c_ptr, op, "c");
   check_ptr(x_ptr, op, "x");

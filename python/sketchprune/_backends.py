@@ -126,6 +126,15 @@ CUDA_MIN_CAPABILITY = (8, 0)
 @functools.lru_cache(maxsize=None)
 def cuda_capability_problem(index: int) -> str | None:
     """Why the CUDA module's kernels cannot run on CUDA device ``index``, or None."""
+    mod = _native.cuda_module()
+    if mod is not None and mod.device_count() == 0:
+        # the module links its CUDA runtime statically: a driver older than that runtime, which
+        # torch's own (older) runtime still accepts, makes every call of the module fail
+        ver = mod.build_info().get("cuda_version", "?")
+        return (f"the CUDA module (built with CUDA {ver}) sees no CUDA device while torch sees "
+                f"{torch.cuda.device_count()}: the NVIDIA driver is probably older than CUDA {ver} needs; "
+                "rebuild sketchprune with this machine's CUDA toolkit (SKETCHPRUNE_CUDA=ON pip install .) "
+                "or update the driver")
     cap = tuple(torch.cuda.get_device_capability(index))
     if cap < CUDA_MIN_CAPABILITY:
         name = torch.cuda.get_device_name(index)

@@ -54,3 +54,16 @@ def test_cross_opcheck(backend, device):
     kw = {"test_utils": ("test_schema", "test_faketensor")} if interpreted(backend, device) else {}
     with use_backend(backend):
         torch.library.opcheck(torch.ops.sketchprune.cross_accumulate_.default, (c, x, y, 2.0, None), **kw)
+
+
+@backend_params()
+def test_cross_one_row_output_with_a_short_row_stride(backend, device):
+    """c of one row (d_in = 1) whose row stride is below d_out -- a transposed column, which torch
+    calls contiguous -- is accepted by every backend (the CUDA binding once required ldc >= d_out
+    even for one row)."""
+    c = torch.zeros(5, 1, device=device).T
+    assert c.shape == (1, 5) and c.stride() == (1, 1) and c.is_contiguous()
+    x, y = randn(9, 1, device=device), randn(9, 5, device=device)
+    with use_backend(backend):
+        sp.cross_accumulate_(c, x, y, 2.0)
+    torch.testing.assert_close(c.double().cpu(), 2.0 * x.double().cpu().T @ y.double().cpu(), rtol=1e-5, atol=1e-5)

@@ -6,6 +6,7 @@ import torch
 
 import sketchprune as sp
 from sketchprune.ref import sketch_matrix
+from sketchprune.ref.ops import sparse_sign_sketch_ref
 from _helpers import assert_close_to_oracle, backend_params, in_dtypes, interpreted, randn, use_backend
 
 BIG = 2**33 + 12345  # row offsets beyond 2^31 (and 2^32)
@@ -198,3 +199,40 @@ def test_inputs_reach_the_kernels_with_rows_apart():
         out = contiguous_rows(t, rows_apart=True)                     # what CUDA tensors get
         assert torch.equal(out, t) and (out.data_ptr() != t.data_ptr()) == copied, (t.shape, t.stride())
         assert out.dim() < 2 or out.shape[-2] <= 1 or out.stride(-2) >= out.shape[-1]
+
+
+@backend_params()
+def test_sketch_of_values_near_the_float32_limit_is_finite(backend, device):
+    """Finite float32 values up to FLT_MAX give a finite sketch on every backend whenever the true
+    sums fit (k = 1, one value per output): the Triton GPU path splits float32 into three bfloat16
+    terms, and rounding the leading one to nearest turned |g| >= ~3.396e38 into inf (a NaN row)."""
+    g = torch.zeros(4, 40)
+    g[0, 3], g[1, 7], g[2, 11], g[3, 0] = 3.4e38, -3.3962e38, torch.finfo(torch.float32).max, 1.0
+    g = g.to(device)
+    with use_backend(backend):
+        s = sp.sparse_sign_sketch(g, 64, k=1, seed=4)
+    assert torch.isfinite(s).all()
+    torch.testing.assert_close(s.double().cpu(), sparse_sign_sketch_ref(g.double().cpu(), 64, 1, 4, 0).double(), rtol=1e-6, atol=0)
+
+
+def test_triton_sketch_grids_fold_tiles_into_the_first_axis(monkeypatch):
+    """The Triton sketches number (sample tile, column tile) pairs on grid axis 0 (axes 1 / 2 hold at
+    most 65535 programs, fewer than the column tiles of m > 8.4M); past axis 0's own limit the launch
+    is refused with a clear error instead of failing inside the driver."""
+    pytest.importorskip("triton")
+    from sketchprune._backends import unavailable_reason
+    if unavailable_reason("triton", "cpu") is not None:
+        pytest.skip(unavailable_reason("triton", "cpu"))
+    import sketchprune.kernels._util as ku
+
+    g, a, d = randn(150, 30), randn(150, 2, 5), randn(150, 2, 6)
+    with use_backend("triton"):
+        s = sp.sparse_sign_sketch(g, 200, 4, 3, 5)      # several sample and column tiles
+        o = sp.outer_sketch(a, d, 200, 4, 3, 5)
+    torch.testing.assert_close(s.double(), sparse_sign_sketch_ref(g.double(), 200, 4, 3, 5).double(), rtol=1e-5, atol=1e-5)
+    G = torch.einsum("nto,ntq->noq", d.double(), a.double()).reshape(150, -1)
+    torch.testing.assert_close(o.double(), sparse_sign_sketch_ref(G, 200, 4, 3, 5).double(), rtol=1e-5, atol=1e-5)
+    monkeypatch.setattr(ku, "MAX_GRID_X", 3)
+    for call in (lambda: sp.sparse_sign_sketch(g, 200, 4, 3, 5), lambda: sp.outer_sketch(a, d, 200, 4, 3, 5)):
+        with use_backend("triton"), pytest.raises(ValueError, match="programs on its first grid axis"):
+            call()

@@ -7,6 +7,7 @@ opcheck runs."""
 import pytest
 import torch
 
+import sketchprune as sp
 from sketchprune import _backends
 from _helpers import randn
 
@@ -36,3 +37,30 @@ def _cases():
 def test_triton_registration_opcheck(name):
     args = _cases()[name]
     torch.library.opcheck(getattr(torch.ops.sketchprune, name).default, args, **KW)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.device_count() < 2, reason="needs two GPUs")
+def test_triton_ops_launch_on_the_tensors_gpu():
+    """Triton launches on the current device: tensors on cuda:1 while cuda:0 is current must still
+    be computed on cuda:1 (each op sets the tensors' device around its launch)."""
+    pytest.importorskip("triton")
+    dev = torch.device("cuda:1")
+    torch.cuda.set_device(0)
+    g = torch.randn(40, 300, device=dev)
+    x, y = torch.randn(64, 24, device=dev), torch.randn(64, 8, device=dev)
+    a, d = torch.randn(40, 3, 16, device=dev), torch.randn(40, 3, 8, device=dev)
+    w = torch.randn(48, 32, device=dev)
+    with sp.use_backend("triton"):
+        s = sp.sparse_sign_sketch(g, 64, 4, 1)
+        o = sp.outer_sketch(a, d, 64, 4, 1)
+        sigma, c = torch.zeros(24, 24, device=dev), torch.zeros(24, 8, device=dev)
+        sp.cov_accumulate_(sigma, x)
+        sp.cross_accumulate_(c, x, y)
+        (gw,) = sp.gather_slices([w], torch.tensor([0, 5, 7], device=dev), 0)
+    torch.cuda.synchronize(dev)
+    with sp.use_backend("torch"):
+        torch.testing.assert_close(s, sp.sparse_sign_sketch(g, 64, 4, 1), rtol=1e-5, atol=1e-4)
+        torch.testing.assert_close(o, sp.outer_sketch(a, d, 64, 4, 1), rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(sigma, x.T @ x, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(c, x.T @ y, rtol=1e-4, atol=1e-4)
+    assert torch.equal(gw, w[[0, 5, 7]])

@@ -10,6 +10,7 @@ only when triton is importable; a failure is recorded and reported by ``python -
 and by the registry when the backend is asked for.
 """
 
+import contextlib
 import math
 import threading
 from typing import List, Optional
@@ -49,6 +50,13 @@ def load_error():
     return _state["error"]
 
 
+def _on(t: torch.Tensor):
+    """The tensor's GPU as the current device for the launch: Triton launches on the current
+    device and its current stream, whatever device the pointers are on (tensors on cuda:1 while
+    cuda:0 is current would be an illegal memory access)."""
+    return torch.cuda.device(t.device) if t.device.type == "cuda" else contextlib.nullcontext()
+
+
 def _register() -> None:
     from torch.library import register_fake, triton_op
 
@@ -60,7 +68,8 @@ def _register() -> None:
 
     @triton_op("sketchprune::_cov_accumulate_triton", mutates_args={"sigma"})
     def _cov(sigma: torch.Tensor, x: torch.Tensor, alpha: float, mask: Optional[torch.Tensor]) -> None:
-        k_cov.launch_cov_accumulate(sigma, x, alpha, mask)
+        with _on(sigma):
+            k_cov.launch_cov_accumulate(sigma, x, alpha, mask)
 
     @register_fake("sketchprune::_cov_accumulate_triton")
     def _cov_fake(sigma, x, alpha, mask):
@@ -68,7 +77,8 @@ def _register() -> None:
 
     @triton_op("sketchprune::_cross_accumulate_triton", mutates_args={"c"})
     def _cross(c: torch.Tensor, x: torch.Tensor, y: torch.Tensor, alpha: float, mask: Optional[torch.Tensor]) -> None:
-        k_cross.launch_cross_accumulate(c, x, y, alpha, mask)
+        with _on(c):
+            k_cross.launch_cross_accumulate(c, x, y, alpha, mask)
 
     @register_fake("sketchprune::_cross_accumulate_triton")
     def _cross_fake(c, x, y, alpha, mask):
@@ -77,7 +87,8 @@ def _register() -> None:
     @triton_op("sketchprune::_sparse_sign_sketch_triton", mutates_args={})
     def _sketch(g: torch.Tensor, m: int, k: int, seed: int, offset: int) -> torch.Tensor:
         out = new_output((g.shape[0], m), torch.float32, g.device)
-        k_sketch.launch_sparse_sign_sketch(out, g, m, k, seed, offset, False)
+        with _on(g):
+            k_sketch.launch_sparse_sign_sketch(out, g, m, k, seed, offset, False)
         return out
 
     @register_fake("sketchprune::_sparse_sign_sketch_triton")
@@ -87,7 +98,8 @@ def _register() -> None:
     @triton_op("sketchprune::_outer_sketch_triton", mutates_args={})
     def _outer(a: torch.Tensor, d: torch.Tensor, m: int, k: int, seed: int, offset: int) -> torch.Tensor:
         out = new_output((a.shape[0], m), torch.float32, a.device)
-        k_outer.launch_outer_sketch(out, a, d, m, k, seed, offset, False)
+        with _on(a):
+            k_outer.launch_outer_sketch(out, a, d, m, k, seed, offset, False)
         return out
 
     @register_fake("sketchprune::_outer_sketch_triton")
@@ -106,7 +118,8 @@ def _register() -> None:
         for t, idx, dim, b in zip(tensors, indices, dims, blocks):
             dsts.append(new_output(_shape(t, idx, dim, b), t.dtype, t.device))
             views.append((math.prod(t.shape[:dim]), t.shape[dim] // b, math.prod(t.shape[dim + 1:])))
-        k_gather.launch_gather_slices(list(tensors), dsts, list(indices), list(blocks), views)
+        with _on(tensors[0]) if tensors else contextlib.nullcontext():
+            k_gather.launch_gather_slices(list(tensors), dsts, list(indices), list(blocks), views)
         return dsts
 
     @register_fake("sketchprune::_gather_slices_triton")
