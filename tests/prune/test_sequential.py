@@ -324,3 +324,20 @@ def test_local_refits_skip_the_dense_stream_and_decide_the_same():
     for p0, p1 in zip(m0.parameters(), m1.parameters()):
         torch.testing.assert_close(p0, p1, rtol=0, atol=0)
     assert any(lay.get("refit") for lay in r0["layers"])
+
+
+def test_check_finite_is_exact_when_the_quick_sum_overflows():
+    """The quick test sums in the activations' own dtype; a sum that overflows (large but finite
+    values) falls through to the exact elementwise test, so only real NaN / Inf are reported."""
+    from sketchprune.prune.streams import NonFiniteActivations, check_finite
+
+    for dt in (torch.bfloat16, torch.float16, torch.float32):
+        big = torch.full((2, 8, 16), torch.finfo(dt).max / 4, dtype=dt)
+        assert not torch.isfinite(big.sum())
+        check_finite(big, None, "x")                                  # finite values: no error
+        check_finite(big, torch.ones(2, 8, dtype=torch.bool), "x")
+        for bad in (float("nan"), float("inf")):
+            x = big.clone()
+            x[1, 3, 5] = bad
+            with pytest.raises(NonFiniteActivations, match="1 non-finite activation values"):
+                check_finite(x, None, "x")

@@ -156,7 +156,10 @@ def capture_layer_inputs(model: nn.Module, layers: list[nn.Module], batches: lis
 def check_finite(x: torch.Tensor, mask: torch.Tensor | None, where: str) -> None:
     """Raise :class:`NonFiniteActivations` if ``x`` (B, T, d) has NaN/Inf on unpadded tokens."""
     if mask is None or bool(mask.all()):
-        if bool(torch.isfinite(x.sum(dtype=torch.float64))):   # one reduction; NaN/Inf propagate into it
+        # one reduction in the tensor's own dtype: NaN/Inf propagate into it, and a sum that overflows
+        # only sends the check on to the exact elementwise test below (a float64 sum of bf16 took
+        # 35x as long on CPU: 30 ms for one 2048 x 4096 batch)
+        if bool(torch.isfinite(x.sum())):
             return
         v = x
     else:
