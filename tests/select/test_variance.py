@@ -169,3 +169,30 @@ def test_edge_sizes_and_rank_deficient_sketch():
     assert sol.converged and torch.allclose(sol.weights, torch.full((30,), 1 / 30, dtype=torch.float64))
     one = skmm_select(sk.float(), 1)
     assert one.indices.numel() == 1
+
+
+def test_greedy_reads_its_stop_test_back_every_stride_picks(monkeypatch):
+    """Off the CPU the in-round stop test is read back once per `stride` picks (a host round trip
+    drains the GPU queue); picks made past a round's end are dropped, so every stride gives the
+    same set -- here with rounds that end early, the usual case."""
+    import sketchprune.select.variance as V
+
+    g = torch.Generator().manual_seed(3)
+    S = torch.randn(1500, 96, generator=g) * torch.linspace(3, 0.1, 96) * (1 + 3 * torch.rand(1500, 1, generator=g))
+    X, lam = variance_problem(S)
+    calls = []
+    real = V._first_below
+
+    def spy(gains, start, outside):
+        out = real(gains, start, outside)
+        calls.append((len(gains) - start, out))
+        return out
+    monkeypatch.setattr(V, "_first_below", spy)
+    ref, f_ref = greedy_variance(X, lam, 300, 0.1, stop_test_stride=1)
+    one = list(calls)
+    assert any(stop is not None for _, stop in one)            # rounds do end early here
+    for stride in (3, 64):
+        calls.clear()
+        idx, f = greedy_variance(X, lam, 300, 0.1, stop_test_stride=stride)
+        assert torch.equal(idx, ref) and f == pytest.approx(f_ref, rel=1e-12)
+        assert len(calls) < len(one) / 2 and max(k for k, _ in calls) <= stride

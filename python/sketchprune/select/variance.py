@@ -135,12 +135,23 @@ def solve_variance(X: torch.Tensor, lam: torch.Tensor, n: int, eps: float = 0.01
                           converged=converged, seconds=time.perf_counter() - t0, history=hist)
 
 
+#: off the CPU, greedy_variance reads its in-round stop test back once per this many picks
+STOP_TEST_STRIDE = 4
+
+
+def _first_below(gains, start: int, outside: float):
+    """The first index >= start whose gain (a list of 1-element device tensors) is below
+    ``outside``, or None; one transfer for them all."""
+    vals = torch.cat(gains[start:]).tolist()
+    return next((start + t for t, v in enumerate(vals) if v < outside), None)
+
+
 #: below this eps the greedy's refresh products run in the problem's float64 (see greedy_variance)
 REFRESH_F32_MIN_EPS = 0.05
 
 
 def greedy_variance(X: torch.Tensor, lam: torch.Tensor, n: int, eps: float = 0.01, batch: int | None = None,
-                    progress: bool = False) -> tuple[torch.Tensor, float]:
+                    progress: bool = False, stop_test_stride: int | None = None) -> tuple[torch.Tensor, float]:
     """(indices, f): n distinct samples added one at a time, each the one that lowers
     f = tr(Lam (sum_{i in S} x_i x_i^T / n + eps' I)^{-1}) most; f at the final set.
 
@@ -160,7 +171,9 @@ def greedy_variance(X: torch.Tensor, lam: torch.Tensor, n: int, eps: float = 0.0
     products run in float32 (a float32 copy of X, N x m) when ``eps >= REFRESH_F32_MIN_EPS``
     (0.05), else in float64 (h and q are then small differences of terms of order |x|^2 / eps',
     which float32 products would swamp); h, q and M^{-1} accumulate in float64, and the returned
-    f is read from the float64 M^{-1} of the final set.
+    f is read from the float64 M^{-1} of the final set.  ``stop_test_stride``: picks per host read
+    of the in-round stop test (default 1 on CPU, ``STOP_TEST_STRIDE`` elsewhere; the result does not
+    depend on it).
     """
     N, m = X.shape
     check_size(N, n)
@@ -184,6 +197,10 @@ def greedy_variance(X: torch.Tensor, lam: torch.Tensor, n: int, eps: float = 0.0
     rdt = torch.float32 if eps >= REFRESH_F32_MIN_EPS else X.dtype
     X32 = (X * sc).to(rdt)
     chosen = torch.zeros(N, dtype=torch.bool, device=X.device)
+    # how often a round reads its picks' stop test back: every pick on the CPU (free), every
+    # STOP_TEST_STRIDE picks elsewhere (a host round trip drains the GPU's queue; a larger stride
+    # wastes more picks past a round's end -- most rounds end early)
+    stride = (1 if X.device.type == "cpu" else STOP_TEST_STRIDE) if stop_test_stride is None else int(stop_test_stride)
     order = []
     bar = progress_bar(progress, total=n, desc="greedy variance design", unit="sample")
     while len(order) < n:
@@ -198,29 +215,41 @@ def greedy_variance(X: torch.Tensor, lam: torch.Tensor, n: int, eps: float = 0.0
         Bl = Xl @ Minv                                  # (L, m): rows x_s^T M^{-1}
         hl, ql = h[short].clone(), q[short].clone()
         taken = torch.zeros(L, dtype=X.dtype, device=X.device)   # -inf once picked
-        U, us, ds = [], [], []                          # picks; their u = M^{-1} x_s (as updated), 1 + h
-        for _ in range(b):
+        # picks as device tensors: index j, gain, u = M^{-1} x_s (as updated), d = 1 + h; a pick
+        # after the first is kept only while its gain is at least `outside`, a test read from the
+        # device every `stride` picks (the picks made past a failing one only changed this round's
+        # shortlist copies, and are dropped)
+        js, gs, us, ds = [], [], [], []
+        read, stop = 1, None                        # picks [1, read) have passed the test
+        for i in range(b):
             gl = (ql / (1.0 + hl)).add_(taken)
-            j = int(torch.argmax(gl))
-            if U and float(gl[j]) < outside:
-                break
-            taken[j] = -math.inf
-            u = Bl[j].clone()
-            d = 1.0 + float(hl[j])
+            j = torch.argmax(gl).reshape(1)
+            js.append(j)
+            gs.append(gl.index_select(0, j))
+            if i + 1 - read >= stride:
+                stop = _first_below(gs, read, outside)
+                if stop is not None:
+                    break
+                read = i + 1
+            taken.index_fill_(0, j, -math.inf)
+            u = Bl.index_select(0, j).reshape(-1)
+            d = 1.0 + hl.index_select(0, j)
             lu = lamd * u
             w = Xl @ u
             w2 = w.square()
-            ql.sub_(w * (Bl @ lu), alpha=2.0 / d).add_(w2, alpha=float(u @ lu) / (d * d))
-            hl.sub_(w2, alpha=1.0 / d)
+            ql.sub_(w * (Bl @ lu) * (2.0 / d)).add_(w2 * ((u @ lu) / (d * d)))
+            hl.sub_(w2 / d)
             Bl.sub_(torch.outer(w, u / d))
-            order.append(int(short[j]))
-            U.append(j)
             us.append(u)
             ds.append(d)
+        if stop is None and read < len(us):
+            stop = _first_below(gs, read, outside)
+        keep = len(us) if stop is None else min(stop, len(us))
+        picked = short[torch.cat(js[:keep])]
+        order.extend(picked.tolist())
         # the round's M^{-1}: one rank-b update, sum_j u_j u_j^T / d_j (the u_j as picked)
-        Us = torch.stack(us, 1)                         # (m, b)
-        Mr = Minv - (Us / torch.tensor(ds, dtype=X.dtype, device=X.device)) @ Us.T
-        picked = short[torch.tensor(U, device=X.device)]
+        Us = torch.stack(us[:keep], 1)                  # (m, b)
+        Mr = Minv - (Us / torch.cat(ds[:keep])) @ Us.T
         chosen[picked] = True
         # every sample's h, q for M^{-1} -> M^{-1} - P K^{-1} P^T, P = M^{-1} U_s, K = I + U_s^T M^{-1} U_s
         Xp = rows(picked)
