@@ -324,3 +324,22 @@ def test_lazy_channel_updates_equal_brute_force_across_flushes():
     order, *_ = greedy_obs(W, H, n_remove=6, group_of=group_of, quota=torch.tensor([4, 2]))
     ref, _ = brute_greedy(W, damped(H, 1e-2), 1, 6, group_of.tolist(), [4, 2])
     assert order == ref
+
+
+@pytest.mark.parametrize("quota", [False, True])
+def test_greedy_channels_report_a_lost_pivot(quota):
+    """The channel greedy reads its pivots back once per flush (no host read per step on a GPU):
+    a non-positive pivot -- here from an indefinite inverse handed in -- is still an error, never
+    a result."""
+    n = 50
+    kw = dict(group_of=torch.arange(n) % 2, quota=torch.tensor([6, 4])) if quota else {}
+    with pytest.raises(RuntimeError, match="lost positive definiteness"):
+        greedy_obs(torch.randn(8, n, dtype=torch.float64), torch.eye(n, dtype=torch.float64), n_remove=10,
+                   h_inverse=-torch.eye(n, dtype=torch.float64), **kw)
+    if quota:       # (with quotas a NaN cost sorts last and its unit is never picked)
+        return
+    Hi = torch.eye(n, dtype=torch.float64)
+    Hi[:, 7] = Hi[7, :] = float("nan")                  # a NaN pivot (picked: argmin meets NaN first) fails too
+    with pytest.raises(RuntimeError, match="lost positive definiteness"):
+        greedy_obs(torch.ones(8, n, dtype=torch.float64), torch.eye(n, dtype=torch.float64), n_remove=10,
+                   h_inverse=Hi, **kw)

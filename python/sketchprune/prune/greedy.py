@@ -239,20 +239,43 @@ def _greedy_channels_lazy(W, Hi, n_remove, group_of, left, flush_every: int = 64
     Pb = torch.empty(W.shape[0], flush_every, dtype=torch.float64, device=dev)
     k = 0
     U, P = Ub[:, :0], Pb[:, :0]
+    # without quotas the pick is an argmin on the device (removed units masked by +inf), and the
+    # increments, errors and the positive-definiteness test stay there until the next flush: one
+    # small host read per step (the chosen index) instead of the costs vector and two scalars
+    masked = torch.zeros(n, dtype=torch.float64, device=dev)   # +inf at removed units
+    incs_t, errs_t, piv_t = [], [], []                         # device scalars, read at each flush
+
+    def settle():
+        nonlocal total
+        if not piv_t:
+            return
+        piv, inc_v, err_v = (torch.stack(v).tolist() for v in (piv_t, incs_t, errs_t))
+        piv_t.clear(), incs_t.clear(), errs_t.clear()
+        if not all(v > 0 for v in piv):      # NaN fails too
+            raise RuntimeError("sketchprune.prune: greedy OBS lost positive definiteness; increase damp")
+        for inc, err in zip(inc_v, err_v):
+            total += err
+            incs.append(inc)
+            errors.append(total)
     while len(order) < n_remove:
-        costs = (norms / diag).clamp_min(0).to("cpu")
-        j = _pick(costs, dead, group_of, left, alive)
+        cd = (norms / diag).clamp_min(0)
+        if left is None:
+            cm = cd + masked
+            j = int(torch.argmin(cm))
+            incs_t.append(cm[j].clone())
+        else:
+            costs = cd.to("cpu")
+            j = _pick(costs, dead, group_of, left, alive)
+            incs_t.append(costs[j].to(dev))
         uj = U[j]
         h = Hi[j] - U @ uj                                    # Hi_cur[:, j] (Hi symmetric)
         hjj = h[j]
-        if not float(hjj) > 0:
-            raise RuntimeError("sketchprune.prune: greedy OBS lost positive definiteness; increase damp")
-        s = hjj.sqrt()
+        piv_t.append(hjj)
+        s = hjj.clamp_min(torch.finfo(torch.float64).tiny).sqrt()   # a bad pivot is reported at the flush
         u = h / s
         wj = W[:, j] - P @ uj
         p = wj / s
-        inc = float(costs[j])
-        total += float(wj.square().sum() / hjj)
+        errs_t.append(wj.square().sum() / hjj)
         wtp = W.T @ p - U @ (P.T @ p)                         # W_cur^T p
         norms = norms - 2 * u * wtp + u.square() * p.square().sum()
         diag = diag - u.square()
@@ -261,11 +284,10 @@ def _greedy_channels_lazy(W, Hi, n_remove, group_of, left, flush_every: int = 64
         k += 1
         U, P = Ub[:, :k], Pb[:, :k]
         dead[j] = True
-        diag[j], norms[j] = 1.0, 0.0
+        diag[j], norms[j], masked[j] = 1.0, 0.0, math.inf
         order.append(int(alive[j]))
-        incs.append(inc)
-        errors.append(total)
         if k >= flush_every or len(order) == n_remove:
+            settle()
             Hi.addmm_(U, U.T, alpha=-1.0)
             W.addmm_(P, U.T, alpha=-1.0)
             live = ~dead
@@ -274,6 +296,7 @@ def _greedy_channels_lazy(W, Hi, n_remove, group_of, left, flush_every: int = 64
                 W = W[:, idx].contiguous()
                 Hi = _symmetrize_(Hi[idx[:, None], idx[None, :]])
                 alive, dead = alive[live], dead[live]
+                masked = masked[idx]
             else:
                 dl = torch.nonzero(dead).reshape(-1).to(dev)
                 W[:, dl] = 0
