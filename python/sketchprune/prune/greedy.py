@@ -247,8 +247,6 @@ def _greedy_channels_lazy(W, Hi, n_remove, group_of, left, flush_every: int = 64
 
     def settle():
         nonlocal total
-        if not piv_t:
-            return
         piv, inc_v, err_v = (torch.stack(v).tolist() for v in (piv_t, incs_t, errs_t))
         piv_t.clear(), incs_t.clear(), errs_t.clear()
         if not all(v > 0 for v in piv):      # NaN fails too

@@ -46,8 +46,6 @@ weight (row-major over (out, in[, kh, kw]), i.e. ``weight.flatten()``) then its 
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 import torch
 from torch import nn
@@ -59,7 +57,7 @@ from ..ops._common import sketch_ints
 from ..ops.sketch import outer_sketch_workspace, sparse_sign_sketch_workspace
 from .._progress import progress_bar
 from ._checks import check_labels
-from .sources import check_dtype, native
+from .sources import _block, check_dtype
 
 
 def _labels(labels, n, num_classes, gen):
@@ -146,12 +144,7 @@ def linear_probe_sketch(features, labels, num_classes: int, m: int, k: int = 8, 
 
 def _rows(features, i: int, j: int, device) -> torch.Tensor:
     """Rows i:j of the features as float32 on ``device`` (a numpy block converted on its own)."""
-    if isinstance(features, torch.Tensor):
-        return features[i:j].float()
-    a = np.ascontiguousarray(native(features[i:j]))
-    with warnings.catch_warnings():             # a read-only memmap block: only ever read here
-        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-        return torch.from_numpy(a).float()
+    return _block(features, i, j, 0, features.shape[1], device).float()
 
 
 _LAYER_TYPES = (nn.Linear, nn.Conv2d)

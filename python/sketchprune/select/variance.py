@@ -244,7 +244,7 @@ def greedy_variance(X: torch.Tensor, lam: torch.Tensor, n: int, eps: float = 0.0
             ds.append(d)
         if stop is None and read < len(us):
             stop = _first_below(gs, read, outside)
-        keep = len(us) if stop is None else min(stop, len(us))
+        keep = len(us) if stop is None else stop      # stop <= len(us): a failing pick is never applied
         picked = short[torch.cat(js[:keep])]
         order.extend(picked.tolist())
         # the round's M^{-1}: one rank-b update, sum_j u_j u_j^T / d_j (the u_j as picked)
